@@ -1,0 +1,294 @@
+"""Command-line wiring (typer) only: parse options, call an engine, print, map errors to exit codes.
+
+Heavy modules (tuf, pydantic models, rich, OpenTelemetry) are imported inside the commands so that
+``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from chiron import __version__
+from chiron.errors import ChironError, ExitCode
+
+app = typer.Typer(
+    name="chiron",
+    help="Ship Python wheelhouses (and images) into air-gapped networks as ONE self-verifying archive.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+keys_app = typer.Typer(help="Signing keys: throw-away development keys (keys init).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+_state: dict[str, Any] = {"verbose": False, "json": False}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON report on stdout.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"chiron {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
+    trace_file: Annotated[
+        Optional[Path], typer.Option(help="Write OpenTelemetry spans as JSON lines to this file.")  # noqa: UP045
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Global options."""
+    _state["verbose"] = verbose
+    if trace_file is not None or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("CHIRON_TRACE_FILE"):
+        from chiron import _telemetry
+
+        _telemetry.configure(trace_file)
+
+
+def _emit(data: dict[str, Any]) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def self_archive() -> Path | None:
+    """The appliance this process runs from, if any (pex sets PEX; shiv runs with argv[0] the file)."""
+    pex = os.environ.get("PEX")
+    if pex and Path(pex).is_file():
+        return Path(pex).resolve()
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.is_file() and _is_zip(argv0):
+        return argv0.resolve()
+    return None
+
+
+def _is_zip(path: Path) -> bool:
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _archive_arg(path: Path | None, command: str) -> Path:
+    if path is not None:
+        return path
+    me = self_archive()
+    if me is None:
+        from chiron.errors import UsageError
+
+        raise UsageError(f"{command}: give the appliance to check (chiron {command} PATH), or run it from one")
+    return me
+
+
+@app.command()
+def verify(
+    path: Annotated[Optional[Path], typer.Argument(help="Appliance to verify; default: the one running.")] = None,  # noqa: UP045
+    root: Annotated[
+        Optional[Path], typer.Option("--root", help="Trusted root metadata (JSON) obtained out of band.")  # noqa: UP045
+    ] = None,
+    root_sha256: Annotated[
+        Optional[str], typer.Option("--root-sha256", help="sha256 of a trusted root metadata file.")  # noqa: UP045
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify every byte of an appliance against its TUF metadata. Exit 0 verified, 1 failed."""
+    from chiron.verify import verify as run_verify
+
+    _state["json"] = as_json
+    target = _archive_arg(path, "verify")
+    report = run_verify(target, root_file=root, root_sha256=root_sha256, show_progress=not as_json)
+    if as_json:
+        _emit(report.as_dict())
+    else:
+        for notice in report.notices:
+            typer.echo(f"notice: {notice}", err=True)
+        if report.ok:
+            typer.echo(
+                f"verified {target}: {report.name} {report.version}, {report.targets} signed targets, "
+                f"{report.bytes_hashed} bytes hashed, every byte accounted for (anchor: {report.trust_anchor})"
+            )
+        else:
+            typer.echo(f"chiron: verification FAILED for {target}", err=True)
+            for p in report.problems:
+                typer.echo(f"  - {p}", err=True)
+    raise typer.Exit(ExitCode.OK if report.ok else ExitCode.VERIFY_FAILED)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Optional[Path], typer.Argument(help="Appliance to describe; default: the one running.")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe an appliance: packages, platforms, targets, TUF roles (does not verify)."""
+    from chiron.inspect import inspect_archive, render
+
+    _state["json"] = as_json
+    info = inspect_archive(_archive_arg(path, "inspect"))
+    if as_json:
+        _emit(info)
+    else:
+        typer.echo(render(info))
+
+
+@app.command()
+def build(
+    spec: Annotated[Path, typer.Argument(help="The appliance spec (appliance.toml).")] = Path("bundle/appliance.toml"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the appliance.")] = Path(
+        "dist/chiron.pex"
+    ),
+    fmt: Annotated[str, typer.Option("--format", help="Tool zip format: pex or shiv.")] = "pex",
+    tool_wheels: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Wheels of chiron and its dependencies (default: $CHIRON_TOOL_WHEELS)."),
+    ] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Artifact cache (default: ~/.cache/chiron).")] = None,  # noqa: UP045
+    source_date_epoch: Annotated[
+        Optional[int], typer.Option(help="Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH).")  # noqa: UP045
+    ] = None,
+    metadata_version: Annotated[int, typer.Option(min=1, help="Version of the targets/snapshot/timestamp metadata.")] = 1,
+    shebang: Annotated[str, typer.Option(help="Interpreter line of the appliance.")] = "/usr/bin/env python3",
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a signed appliance from a spec."""
+    from chiron._fetch import default_cache_dir
+    from chiron.build import BuildOptions
+    from chiron.build import build as run_build
+    from chiron.errors import UsageError
+
+    _state["json"] = as_json
+    if fmt not in ("pex", "shiv"):
+        raise UsageError(f"--format: '{fmt}' is not pex or shiv")
+    wheels = tool_wheels or (Path(os.environ["CHIRON_TOOL_WHEELS"]) if os.environ.get("CHIRON_TOOL_WHEELS") else None)
+    if wheels is None:
+        raise UsageError("no --tool-wheels given", hint="pass the directory holding chiron's own wheels")
+    opts = BuildOptions(
+        spec=spec, output=output, tool_wheels=wheels, cache_dir=cache_dir or default_cache_dir(),
+        tool_format=fmt, source_date_epoch=source_date_epoch, metadata_version=metadata_version,  # type: ignore[arg-type]
+        shebang=shebang, show_progress=not as_json,
+    )
+    result = run_build(opts)
+    if as_json:
+        _emit({"schema": "chiron.build/1", **result.as_dict()})
+    else:
+        typer.echo(
+            f"built {result.output} ({result.name} {result.version}, {result.size} bytes, {result.targets} targets, "
+            f"{result.wheels} wheels: {result.downloaded} downloaded, {result.reused} from cache)"
+        )
+        typer.echo(f"detached signature: {result.signature}")
+        typer.echo(f"root fingerprint: {result.root_fingerprint}")
+
+
+@app.command()
+def lock(
+    spec: Annotated[Path, typer.Argument(help="The appliance spec.")] = Path("bundle/appliance.toml"),
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Lock file (default: the spec's python.lock).")  # noqa: UP045
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resolve the spec's requirements for every environment; write pylock.toml and requirements files."""
+    from chiron import _lock, _trust
+    from chiron._fetch import ArtifactCache, default_cache_dir
+    from chiron._spec import load_spec
+    from chiron.errors import UsageError
+
+    _state["json"] = as_json
+    loaded = load_spec(spec)
+    out = output or loaded.lock_path
+    if out is None:
+        raise UsageError(f"{spec}: python.lock is not set; pass --output PATH")
+    result = _lock.resolve(loaded.spec, loaded.base)
+    cache = ArtifactCache(default_cache_dir())
+    measured = {}
+    for art in result.artifacts():
+        _p, sha, size = cache.fetch(art.url, art.sha256, art.filename)
+        measured[art.filename] = (sha, size)
+    _lock.fill_hashes(result, measured)
+    _trust.write_atomic(out, _lock.write_pylock(result, loaded.spec))
+    written = [str(out)]
+    for env in loaded.spec.environments:
+        req = out.with_name(f"requirements-{env.name}.txt")
+        _trust.write_atomic(req, _lock.requirements_txt(result, env.name))
+        written.append(str(req))
+    if as_json:
+        _emit({"schema": "chiron.lock/1", "written": written, "packages": len(result.packages)})
+    else:
+        typer.echo(f"locked {len(result.packages)} packages for {len(loaded.spec.environments)} environment(s)")
+        for w in written:
+            typer.echo(f"  wrote {w}")
+
+
+@keys_app.command("init")
+def keys_init(
+    directory: Annotated[Path, typer.Argument(help="Where to write the keys (created, mode 0700).")],
+    root_expires: Annotated[str, typer.Option(help="Validity of root v1, e.g. 365d.")] = "365d",
+    force: Annotated[bool, typer.Option(help="Replace keys already in DIR.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a THROW-AWAY development key set: Ed25519 PEM per role (0600) and a signed 1.root.json."""
+    from datetime import UTC, datetime, timedelta
+
+    from chiron import _trust
+    from chiron.errors import UsageError
+    from chiron.models import parse_duration
+
+    try:
+        seconds = parse_duration(root_expires)
+    except ValueError as exc:
+        raise UsageError(f"--root-expires: {exc}") from None
+    made = _trust.init_dev_keys(
+        directory, root_expires=timedelta(seconds=seconds), now=datetime.now(UTC), force=force
+    )
+    if as_json:
+        _emit({"schema": "chiron.keys-init/1", "directory": str(made.directory), "root": str(made.root_path),
+               "root_fingerprint": made.fingerprint, "keyids": made.keyids})
+        return
+    typer.echo(f"wrote development keys to {made.directory} (private keys: mode 0600, never packed)")
+    for role, keyid in made.keyids.items():
+        typer.echo(f"  {role:<10} {keyid}")
+    typer.echo(f"root metadata: {made.root_path}")
+    typer.echo(f"root fingerprint: {made.fingerprint}")
+    typer.echo("These keys are for development only: use HSM/KMS keys and a signing ceremony in production.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, print ChironErrors as one line, exit with the documented code."""
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="chiron")
+    except ChironError as exc:
+        if _state["verbose"]:
+            traceback.print_exc()
+        if _state["json"]:
+            _emit({"schema": "chiron.error/1", "error": exc.diagnostics(), "exit_code": int(exc.exit_code)})
+        typer.echo(f"chiron: error: {exc.diagnostics()}", err=True)
+        code = int(exc.exit_code)
+    except typer.Abort:
+        typer.echo("chiron: interrupted", err=True)
+        code = 130
+    except typer.TyperException as exc:  # bad usage: unknown option, missing argument, bad value
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            typer.echo(f"chiron: error: {exc}", err=True)
+        code = ExitCode.USAGE
+    except KeyboardInterrupt:
+        typer.echo("chiron: interrupted", err=True)
+        code = 130
+    finally:
+        if "chiron._telemetry" in sys.modules:
+            sys.modules["chiron._telemetry"].shutdown()
+    sys.exit(int(code or 0))

@@ -1,0 +1,126 @@
+"""Fetch pinned artifacts into a content-addressed cache, re-checking every hash.
+
+The cache is keyed by sha256 (``CACHE/sha256/ab/abcd...``), so a rebuild finds what it already has
+without any request, and a file is only ever placed in the cache after its bytes were hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chiron.errors import ArtifactError
+
+CHUNK = 1 << 20
+
+
+def default_cache_dir() -> Path:
+    """CHIRON_CACHE_DIR, else $XDG_CACHE_HOME/chiron, else ~/.cache/chiron."""
+    if os.environ.get("CHIRON_CACHE_DIR"):
+        return Path(os.environ["CHIRON_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chiron"
+
+
+@dataclass
+class FetchStats:
+    downloaded: int = 0
+    reused: int = 0
+    bytes_downloaded: int = 0
+
+
+class ArtifactCache:
+    """Content-addressed store of fetched artifacts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.stats = FetchStats()
+
+    def path_for(self, sha256: str) -> Path:
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def fetch(
+        self, url: str, sha256: str, what: str, progress: Callable[[int], None] | None = None
+    ) -> tuple[Path, str, int]:
+        """Return (path, sha256, size) of the artifact, downloading it only if the cache lacks it.
+
+        An empty ``sha256`` means the lock has no hash yet: the measured hash is returned and recorded.
+        """
+        if sha256:
+            cached = self.path_for(sha256)
+            if cached.is_file():
+                self.stats.reused += 1
+                return cached, sha256, cached.stat().st_size
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=self.root)
+        tmp = Path(tmp_name)
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out, _open(url, what) as src:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            got = h.hexdigest()
+            if sha256 and got != sha256:
+                raise ArtifactError(
+                    f"{what}: sha256 mismatch for {url}: the lock pins {sha256}, the download is {got}",
+                    hint="the index served different bytes than were locked; re-lock only if you trust the change",
+                )
+            dest = self.path_for(got)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.stats.downloaded += 1
+        self.stats.bytes_downloaded += size
+        return dest, got, size
+
+
+class _Response:
+    def __init__(self, fobj: object) -> None:
+        self._f = fobj
+
+    def __enter__(self) -> _Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        close = getattr(self._f, "close", None)
+        if close:
+            close()
+
+    def read(self, n: int) -> bytes:
+        data: bytes = self._f.read(n)  # type: ignore[attr-defined]
+        return data
+
+
+def _open(url: str, what: str) -> _Response:
+    if "://" not in url:
+        try:
+            return _Response(Path(url).open("rb"))
+        except OSError as exc:
+            raise ArtifactError(f"{what}: cannot open {url}: {exc.strerror}") from None
+    if not url.startswith(("http://", "https://", "file://")):
+        raise ArtifactError(f"{what}: unsupported URL scheme in {url}")
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "chiron"})
+        return _Response(urllib.request.urlopen(req, timeout=120))  # noqa: S310 - schemes checked above
+    except urllib.error.HTTPError as exc:
+        raise ArtifactError(f"{what}: {url} answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ArtifactError(
+            f"{what}: cannot fetch {url}: {reason}", hint="check the index URL and that the host is reachable"
+        ) from None
+

@@ -1,0 +1,242 @@
+"""Build an appliance: lock, fetch, build the tool zip, sign everything with TUF, write the file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import TargetFile
+
+from chiron import __version__, _lock, _progress, _telemetry, _trust
+from chiron._archive import (
+    FORMAT,
+    SHEBANG_TARGET,
+    TOOL_MEMBERS_TARGET,
+    TOOL_TARGET,
+    ArchiveWriter,
+    Written,
+    canonical_json,
+    normalize_zip,
+)
+from chiron._fetch import ArtifactCache
+from chiron._spec import LoadedSpec, load_spec
+from chiron._tool import ToolFormat, build_tool
+from chiron.errors import ArtifactError, SpecError, UsageError
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    spec: Path
+    output: Path
+    tool_wheels: Path
+    cache_dir: Path
+    tool_format: ToolFormat = "pex"
+    source_date_epoch: int | None = None
+    metadata_version: int = 1
+    shebang: str = "/usr/bin/env python3"
+    show_progress: bool = True
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    signature: Path
+    size: int
+    name: str
+    version: str
+    targets: int
+    wheels: int
+    root_fingerprint: str
+    downloaded: int
+    reused: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output), "signature": str(self.signature), "size": self.size,
+            "name": self.name, "version": self.version, "targets": self.targets, "wheels": self.wheels,
+            "root_fingerprint": self.root_fingerprint, "downloaded": self.downloaded, "reused": self.reused,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def source_date_epoch(explicit: int | None) -> int | None:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env is None:
+        return None
+    try:
+        return int(env)
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer number of seconds") from None
+
+
+def load_lock(loaded: LoadedSpec) -> _lock.Lock:
+    """The spec's lock file if it names one, else a fresh resolution."""
+    path = loaded.lock_path
+    if path is not None:
+        return _lock.read_pylock(path, loaded.spec)
+    return _lock.resolve(loaded.spec, loaded.base)
+
+
+def build(opts: BuildOptions) -> BuildResult:
+    """Build the appliance described by ``opts``; the output appears atomically or not at all."""
+    started = time.monotonic()
+    loaded = load_spec(opts.spec)
+    spec = loaded.spec
+    epoch = source_date_epoch(opts.source_date_epoch)
+    now = _trust.utc_from_epoch(epoch if epoch is not None else int(time.time()))
+    zip_time = time.gmtime(max(epoch or 315532800, 315532800))[:6]  # zip cannot express before 1980
+
+    with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=spec.appliance.version) as sp:
+        root_chain = _trust.load_root_chain(loaded.resolve_path(spec.trust.root, "trust.root"))
+        root = _trust.parse_root(root_chain[-1], "root").signed
+        signers = {
+            role: [
+                _trust.load_signer(loaded.resolve_key_uri(k, f"trust.roles.{role}.keys[{i}]"), role, root, k.keyid)
+                for i, k in enumerate(spec.trust.roles[role].keys)
+            ]
+            for role in _trust.ONLINE_ROLES
+        }
+        for role in _trust.ONLINE_ROLES:
+            want = spec.trust.roles[role].threshold
+            if want != root.roles[role].threshold:
+                raise SpecError(
+                    f"{loaded.path}: trust.roles.{role}.threshold: is {want} but the root metadata says "
+                    f"{root.roles[role].threshold}"
+                )
+        detached_ref = spec.trust.detached.key or spec.trust.roles["targets"].keys[0]
+        detached = (
+            signers["targets"][0]
+            if spec.trust.detached.key is None
+            else _trust.load_signer(
+                loaded.resolve_key_uri(detached_ref, "trust.detached.key"), "targets", root, detached_ref.keyid
+            )
+        )
+
+        lock = load_lock(loaded)
+        cache = ArtifactCache(opts.cache_dir)
+        measured: dict[str, tuple[str, int]] = {}
+        paths: dict[str, Path] = {}
+        with _telemetry.span("chiron.fetch", artifacts=len(lock.artifacts())):
+            for art in lock.artifacts():
+                path, sha, size = cache.fetch(art.url, art.sha256, art.filename)
+                measured[art.filename] = (sha, size)
+                paths[art.filename] = path
+        _lock.fill_hashes(lock, measured)
+        pylock = _lock.write_pylock(lock, spec)
+
+        shebang = f"#!{opts.shebang}\n".encode()
+        with tempfile.TemporaryDirectory(prefix="chiron-build-") as tmp_s:
+            tmp = Path(tmp_s)
+            raw_tool, tool_zip = tmp / "tool.raw", tmp / "tool.zip"
+            with _telemetry.span("chiron.build.tool", format=opts.tool_format):
+                build_tool(opts.tool_format, opts.tool_wheels, raw_tool, opts.shebang)
+                tool_members = normalize_zip(raw_tool, tool_zip, zip_time)  # type: ignore[arg-type]
+            manifest = {
+                "format": FORMAT,
+                "name": spec.appliance.name,
+                "version": spec.appliance.version,
+                "description": spec.appliance.description,
+                "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "chiron_version": __version__,
+                "tool_format": opts.tool_format,
+                "environments": [e.model_dump() for e in spec.environments],
+                "images": [],
+            }
+            written: list[tuple[Written, str]] = []
+            writer = ArchiveWriter(opts.output, shebang)
+            try:
+                writer_targets(writer, written, manifest, loaded, pylock, lock, tool_members, paths, opts)
+                targets = {w.name: _target(w, kind) for w, kind in written}
+                targets[SHEBANG_TARGET] = TargetFile.from_data(SHEBANG_TARGET, shebang, ["sha256"])
+                targets[SHEBANG_TARGET].unrecognized_fields["custom"] = {"kind": "shebang"}
+                targets[TOOL_TARGET] = TargetFile.from_file(TOOL_TARGET, str(tool_zip), ["sha256"])
+                targets[TOOL_TARGET].unrecognized_fields["custom"] = {"kind": "tool", "format": opts.tool_format}
+                expires = {r: timedelta(seconds=spec.trust.roles[r].expires_seconds) for r in _trust.ONLINE_ROLES}
+                metadata = _trust.build_repository(
+                    root_chain, signers, targets, now=now, expires=expires, version=opts.metadata_version
+                )
+                for name in sorted(metadata, key=_metadata_order):
+                    writer.add_bytes(name, metadata[name])
+                whole = writer.finish(tool_zip, opts.tool_format)
+            except BaseException:
+                writer.abort()
+                raise
+        sig_path = opts.output.with_name(opts.output.name + ".sig")
+        sig = _trust.ssh_signature(detached, spec.trust.detached.namespace, whole)
+        _trust.write_atomic(sig_path, sig)
+        size = opts.output.stat().st_size
+        _telemetry.set_attr(sp, bytes=size, targets=len(targets), downloaded=cache.stats.downloaded)
+    return BuildResult(
+        output=opts.output,
+        signature=sig_path,
+        size=size,
+        name=spec.appliance.name,
+        version=spec.appliance.version,
+        targets=len(targets),
+        wheels=len(paths),
+        root_fingerprint=_trust.fingerprint(root_chain[0]),
+        downloaded=cache.stats.downloaded,
+        reused=cache.stats.reused,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _metadata_order(name: str) -> tuple[int, int, str]:
+    # Root chain first (by version), then the rest; any fixed order keeps the output reproducible.
+    base = name.removeprefix("metadata/")
+    head = base.split(".")[0]
+    return (0, int(head), base) if head.isdigit() else (1, 0, base)
+
+
+def _target(w: Written, kind: str) -> TargetFile:
+    tf = TargetFile(length=w.length, hashes={"sha256": w.sha256}, path=w.name)
+    tf.unrecognized_fields["custom"] = {"kind": kind}
+    return tf
+
+
+def writer_targets(
+    writer: ArchiveWriter,
+    written: list[tuple[Written, str]],
+    manifest: dict[str, Any],
+    loaded: LoadedSpec,
+    pylock: bytes,
+    lock: _lock.Lock,
+    tool_members: list[dict[str, Any]],
+    paths: dict[str, Path],
+    opts: BuildOptions,
+) -> None:
+    """Write every payload member that is a signed target, in a fixed order."""
+    spec = loaded.spec
+    written.append((writer.add_bytes("appliance.json", canonical_json(manifest)), "manifest"))
+    written.append((writer.add_bytes("spec/appliance.toml", loaded.raw), "spec"))
+    written.append((writer.add_bytes("lock/pylock.toml", pylock), "lock"))
+    for env in spec.environments:
+        data = _lock.requirements_txt(lock, env.name)
+        written.append((writer.add_bytes(f"lock/requirements-{env.name}.txt", data), "lock"))
+    written.append((writer.add_bytes(TOOL_MEMBERS_TARGET, canonical_json(tool_members)), "tool-members"))
+    total = sum(p.stat().st_size for p in paths.values())
+    with _progress.bar(total, "packing wheels", enabled=opts.show_progress) as bar:
+        for art in lock.artifacts():
+            w = writer.add_file(f"wheels/{art.filename}", paths[art.filename])
+            if w.sha256 != art.sha256:
+                raise ArtifactError(
+                    f"{art.filename}: cached copy {paths[art.filename]} has sha256 {w.sha256}, the lock pins "
+                    f"{art.sha256}",
+                    hint="the cache was modified; delete that file and build again",
+                )
+            written.append((w, "wheel"))
+            bar.advance(w.length)
+    for i, extra in enumerate(sorted(spec.files, key=lambda f: f.dest)):
+        src = loaded.resolve_path(extra.src, f"files[{i}].src")
+        if not src.is_file():
+            raise SpecError(f"{loaded.path}: files[{i}].src: {src} is not a file")
+        written.append((writer.add_file(f"files/{extra.dest}", src), "file"))
