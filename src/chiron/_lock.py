@@ -180,7 +180,7 @@ def resolve(spec: ApplianceSpec, spec_dir: Path) -> Lock:
                     ) from None
                 raise
             report = json.loads(report_path.read_text())
-            selection[env.name] = _from_report(report, env, packages, py.allow_sdists)
+            selection[env.name] = _from_report(report, env, packages, py.allow_sdists, py.index_url)
     return Lock(packages=sorted(packages.values(), key=lambda p: (p.name, p.version)), selection=selection)
 
 
@@ -192,7 +192,11 @@ def _link(link: str, spec_dir: Path) -> str:
 
 
 def _from_report(
-    report: dict[str, Any], env: TargetEnvironment, packages: dict[tuple[str, str], LockedPackage], sdists: bool
+    report: dict[str, Any],
+    env: TargetEnvironment,
+    packages: dict[tuple[str, str], LockedPackage],
+    sdists: bool,
+    index_url: str | None,
 ) -> dict[str, Artifact]:
     chosen: dict[str, Artifact] = {}
     for item in report.get("install", []):
@@ -210,16 +214,11 @@ def _from_report(
             # The index gave no hash; the file is hashed when fetched and that hash is recorded.
             sha = ""
         art = Artifact(filename=filename, url=url, sha256=sha)
-        pkg = packages.setdefault((name, version), LockedPackage(name, version, _index_of(url)))
+        pkg = packages.setdefault((name, version), LockedPackage(name, version, index_url if "://" in url else None))
         pkg.artifacts.setdefault(filename, art)
         pkg.environments.add(env.name)
         chosen[name] = pkg.artifacts[filename]
     return chosen
-
-
-def _index_of(url: str) -> str | None:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") else None
 
 
 def fill_hashes(lock: Lock, hashes: dict[str, tuple[str, int]]) -> None:

@@ -1,0 +1,256 @@
+"""Test helpers: tiny real wheels, a PEP 503 index on loopback, specs, and archive surgery."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import io
+import json
+import os
+import threading
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from chiron._archive import FOOTER, FOOTER_MAGIC, canonical_json, read_layout
+
+
+def make_wheel(
+    directory: Path,
+    name: str,
+    version: str,
+    *,
+    deps: tuple[str, ...] = (),
+    tag: str = "py3-none-any",
+    license: str = "MIT",
+    payload: bytes = b"",
+) -> Path:
+    """Write a minimal, valid wheel (pure Python unless ``tag`` says otherwise)."""
+    dist = name.replace("-", "_")
+    fname = f"{dist}-{version}-{tag}.whl"
+    files = {
+        f"{dist}/__init__.py": f"__version__ = {version!r}\n".encode() + payload,
+        f"{dist}-{version}.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nLicense: {license}\n"
+            + "".join(f"Requires-Dist: {d}\n" for d in deps)
+        ).encode(),
+        f"{dist}-{version}.dist-info/WHEEL": (
+            f"Wheel-Version: 1.0\nGenerator: chiron-tests\nRoot-Is-Purelib: {'true' if tag.endswith('any') else 'false'}\n"
+            + "".join(f"Tag: {t}\n" for t in _expand(tag))
+        ).encode(),
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}-{version}.dist-info/RECORD,,")
+    files[f"{dist}-{version}.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / fname
+    with zipfile.ZipFile(out, "w") as z:
+        for path, data in files.items():
+            info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
+            z.writestr(info, data)
+    return out
+
+
+def _expand(tag: str) -> list[str]:
+    py, abi, plat = tag.split("-")
+    return [f"{p}-{a}-{pl}" for p in py.split(".") for a in abi.split(".") for pl in plat.split(".")]
+
+
+def make_sdist(directory: Path, name: str, version: str) -> Path:
+    import tarfile
+
+    dist = name.replace("-", "_")
+    out = directory / f"{dist}-{version}.tar.gz"
+    data = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    with tarfile.open(out, "w:gz") as t:
+        info = tarfile.TarInfo(f"{dist}-{version}/PKG-INFO")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    return out
+
+
+class LocalIndex:
+    """A PEP 503 simple index over a directory of files, on 127.0.0.1, counting what it serves."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.requests: Counter[str] = Counter()
+        self.override: dict[str, bytes] = {}
+        index = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                index.requests[self.path] += 1
+                body, ctype = index._serve(self.path)
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+
+    def file_requests(self) -> int:
+        return sum(n for p, n in self.requests.items() if p.startswith("/files/"))
+
+    def _projects(self) -> dict[str, list[Path]]:
+        from packaging.utils import canonicalize_name
+
+        out: dict[str, list[Path]] = {}
+        for f in sorted(self.directory.iterdir()):
+            if f.suffix == ".whl" or f.name.endswith(".tar.gz"):
+                stem = f.name[: -len(".tar.gz")] if f.name.endswith(".tar.gz") else f.name
+                project = canonicalize_name(stem.split("-")[0])
+                out.setdefault(project, []).append(f)
+        return out
+
+    def _serve(self, path: str) -> tuple[bytes | None, str]:
+        if path.startswith("/files/"):
+            name = path.removeprefix("/files/")
+            if name in self.override:
+                return self.override[name], "application/octet-stream"
+            f = self.directory / name
+            return (f.read_bytes() if f.is_file() else None), "application/octet-stream"
+        projects = self._projects()
+        if path.rstrip("/") == "/simple":
+            links = "".join(f'<a href="/simple/{p}/">{p}</a>\n' for p in projects)
+            return f"<html><body>{links}</body></html>".encode(), "text/html"
+        project = path.removeprefix("/simple/").strip("/")
+        if project not in projects:
+            return None, ""
+        links = "".join(
+            f'<a href="/files/{f.name}#sha256={hashlib.sha256(f.read_bytes()).hexdigest()}">{f.name}</a>\n'
+            for f in projects[project]
+        )
+        return f"<html><body>{links}</body></html>".encode(), "text/html"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SPEC_TEMPLATE = """
+[appliance]
+name = "{name}"
+version = "{version}"
+
+[python]
+requirements = {requirements}
+index_url = "{index_url}"
+{extra_python}
+
+{environments}
+
+[trust]
+root = "{keys}/1.root.json"
+
+[trust.roles.targets]
+keys = ["file2:{keys}/targets.pem"]
+expires = "{targets_expires}"
+
+[trust.roles.snapshot]
+keys = ["file2:{keys}/snapshot.pem"]
+expires = "7d"
+
+[trust.roles.timestamp]
+keys = ["file2:{keys}/timestamp.pem"]
+expires = "{timestamp_expires}"
+
+{extra}
+"""
+
+ENV_311 = """
+[[environments]]
+name = "cp311"
+python_version = "3.11"
+platforms = ["manylinux_2_17_x86_64"]
+"""
+
+ENV_312 = """
+[[environments]]
+name = "cp312"
+python_version = "3.12"
+platforms = ["manylinux_2_17_x86_64"]
+"""
+
+
+def write_spec(
+    directory: Path,
+    *,
+    keys: Path,
+    index_url: str,
+    requirements: list[str],
+    name: str = "demo",
+    version: str = "1.0.0",
+    environments: str = ENV_311,
+    extra_python: str = "",
+    extra: str = "",
+    targets_expires: str = "30d",
+    timestamp_expires: str = "1d",
+) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = directory / "appliance.toml"
+    spec.write_text(
+        SPEC_TEMPLATE.format(
+            name=name, version=version, requirements=json.dumps(requirements), index_url=index_url,
+            extra_python=extra_python, environments=environments, keys=keys, extra=extra,
+            targets_expires=targets_expires, timestamp_expires=timestamp_expires,
+        )
+    )
+    return spec
+
+
+def rewrite_archive(
+    src: Path,
+    dest: Path,
+    *,
+    replace: dict[str, bytes] | None = None,
+    add: dict[str, bytes] | None = None,
+    remove: tuple[str, ...] = (),
+    index_hook: Callable[[dict], None] | None = None,
+) -> Path:
+    """Rebuild an archive the way an attacker who knows the format would: consistent index/footer."""
+    layout = read_layout(src)
+    replace, add = replace or {}, add or {}
+    data = src.read_bytes()
+    members: list[tuple[str, bytes]] = []
+    for m in layout.members:
+        if m.name in remove:
+            continue
+        members.append((m.name, replace.get(m.name, data[m.offset : m.offset + m.length])))
+    members += list(add.items())
+    out = bytearray(layout.shebang)
+    entries = []
+    for name, body in members:
+        entries.append({"name": name, "offset": len(out), "length": len(body)})
+        out += body
+    index = dict(layout.index, members=entries)
+    if index_hook:
+        index_hook(index)
+    raw = canonical_json(index)
+    index_offset = len(out)
+    out += raw
+    zip_offset = len(out) + FOOTER.size
+    out += FOOTER.pack(FOOTER_MAGIC, index_offset, len(raw), zip_offset, hashlib.sha256(raw).digest())
+    out += data[layout.zip_offset :]
+    dest.write_bytes(bytes(out))
+    os.chmod(dest, 0o755)
+    return dest
