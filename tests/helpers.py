@@ -226,6 +226,8 @@ def rewrite_archive(
     add: dict[str, bytes] | None = None,
     remove: tuple[str, ...] = (),
     index_hook: Callable[[dict], None] | None = None,
+    gap_after: str | None = None,
+    tool_zip: bytes | None = None,
 ) -> Path:
     """Rebuild an archive the way an attacker who knows the format would: consistent index/footer."""
     layout = read_layout(src)
@@ -242,6 +244,8 @@ def rewrite_archive(
     for name, body in members:
         entries.append({"name": name, "offset": len(out), "length": len(body)})
         out += body
+        if name == gap_after:
+            out += b"\0" * 16
     index = dict(layout.index, members=entries)
     if index_hook:
         index_hook(index)
@@ -250,7 +254,7 @@ def rewrite_archive(
     out += raw
     zip_offset = len(out) + FOOTER.size
     out += FOOTER.pack(FOOTER_MAGIC, index_offset, len(raw), zip_offset, hashlib.sha256(raw).digest())
-    out += data[layout.zip_offset :]
+    out += data[layout.zip_offset :] if tool_zip is None else tool_zip
     dest.write_bytes(bytes(out))
     os.chmod(dest, 0o755)
     return dest

@@ -140,6 +140,7 @@ def _verify(
             return
         report.targets = len(targets)
         regions = layout.regions()
+        wrong_length: set[str] = set()
         for name in sorted(targets):
             if name not in regions:
                 report.problems.append(f"member {name}: signed in targets but missing from the archive (removed?)")
@@ -149,16 +150,16 @@ def _verify(
             if name not in targets:
                 report.problems.append(f"member {name}: not signed (unlisted member added to the archive?)")
             elif regions[name][1] != targets[name]["length"]:
+                wrong_length.add(name)
                 report.problems.append(
                     f"member {name}: is {regions[name][1]} bytes, signed length is {targets[name]['length']}"
                 )
-        if report.problems:
-            return
-        todo = {name: regions[name] for name in targets}
+        todo = {n: regions[n] for n in targets if n in regions and n not in wrong_length}
         mismatched = _hash_regions(fd, todo, targets, report, show_progress, workers)
         for name in sorted(mismatched):
             report.problems.append(f"member {name}: sha256 does not match the signed targets (modified)")
-        if TOOL_TARGET in mismatched and TOOL_MEMBERS_TARGET not in mismatched:
+        changed = mismatched | wrong_length
+        if TOOL_TARGET in changed and TOOL_MEMBERS_TARGET in todo and TOOL_MEMBERS_TARGET not in changed:
             report.problems += _diagnose_tool(fd, layout, entries)
         _read_manifest(fd, layout, report)
 

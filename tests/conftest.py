@@ -1,0 +1,113 @@
+"""Shared fixtures: development keys, a loopback index of tiny wheels, and built appliances."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec  # noqa: E402
+
+from chiron import _trust  # noqa: E402
+from chiron.build import BuildOptions, BuildResult, build  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tool_wheels() -> Path:
+    """chiron's own wheels (made by `make tool-wheels`); the tool zip is built from them offline."""
+    path = Path(os.environ.get("CHIRON_TOOL_WHEELS", REPO / "build" / "tool-wheels"))
+    if not any(path.glob("chiron-*.whl")):
+        pytest.fail(f"{path} holds no chiron wheel: run the tests with 'make test' (it runs 'make tool-wheels')")
+    return path
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("keys") / "dev"
+    _trust.init_dev_keys(directory, root_expires=timedelta(days=365), now=datetime.now(UTC))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def other_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second, unrelated key set: signatures by it must never be accepted for `keys`."""
+    directory = tmp_path_factory.mktemp("keys") / "other"
+    _trust.init_dev_keys(directory, root_expires=timedelta(days=365), now=datetime.now(UTC))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small real wheels: a pure package with a dependency, and a compiled-style one per CPython."""
+    d = tmp_path_factory.mktemp("wheelhouse")
+    make_wheel(d, "alpha", "1.0", deps=("beta>=1",))
+    make_wheel(d, "beta", "1.0")
+    make_wheel(d, "beta", "1.1", license="Apache-2.0")
+    make_wheel(d, "gamma", "2.0", tag="cp311-cp311-manylinux_2_17_x86_64")
+    make_wheel(d, "gamma", "2.0", tag="cp312-cp312-manylinux_2_17_x86_64")
+    return d
+
+
+@pytest.fixture(scope="session")
+def index(wheelhouse: Path) -> LocalIndex:
+    idx = LocalIndex(wheelhouse)
+    yield idx  # type: ignore[misc]
+    idx.close()
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def do_build(
+    spec: Path, out: Path, tool_wheels: Path, cache: Path, *, fmt: str = "pex", epoch: int | None = None
+) -> BuildResult:
+    return build(
+        BuildOptions(
+            spec=spec, output=out, tool_wheels=tool_wheels, cache_dir=cache, tool_format=fmt,  # type: ignore[arg-type]
+            source_date_epoch=epoch, show_progress=False,
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def good_spec(tmp_path_factory: pytest.TempPathFactory, keys: Path, index: LocalIndex) -> Path:
+    return write_spec(
+        tmp_path_factory.mktemp("spec"),
+        keys=keys,
+        index_url=index.url,
+        requirements=["alpha==1.0", "gamma==2.0"],
+        environments=ENV_311 + ENV_312,
+    )
+
+
+@pytest.fixture(scope="session")
+def appliance(
+    tmp_path_factory: pytest.TempPathFactory, good_spec: Path, tool_wheels: Path, session_cache: Path
+) -> Path:
+    """One good pex appliance for the many read-only tests (tamper tests copy it)."""
+    out = tmp_path_factory.mktemp("dist") / "chiron.pex"
+    do_build(good_spec, out, tool_wheels, session_cache)
+    return out
+
+
+@pytest.fixture()
+def pex_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "pex-root"
+    monkeypatch.setenv("PEX_ROOT", str(root))
+    return root
+
+
+def copy(src: Path, dest: Path) -> Path:
+    shutil.copyfile(src, dest)
+    os.chmod(dest, 0o755)
+    return dest

@@ -1,0 +1,177 @@
+"""End-to-end: build appliances from a loopback index and verify them, in-process and as a program."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import copy, do_build
+from helpers import ENV_311, write_spec
+
+from chiron._archive import read_layout
+from chiron.inspect import inspect_archive
+from chiron.verify import verify
+
+# Start of today: a fixed SOURCE_DATE_EPOCH for reproducibility whose 1-day expiry has not passed.
+EPOCH = int(time.time()) // 86400 * 86400
+
+
+def test_good_appliance_verifies_against_each_anchor(appliance: Path, keys: Path) -> None:
+    root = keys / "1.root.json"
+    fp = hashlib.sha256(root.read_bytes()).hexdigest()
+    by_file = verify(appliance, root_file=root)
+    by_hash = verify(appliance, root_sha256=fp.upper())
+    tofu = verify(appliance)
+    for report in (by_file, by_hash, tofu):
+        assert report.ok, report.problems
+        assert report.bytes_hashed > 0 and report.name == "demo" and report.version == "1.0.0"
+        assert report.root_fingerprint == fp
+    assert tofu.notices and "trust on first use" in tofu.notices[0]
+    assert not by_file.notices and not by_hash.notices
+    assert by_file.roles["targets"]["version"] == 1
+
+
+def test_every_byte_is_accounted_for(appliance: Path) -> None:
+    layout = read_layout(appliance)
+    spans = sorted((m.offset, m.offset + m.length) for m in layout.members)
+    assert spans[0][0] == len(layout.shebang)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert spans[-1][1] == layout.index_offset
+    assert layout.index_offset + layout.index_length + 64 == layout.zip_offset
+    names = {m.name for m in layout.members}
+    assert {"appliance.json", "lock/pylock.toml", "lock/requirements-cp311.txt", "lock/requirements-cp312.txt",
+            "metadata/1.root.json", "metadata/targets.json", "wheels/alpha-1.0-py3-none-any.whl"} <= names
+
+
+def test_lock_pins_each_environment(appliance: Path) -> None:
+    layout = read_layout(appliance)
+    data = appliance.read_bytes()
+    m = layout.member("lock/pylock.toml")
+    assert m is not None
+    lock = tomllib.loads(data[m.offset : m.offset + m.length].decode())
+    assert lock["lock-version"] == "1.0"
+    envs = lock["tool"]["chiron"]["environments"]
+    assert envs["cp311"] == envs["cp312"] == ["alpha==1.0", "beta==1.1", "gamma==2.0"]
+    gamma = next(p for p in lock["packages"] if p["name"] == "gamma")
+    assert sorted(w["name"] for w in gamma["wheels"]) == [
+        "gamma-2.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+        "gamma-2.0-cp312-cp312-manylinux_2_17_x86_64.whl",
+    ]
+    for pkg in lock["packages"]:
+        for w in pkg["wheels"]:
+            wm = layout.member(f"wheels/{w['name']}")
+            assert wm is not None
+            body = data[wm.offset : wm.offset + wm.length]
+            assert hashlib.sha256(body).hexdigest() == w["hashes"]["sha256"] and len(body) == w["size"]
+    req = layout.member("lock/requirements-cp312.txt")
+    assert req is not None
+    text = data[req.offset : req.offset + req.length].decode()
+    assert "gamma==2.0 \\\n    --hash=sha256:" in text
+
+
+def test_runs_as_a_program_and_verifies_itself(appliance: Path, pex_root: Path, keys: Path) -> None:
+    proc = subprocess.run([str(appliance), "verify", "--root", str(keys / "1.root.json"), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["path"] == str(appliance.resolve())
+    assert report["trust_anchor"] == "--root file"
+
+
+def test_double_build_is_byte_identical(
+    good_spec: Path, tool_wheels: Path, session_cache: Path, tmp_path: Path
+) -> None:
+    a = do_build(good_spec, tmp_path / "a" / "chiron.pex", tool_wheels, session_cache, epoch=EPOCH)
+    b = do_build(good_spec, tmp_path / "b" / "chiron.pex", tool_wheels, session_cache, epoch=EPOCH)
+    assert a.output.read_bytes() == b.output.read_bytes()
+    assert a.signature.read_bytes() == b.signature.read_bytes()
+    c = do_build(good_spec, tmp_path / "c" / "chiron.pex", tool_wheels, session_cache, epoch=EPOCH + 1)
+    assert c.output.read_bytes() != a.output.read_bytes()
+
+
+def test_rebuild_reuses_the_cache(
+    tmp_path: Path, keys: Path, index, tool_wheels: Path  # type: ignore[no-untyped-def]
+) -> None:
+    spec = write_spec(tmp_path / "s", keys=keys, index_url=index.url, requirements=["beta==1.0"])
+    cache = tmp_path / "cache"
+    before = index.file_requests()
+    first = do_build(spec, tmp_path / "1.pex", tool_wheels, cache)
+    assert first.downloaded == 1 and index.file_requests() > before
+    # Lock it, then rebuild from the lock: no index request at all, the cache serves the wheel.
+    from chiron._cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["lock", str(spec), "-o", str(tmp_path / "s" / "pylock.toml")])
+    assert exc.value.code == 0
+    spec.write_text(spec.read_text().replace("[python]", '[python]\nlock = "pylock.toml"'))
+    requests_before = sum(index.requests.values())
+    second = do_build(spec, tmp_path / "2.pex", tool_wheels, cache)
+    assert second.downloaded == 0 and second.reused == 1
+    assert sum(index.requests.values()) == requests_before
+
+
+def test_shiv_format_builds_runs_and_verifies(
+    good_spec: Path, tool_wheels: Path, session_cache: Path, tmp_path: Path, keys: Path
+) -> None:
+    out = tmp_path / "chiron.pyz"
+    do_build(good_spec, out, tool_wheels, session_cache, fmt="shiv", epoch=EPOCH)
+    assert read_layout(out).tool_format == "shiv"
+    assert verify(out, root_file=keys / "1.root.json").ok
+    env = dict(os.environ, SHIV_ROOT=str(tmp_path / "shiv-root"))
+    proc = subprocess.run([str(out), "verify", "--root", str(keys / "1.root.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "verified" in proc.stdout and str(out) in proc.stdout
+    again = do_build(good_spec, tmp_path / "again.pyz", tool_wheels, session_cache, fmt="shiv", epoch=EPOCH)
+    assert again.output.read_bytes() == out.read_bytes()
+
+
+def test_inspect_reports_packages_roles_and_targets(appliance: Path, keys: Path) -> None:
+    info = inspect_archive(appliance)
+    assert info["name"] == "demo" and info["version"] == "1.0.0" and info["verified"] is False
+    assert info["tool_format"] == "pex"
+    names = {p["name"]: p for p in info["packages"]}
+    assert names["gamma"]["environments"] == ["cp311", "cp312"]
+    assert names["beta"]["version"] == "1.1"
+    assert info["roles"]["targets"]["threshold"] == 1 and info["roles"]["timestamp"]["expires"]
+    assert info["roles"]["root"]["key_types"] == ["ed25519"]
+    assert info["root_fingerprint"] == hashlib.sha256((keys / "1.root.json").read_bytes()).hexdigest()
+    assert info["targets"]["by_kind"]["wheel"]["count"] == 4
+
+
+def test_no_private_key_is_packed(appliance: Path, keys: Path) -> None:
+    data = appliance.read_bytes()
+    assert b"PRIVATE KEY" not in data
+    for pem in keys.glob("*.pem"):
+        assert pem.read_bytes().strip().splitlines()[1] not in data
+    with zipfile.ZipFile(appliance) as z:
+        assert not [n for n in z.namelist() if n.endswith(".pem")]
+
+
+def test_tool_zip_carries_no_payload(appliance: Path) -> None:
+    with zipfile.ZipFile(appliance) as z:
+        names = z.namelist()
+    assert not [n for n in names if n.startswith(("wheels/", "metadata/"))]
+    assert "__main__.py" in names and "PEX-INFO" in names
+
+
+def test_extra_files_are_signed_members(tmp_path: Path, keys: Path, index, tool_wheels: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("hello")
+    spec = write_spec(tmp_path / "s", keys=keys, index_url=index.url, requirements=["beta==1.0"],
+                      environments=ENV_311, extra='[[files]]\nsrc = "notes.txt"\ndest = "docs/notes.txt"\n')
+    out = do_build(spec, tmp_path / "f.pex", tool_wheels, tmp_path / "cache").output
+    report = verify(out)
+    assert report.ok
+    assert read_layout(out).member("files/docs/notes.txt") is not None
+
+
+def test_copy_with_other_name_still_verifies(appliance: Path, tmp_path: Path) -> None:
+    assert verify(copy(appliance, tmp_path / "renamed.bin")).ok
