@@ -61,16 +61,44 @@ def _expand(tag: str) -> list[str]:
     return [f"{p}-{a}-{pl}" for p in py.split(".") for a in abi.split(".") for pl in plat.split(".")]
 
 
+_BACKEND = """
+import os
+
+NAME, VERSION = {name!r}, {version!r}
+DIST = NAME.replace("-", "_")
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    info = os.path.join(metadata_directory, f"{{DIST}}-{{VERSION}}.dist-info")
+    os.makedirs(info)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write(f"Metadata-Version: 2.1\\nName: {{NAME}}\\nVersion: {{VERSION}}\\n")
+    return os.path.basename(info)
+"""
+
+
 def make_sdist(directory: Path, name: str, version: str) -> Path:
+    """A real sdist with an in-tree PEP 517 backend, so pip can read its metadata with no index."""
     import tarfile
 
     dist = name.replace("-", "_")
+    directory.mkdir(parents=True, exist_ok=True)
     out = directory / f"{dist}-{version}.tar.gz"
-    data = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    files = {
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+        "backend.py": _BACKEND.format(name=name, version=version),
+    }
     with tarfile.open(out, "w:gz") as t:
-        info = tarfile.TarInfo(f"{dist}-{version}/PKG-INFO")
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
+        for fname, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{dist}-{version}/{fname}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import tempfile
 import tomllib
 from collections.abc import Iterable
@@ -29,7 +30,7 @@ from packaging.utils import (
 )
 
 from chiron import _proc
-from chiron.errors import LockError, UsageError
+from chiron.errors import EnvironmentProblem, LockError, UsageError
 from chiron.models import ApplianceSpec, TargetEnvironment
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -149,30 +150,41 @@ def resolve(spec: ApplianceSpec, spec_dir: Path) -> Lock:
     pip = _proc.find_program("pip", module="pip")
     packages: dict[tuple[str, str], LockedPackage] = {}
     selection: dict[str, dict[str, Artifact]] = {}
+    host_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     with tempfile.TemporaryDirectory(prefix="chiron-resolve-") as tmp:
-        reqs = Path(tmp) / "requirements.in"
-        reqs.write_text("\n".join(py.requirements) + "\n")
         for env in spec.environments:
+            # pip evaluates requirement markers against the interpreter it runs on, not the target:
+            # evaluate top-level markers for the target environment here and pass plain requirements.
+            reqs = Path(tmp) / f"requirements-{env.name}.in"
+            reqs.write_text("\n".join(_for_env(py.requirements, env)) + "\n")
             report_path = Path(tmp) / f"report-{env.name}.json"
             args = [
                 "--isolated", "install", "--dry-run", "--ignore-installed", "--quiet", "--no-input",
-                "--report", str(report_path), "--python-version", env.python_version,
-                "--implementation", env.implementation, "-r", str(reqs),
+                "--report", str(report_path), "-r", str(reqs),
             ]
-            args += ["--prefer-binary"] if py.allow_sdists else ["--only-binary=:all:"]
-            for plat in env_platforms(env):
-                args += ["--platform", plat]
-            for abi in env.abi_list():
-                args += ["--abi", abi]
+            if py.allow_sdists:
+                # pip cannot pick sdists for a foreign platform: only the running interpreter's own.
+                if env.python_version != host_version:
+                    raise UsageError(
+                        f"environment {env.name}: python.allow_sdists needs a resolver running Python "
+                        f"{env.python_version} (this is {host_version})",
+                        hint="run chiron lock under that interpreter, or disallow sdists",
+                    )
+                args += ["--prefer-binary"]
+            else:
+                args += ["--only-binary=:all:", "--python-version", env.python_version,
+                         "--implementation", env.implementation]
+                for plat in env_platforms(env):
+                    args += ["--platform", plat]
+                for abi in env.abi_list():
+                    args += ["--abi", abi]
             args += ["--index-url", py.index_url] if py.index_url else ["--no-index"]
             for link in py.find_links:
                 args += ["--find-links", _link(link, spec_dir)]
             try:
                 _proc.run(pip, args, timeout=1800, what=f"resolving for environment {env.name}")
-            except Exception as exc:
-                from chiron.errors import EnvironmentProblem
-
-                if isinstance(exc, EnvironmentProblem) and "No matching distribution" in exc.message:
+            except EnvironmentProblem as exc:
+                if "No matching distribution" in exc.message:
                     raise LockError(
                         f"environment {env.name}: {exc.message.split(': ', 1)[-1]}",
                         hint="no wheel fits this environment's tags; pin another version, add its platform, "
@@ -182,6 +194,22 @@ def resolve(spec: ApplianceSpec, spec_dir: Path) -> Lock:
             report = json.loads(report_path.read_text())
             selection[env.name] = _from_report(report, env, packages, py.allow_sdists, py.index_url)
     return Lock(packages=sorted(packages.values(), key=lambda p: (p.name, p.version)), selection=selection)
+
+
+def _for_env(requirements: list[str], env: TargetEnvironment) -> list[str]:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement as exc:
+            raise UsageError(f"python.requirements: '{text}' is not a valid requirement: {exc}") from None
+        if req.marker is not None and not req.marker.evaluate(marker_env(env)):
+            continue
+        req.marker = None
+        out.append(str(req))
+    return out
 
 
 def _link(link: str, spec_dir: Path) -> str:
