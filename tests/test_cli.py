@@ -1,0 +1,132 @@
+"""Exit codes, one-line errors, JSON output and telemetry through the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from helpers import write_spec
+
+from chiron import _proc
+from chiron._cli import main
+from chiron.errors import EnvironmentProblem
+
+
+def run(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return int(exc.value.code or 0)
+
+
+def test_missing_archive_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["verify", str(tmp_path / "nope.pex")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"chiron: error: {tmp_path / 'nope.pex'}: no such file"
+
+
+def test_bad_root_sha256_is_usage_error(appliance: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["verify", str(appliance), "--root-sha256", "xyz"]) == 2
+    assert "--root-sha256: 'xyz' is not 64 hexadecimal digits" in capsys.readouterr().err
+
+
+def test_both_anchors_is_usage_error(appliance: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["verify", str(appliance), "--root", str(keys / "1.root.json"), "--root-sha256", "0" * 64]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_unknown_option_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["verify", "--frobnicate"]) == 2
+    assert "frobnicate" in capsys.readouterr().err
+
+
+def test_verify_without_path_outside_an_archive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["verify"]) == 2
+    assert "give the appliance to check" in capsys.readouterr().err
+
+
+def test_bad_spec_build_json_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], tool_wheels: Path) -> None:
+    spec = tmp_path / "appliance.toml"
+    spec.write_text("[appliance]\nname = 'x'\n")
+    assert run(["build", str(spec), "--tool-wheels", str(tool_wheels), "--json", "-o", str(tmp_path / "o.pex")]) == 2
+    captured = capsys.readouterr()
+    err = json.loads(captured.out)
+    assert err["schema"] == "chiron.error/1" and err["exit_code"] == 2
+    assert f"{spec}: appliance.version: required field is missing" in err["error"]
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "o.pex").exists()
+
+
+def test_verbose_shows_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["-v", "verify", str(tmp_path / "nope")]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_wrong_signing_key_is_refused_at_build(
+    tmp_path: Path, keys: Path, other_keys: Path, index, tool_wheels: Path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+) -> None:
+    spec = write_spec(tmp_path, keys=keys, index_url=index.url, requirements=["beta==1.0"])
+    spec.write_text(spec.read_text().replace(f"file2:{keys}/targets.pem", f"file2:{other_keys}/targets.pem"))
+    code = run(["build", str(spec), "--tool-wheels", str(tool_wheels), "-o", str(tmp_path / "o.pex"),
+                "--cache-dir", str(tmp_path / "c")])
+    assert code == 2
+    assert "is not a targets key of the root metadata" in capsys.readouterr().err
+    assert not (tmp_path / "o.pex").exists()
+
+
+def test_missing_program_is_environment_error() -> None:
+    with pytest.raises(EnvironmentProblem) as exc:
+        _proc.find_program("definitely-not-a-program-xyz")
+    assert exc.value.exit_code == 3 and "was not found" in exc.value.message
+
+
+def test_program_timeout_and_failure_are_actionable() -> None:
+    py = _proc.Program("python", (sys.executable,))
+    with pytest.raises(EnvironmentProblem, match="did not finish within 1 s"):
+        _proc.run(py, ["-c", "import time; time.sleep(5)"], timeout=1)
+    with pytest.raises(EnvironmentProblem, match=r"python failed \(exit 3\).*boom"):
+        _proc.run(py, ["-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"])
+
+
+def test_telemetry_off_imports_nothing_and_warns_nothing(appliance: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "CHIRON_TRACE_FILE"}
+    code = (
+        "import sys, warnings; warnings.simplefilter('error');"
+        "from chiron._cli import main\n"
+        "try:\n main(['verify', sys.argv[1]])\nexcept SystemExit as e:\n"
+        " assert e.code == 0, e.code\n"
+        " assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'otel imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code, str(appliance)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr
+
+
+def test_trace_file_gets_verify_span(appliance: Path, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(["--trace-file", str(trace), "verify", str(appliance)]) == 0
+    spans = [json.loads(line) for line in trace.read_text().splitlines()]
+    (span,) = [s for s in spans if s["name"] == "chiron.verify"]
+    assert span["attributes"]["ok"] is True and span["attributes"]["bytes_hashed"] > 0
+    assert span["end_ns"] >= span["start_ns"]
+
+
+def test_inspect_json_and_text(appliance: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["inspect", str(appliance), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["schema"] == "chiron.inspect/1" and info["name"] == "demo"
+    assert run(["inspect", str(appliance)]) == 0
+    text = capsys.readouterr().out
+    assert "demo 1.0.0" in text and "targets " in text and "gamma" in text and "threshold 1 of 1" in text
+
+
+def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("chiron ")
