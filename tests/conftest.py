@@ -12,10 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec  # noqa: E402
-
-from chiron import _trust  # noqa: E402
-from chiron.build import BuildOptions, BuildResult, build  # noqa: E402
+from chiron import _trust
+from chiron.build import BuildOptions, BuildResult, build
+from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,8 +72,13 @@ def do_build(
 ) -> BuildResult:
     return build(
         BuildOptions(
-            spec=spec, output=out, tool_wheels=tool_wheels, cache_dir=cache, tool_format=fmt,  # type: ignore[arg-type]
-            source_date_epoch=epoch, show_progress=False,
+            spec=spec,
+            output=out,
+            tool_wheels=tool_wheels,
+            cache_dir=cache,
+            tool_format=fmt,  # type: ignore[arg-type]
+            source_date_epoch=epoch,
+            show_progress=False,
         )
     )
 

@@ -11,8 +11,8 @@ import os
 import threading
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from chiron._archive import FOOTER, FOOTER_MAGIC, canonical_json, read_layout
 
@@ -115,7 +115,7 @@ class LocalIndex:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 index.requests[self.path] += 1
                 body, ctype = index._serve(self.path)
                 if body is None:
@@ -238,9 +238,16 @@ def write_spec(
     spec = directory / "appliance.toml"
     spec.write_text(
         SPEC_TEMPLATE.format(
-            name=name, version=version, requirements=json.dumps(requirements), index_url=index_url,
-            extra_python=extra_python, environments=environments, keys=keys, extra=extra,
-            targets_expires=targets_expires, timestamp_expires=timestamp_expires,
+            name=name,
+            version=version,
+            requirements=json.dumps(requirements),
+            index_url=index_url,
+            extra_python=extra_python,
+            environments=environments,
+            keys=keys,
+            extra=extra,
+            targets_expires=targets_expires,
+            timestamp_expires=timestamp_expires,
         )
     )
     return spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -12,12 +13,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import copy, do_build
-from helpers import ENV_311, write_spec
 
 from chiron._archive import read_layout
 from chiron.inspect import inspect_archive
 from chiron.verify import verify
+from conftest import copy, do_build
+from helpers import ENV_311, write_spec
 
 # Start of today: a fixed SOURCE_DATE_EPOCH for reproducibility whose 1-day expiry has not passed.
 EPOCH = int(time.time()) // 86400 * 86400
@@ -42,12 +43,19 @@ def test_every_byte_is_accounted_for(appliance: Path) -> None:
     layout = read_layout(appliance)
     spans = sorted((m.offset, m.offset + m.length) for m in layout.members)
     assert spans[0][0] == len(layout.shebang)
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     assert spans[-1][1] == layout.index_offset
     assert layout.index_offset + layout.index_length + 64 == layout.zip_offset
     names = {m.name for m in layout.members}
-    assert {"appliance.json", "lock/pylock.toml", "lock/requirements-cp311.txt", "lock/requirements-cp312.txt",
-            "metadata/1.root.json", "metadata/targets.json", "wheels/alpha-1.0-py3-none-any.whl"} <= names
+    assert {
+        "appliance.json",
+        "lock/pylock.toml",
+        "lock/requirements-cp311.txt",
+        "lock/requirements-cp312.txt",
+        "metadata/1.root.json",
+        "metadata/targets.json",
+        "wheels/alpha-1.0-py3-none-any.whl",
+    } <= names
 
 
 def test_lock_pins_each_environment(appliance: Path) -> None:
@@ -77,8 +85,12 @@ def test_lock_pins_each_environment(appliance: Path) -> None:
 
 
 def test_runs_as_a_program_and_verifies_itself(appliance: Path, pex_root: Path, keys: Path) -> None:
-    proc = subprocess.run([str(appliance), "verify", "--root", str(keys / "1.root.json"), "--json"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(appliance), "verify", "--root", str(keys / "1.root.json"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] and report["path"] == str(appliance.resolve())
@@ -97,7 +109,10 @@ def test_double_build_is_byte_identical(
 
 
 def test_rebuild_reuses_the_cache(
-    tmp_path: Path, keys: Path, index, tool_wheels: Path  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    keys: Path,
+    index,
+    tool_wheels: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     spec = write_spec(tmp_path / "s", keys=keys, index_url=index.url, requirements=["beta==1.0"])
     cache = tmp_path / "cache"
@@ -125,8 +140,13 @@ def test_shiv_format_builds_runs_and_verifies(
     assert read_layout(out).tool_format == "shiv"
     assert verify(out, root_file=keys / "1.root.json").ok
     env = dict(os.environ, SHIV_ROOT=str(tmp_path / "shiv-root"))
-    proc = subprocess.run([str(out), "verify", "--root", str(keys / "1.root.json")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [str(out), "verify", "--root", str(keys / "1.root.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "verified" in proc.stdout and str(out) in proc.stdout
     again = do_build(good_spec, tmp_path / "again.pyz", tool_wheels, session_cache, fmt="shiv", epoch=EPOCH)
@@ -165,8 +185,14 @@ def test_tool_zip_carries_no_payload(appliance: Path) -> None:
 def test_extra_files_are_signed_members(tmp_path: Path, keys: Path, index, tool_wheels: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "notes.txt").write_text("hello")
-    spec = write_spec(tmp_path / "s", keys=keys, index_url=index.url, requirements=["beta==1.0"],
-                      environments=ENV_311, extra='[[files]]\nsrc = "notes.txt"\ndest = "docs/notes.txt"\n')
+    spec = write_spec(
+        tmp_path / "s",
+        keys=keys,
+        index_url=index.url,
+        requirements=["beta==1.0"],
+        environments=ENV_311,
+        extra='[[files]]\nsrc = "notes.txt"\ndest = "docs/notes.txt"\n',
+    )
     out = do_build(spec, tmp_path / "f.pex", tool_wheels, tmp_path / "cache").output
     report = verify(out)
     assert report.ok

@@ -10,11 +10,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from helpers import write_spec
 
 from chiron import _proc
 from chiron._cli import main
 from chiron.errors import EnvironmentProblem
+from helpers import write_spec
 
 
 def run(args: list[str]) -> int:
@@ -67,12 +67,27 @@ def test_verbose_shows_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_wrong_signing_key_is_refused_at_build(
-    tmp_path: Path, keys: Path, other_keys: Path, index, tool_wheels: Path, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    keys: Path,
+    other_keys: Path,
+    index,
+    tool_wheels: Path,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     spec = write_spec(tmp_path, keys=keys, index_url=index.url, requirements=["beta==1.0"])
     spec.write_text(spec.read_text().replace(f"file2:{keys}/targets.pem", f"file2:{other_keys}/targets.pem"))
-    code = run(["build", str(spec), "--tool-wheels", str(tool_wheels), "-o", str(tmp_path / "o.pex"),
-                "--cache-dir", str(tmp_path / "c")])
+    code = run(
+        [
+            "build",
+            str(spec),
+            "--tool-wheels",
+            str(tool_wheels),
+            "-o",
+            str(tmp_path / "o.pex"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert code == 2
     assert "is not a targets key of the root metadata" in capsys.readouterr().err
     assert not (tmp_path / "o.pex").exists()
@@ -101,8 +116,13 @@ def test_telemetry_off_imports_nothing_and_warns_nothing(appliance: Path) -> Non
         " assert e.code == 0, e.code\n"
         " assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'otel imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", code, str(appliance)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code, str(appliance)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr
 

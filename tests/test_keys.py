@@ -31,7 +31,11 @@ def test_keys_init_writes_private_keys_0600_and_prints_fingerprint(
     md = Metadata[Root].from_bytes(root_bytes)
     md.verify_delegate(Root.type, md)  # self-signed by its root key
     assert {r: md.signed.roles[r].threshold for r in md.signed.roles} == {
-        "root": 1, "targets": 1, "snapshot": 1, "timestamp": 1}
+        "root": 1,
+        "targets": 1,
+        "snapshot": 1,
+        "timestamp": 1,
+    }
     assert (d / "allowed_signers").read_text().startswith('chiron namespaces="chiron-appliance" ssh-ed25519 ')
 
 

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import do_build
-from helpers import ENV_311, write_spec
 
 from chiron._archive import read_layout
+from conftest import do_build
+from helpers import ENV_311, write_spec
 
 GIB = 1 << 30
 
@@ -32,9 +32,14 @@ def test_three_gib_payload(tmp_path: Path, keys: Path, index, tool_wheels: Path)
             f.truncate(3 * GIB)  # sparse: reads as zeros, costs no disk until packed
             f.seek(3 * GIB - 5)
             f.write(b"tail!")
-        spec = write_spec(work / "spec", keys=keys, index_url=index.url, requirements=["beta==1.0"],
-                          environments=ENV_311,
-                          extra=f'[[files]]\nsrc = "{payload}"\ndest = "data/payload.bin"\n')
+        spec = write_spec(
+            work / "spec",
+            keys=keys,
+            index_url=index.url,
+            requirements=["beta==1.0"],
+            environments=ENV_311,
+            extra=f'[[files]]\nsrc = "{payload}"\ndest = "data/payload.bin"\n',
+        )
         out = work / "big.pex"
         do_build(spec, out, tool_wheels, work / "cache", epoch=None)
         payload.unlink()
@@ -49,8 +54,13 @@ def test_three_gib_payload(tmp_path: Path, keys: Path, index, tool_wheels: Path)
         help_run = subprocess.run([python, str(out), "--help"], env=env, capture_output=True, text=True, timeout=600)
         assert help_run.returncode == 0, help_run.stderr
         assert "verify" in help_run.stdout
-        verify_run = subprocess.run([str(out), "verify", "--root", str(keys / "1.root.json"), "--json"],
-                                    env=env, capture_output=True, text=True, timeout=900)
+        verify_run = subprocess.run(
+            [str(out), "verify", "--root", str(keys / "1.root.json"), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert verify_run.returncode == 0, verify_run.stderr
         assert '"ok": true' in verify_run.stdout
         # The tool was unpacked once (tens of MiB); the 3 GiB payload was neither extracted nor copied.

@@ -7,13 +7,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import do_build
-from helpers import ENV_311, ENV_312, LocalIndex, make_sdist, make_wheel, write_spec
 
 from chiron import _lock
 from chiron._fetch import ArtifactCache
 from chiron._spec import load_spec
 from chiron.errors import ArtifactError, EnvironmentProblem, LockError
+from conftest import do_build
+from helpers import ENV_311, ENV_312, LocalIndex, make_sdist, make_wheel, write_spec
 
 
 @pytest.fixture()
@@ -29,9 +29,15 @@ def private_index(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_resolve_and_round_trip(tmp_path: Path, keys: Path, private_index: LocalIndex) -> None:
-    spec = load_spec(write_spec(tmp_path / "s", keys=keys, index_url=private_index.url,
-                                requirements=["alpha", "onlycp311; python_version == '3.11'"],
-                                environments=ENV_311 + ENV_312))
+    spec = load_spec(
+        write_spec(
+            tmp_path / "s",
+            keys=keys,
+            index_url=private_index.url,
+            requirements=["alpha", "onlycp311; python_version == '3.11'"],
+            environments=ENV_311 + ENV_312,
+        )
+    )
     lock = _lock.resolve(spec.spec, spec.base)
     assert sorted(lock.selection["cp311"]) == ["alpha", "beta", "onlycp311"]
     assert sorted(lock.selection["cp312"]) == ["alpha", "beta"]
@@ -50,7 +56,8 @@ def test_resolve_and_round_trip(tmp_path: Path, keys: Path, private_index: Local
     path.write_bytes(text)
     again = _lock.read_pylock(path, spec.spec)
     assert {e: sorted(a.filename for a in s.values()) for e, s in again.selection.items()} == {
-        e: sorted(a.filename for a in s.values()) for e, s in lock.selection.items()}
+        e: sorted(a.filename for a in s.values()) for e, s in lock.selection.items()
+    }
     assert _lock.write_pylock(again, spec.spec) == text
     req = _lock.requirements_txt(again, "cp311").decode()
     assert "onlycp311==1.0 \\\n    --hash=sha256:" in req
@@ -65,8 +72,15 @@ def test_sdist_only_is_refused_with_the_fix(tmp_path: Path, keys: Path, private_
 
 
 def test_sdist_allowed_when_the_spec_says_so(tmp_path: Path, keys: Path, private_index: LocalIndex) -> None:
-    spec = load_spec(write_spec(tmp_path / "s", keys=keys, index_url=private_index.url, requirements=["sdistonly"],
-                                extra_python="allow_sdists = true"))
+    spec = load_spec(
+        write_spec(
+            tmp_path / "s",
+            keys=keys,
+            index_url=private_index.url,
+            requirements=["sdistonly"],
+            extra_python="allow_sdists = true",
+        )
+    )
     lock = _lock.resolve(spec.spec, spec.base)
     assert [a.filename for a in lock.artifacts()] == ["sdistonly-0.1.tar.gz"]
 
@@ -101,22 +115,30 @@ def test_tampered_cache_is_caught_when_packing(
     (cached,) = [p for p in (cache_dir / "sha256").rglob("*") if p.is_file()]
     cached.write_bytes(b"evil")
     # Resolution pins the index's hash; the cache entry under that hash now holds other bytes.
-    with pytest.raises(ArtifactError, match="the lock pins"):
+    with pytest.raises(ArtifactError, match=r"the lock pins"):
         do_build(spec_path, tmp_path / "bad.pex", tool_wheels, cache_dir)
     assert not (tmp_path / "bad.pex").exists()
 
 
 def test_lock_missing_artifact_for_environment(tmp_path: Path, keys: Path, private_index: LocalIndex) -> None:
-    spec = load_spec(write_spec(tmp_path / "s", keys=keys, index_url=private_index.url, requirements=["onlycp311"],
-                                environments=ENV_311))
+    spec = load_spec(
+        write_spec(
+            tmp_path / "s",
+            keys=keys,
+            index_url=private_index.url,
+            requirements=["onlycp311"],
+            environments=ENV_311,
+        )
+    )
     lock = _lock.resolve(spec.spec, spec.base)
     cache = ArtifactCache(tmp_path / "cache")
     _lock.fill_hashes(lock, {a.filename: cache.fetch(a.url, a.sha256, a.filename)[1:] for a in lock.artifacts()})
     path = tmp_path / "pylock.toml"
     path.write_bytes(_lock.write_pylock(lock, spec.spec))
-    spec312 = load_spec(write_spec(tmp_path / "t", keys=keys, index_url=private_index.url, requirements=["x"],
-                                   environments=ENV_312))
-    with pytest.raises(LockError, match="onlycp311 1.0 has no artifact for environment cp312"):
+    spec312 = load_spec(
+        write_spec(tmp_path / "t", keys=keys, index_url=private_index.url, requirements=["x"], environments=ENV_312)
+    )
+    with pytest.raises(LockError, match=r"onlycp311 1\.0 has no artifact for environment cp312"):
         _lock.read_pylock(path, spec312.spec)
 
 
@@ -126,10 +148,12 @@ def test_bad_lock_files(tmp_path: Path, keys: Path) -> None:
     with pytest.raises(LockError, match="lock file not found"):
         _lock.read_pylock(path, spec.spec)
     path.write_text('lock-version = "2.0"\n')
-    with pytest.raises(LockError, match="is not a PEP 751 1.x lock"):
+    with pytest.raises(LockError, match=r"is not a PEP 751 1\.x lock"):
         _lock.read_pylock(path, spec.spec)
-    path.write_text('lock-version = "1.0"\n[[packages]]\nname = "x"\nversion = "1"\n'
-                    'wheels = [{ name = "x-1-py3-none-any.whl", url = "http://h/x", hashes = { md5 = "0" } }]\n')
+    path.write_text(
+        'lock-version = "1.0"\n[[packages]]\nname = "x"\nversion = "1"\n'
+        'wheels = [{ name = "x-1-py3-none-any.whl", url = "http://h/x", hashes = { md5 = "0" } }]\n'
+    )
     with pytest.raises(LockError, match=r"packages\[0\]\.wheels\[0\] \(x-1-py3-none-any.whl\): needs hashes.sha256"):
         _lock.read_pylock(path, spec.spec)
 

@@ -8,14 +8,31 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen missing: .ci/run installs openssh-client")
+pytestmark = pytest.mark.skipif(
+    shutil.which("ssh-keygen") is None, reason="ssh-keygen missing: .ci/run installs openssh-client"
+)
 
 
 def _ssh_verify(archive: Path, sig: Path, allowed: Path) -> subprocess.CompletedProcess[str]:
     with archive.open("rb") as f:
         return subprocess.run(
-            ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "chiron", "-n", "chiron-appliance", "-s", str(sig)],
-            stdin=f, capture_output=True, text=True, timeout=120,
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed),
+                "-I",
+                "chiron",
+                "-n",
+                "chiron-appliance",
+                "-s",
+                str(sig),
+            ],
+            stdin=f,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
 

@@ -5,31 +5,71 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import ENV_311, write_spec
 
 from chiron._spec import load_spec
 from chiron.errors import SpecError
+from helpers import ENV_311, write_spec
 
 
 def _spec(tmp_path: Path) -> str:
-    return write_spec(tmp_path, keys=tmp_path / "k", index_url="http://127.0.0.1:1/simple",
-                      requirements=["alpha==1.0"], environments=ENV_311).read_text()
+    return write_spec(
+        tmp_path,
+        keys=tmp_path / "k",
+        index_url="http://127.0.0.1:1/simple",
+        requirements=["alpha==1.0"],
+        environments=ENV_311,
+    ).read_text()
 
 
 CASES = [
     ("missing name", lambda s: s.replace('name = "demo"\n', ""), "appliance.name: required field is missing"),
-    ("bad version", lambda s: s.replace('version = "1.0.0"', 'version = "one"'), "appliance.version: 'one' is not a PEP 440"),
-    ("unknown field", lambda s: s.replace("[python]", "[python]\nindex_ulr = 'x'"), "python.index_ulr: unknown field"),
-    ("bad duration", lambda s: s.replace('expires = "30d"', 'expires = "30 days"'), "trust.roles.targets.expires: '30 days' is not a duration"),
-    ("threshold above keys", lambda s: s.replace('expires = "30d"', 'expires = "30d"\nthreshold = 2'),
-     "trust.roles.targets: threshold 2 is more than the 1 key(s) listed"),
-    ("bad platform tag", lambda s: s.replace("manylinux_2_17_x86_64", "Linux X86"), "environments[0].platforms: 'Linux X86' is not a platform tag"),
-    ("bad python version", lambda s: s.replace('python_version = "3.11"', 'python_version = "3"'), "environments[0].python_version"),
+    (
+        "bad version",
+        lambda s: s.replace('version = "1.0.0"', 'version = "one"'),
+        "appliance.version: 'one' is not a PEP 440",
+    ),
+    (
+        "unknown field",
+        lambda s: s.replace("[python]", "[python]\nindex_ulr = 'x'"),
+        "python.index_ulr: unknown field",
+    ),
+    (
+        "bad duration",
+        lambda s: s.replace('expires = "30d"', 'expires = "30 days"'),
+        "trust.roles.targets.expires: '30 days' is not a duration",
+    ),
+    (
+        "threshold above keys",
+        lambda s: s.replace('expires = "30d"', 'expires = "30d"\nthreshold = 2'),
+        "trust.roles.targets: threshold 2 is more than the 1 key(s) listed",
+    ),
+    (
+        "bad platform tag",
+        lambda s: s.replace("manylinux_2_17_x86_64", "Linux X86"),
+        "environments[0].platforms: 'Linux X86' is not a platform tag",
+    ),
+    (
+        "bad python version",
+        lambda s: s.replace('python_version = "3.11"', 'python_version = "3"'),
+        "environments[0].python_version",
+    ),
     ("duplicate environment", lambda s: s + ENV_311.replace("[[environments]]", "\n[[environments]]"), None),
     ("bad key uri", lambda s: s.replace('["file2:', '["nocolon'), "trust.roles.targets.keys[0].uri"),
-    ("missing role", lambda s: s.replace("[trust.roles.snapshot]", "[trust.roles.root]"), "trust.roles: missing role(s) snapshot"),
-    ("unknown role", lambda s: s.replace("[trust.roles.snapshot]", "[trust.roles.mirror]"), "unknown role(s) mirror"),
-    ("no requirements", lambda s: s.replace('requirements = ["alpha==1.0"]', "requirements = []"), "python: give 'requirements' or 'lock'"),
+    (
+        "missing role",
+        lambda s: s.replace("[trust.roles.snapshot]", "[trust.roles.root]"),
+        "trust.roles: missing role(s) snapshot",
+    ),
+    (
+        "unknown role",
+        lambda s: s.replace("[trust.roles.snapshot]", "[trust.roles.mirror]"),
+        "unknown role(s) mirror",
+    ),
+    (
+        "no requirements",
+        lambda s: s.replace('requirements = ["alpha==1.0"]', "requirements = []"),
+        "python: give 'requirements' or 'lock'",
+    ),
     ("escaping file dest", lambda s: s + '\n[[files]]\nsrc = "a"\ndest = "../x"\n', "files[0].dest"),
     ("not toml", lambda s: s + "\n[[[", "not valid TOML"),
 ]

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import do_build
-from helpers import rewrite_archive
 
 from chiron import _trust
 from chiron._archive import check_zip, read_layout
 from chiron._cli import main
+from conftest import do_build
+from helpers import rewrite_archive
 
 
 @dataclass(frozen=True)
@@ -180,9 +180,13 @@ def _wrong_key(c: Ctx) -> Path:
     ts.signatures.clear()
     ts.sign(signer(c.keys, "timestamp"))
     return rewrite_archive(
-        c.good, c.out,
-        replace={"metadata/targets.json": tbytes, "metadata/snapshot.json": sbytes,
-                 "metadata/timestamp.json": _trust.to_bytes(ts)},
+        c.good,
+        c.out,
+        replace={
+            "metadata/targets.json": tbytes,
+            "metadata/snapshot.json": sbytes,
+            "metadata/timestamp.json": _trust.to_bytes(ts),
+        },
     )
 
 
@@ -190,10 +194,18 @@ CASES: list[tuple[str, Callable[[Ctx], Path], str]] = [
     ("flipped byte in a wheel", _wheel, "member wheels/alpha-1.0-py3-none-any.whl: sha256 does not match"),
     ("flipped byte in the tool's code", _tool_code, "chiron/verify.py"),
     ("edited targets metadata", _metadata, "metadata"),
-    ("metadata not in canonical form", _timestamp_whitespace, "metadata/timestamp.json: not in the canonical form"),
+    (
+        "metadata not in canonical form",
+        _timestamp_whitespace,
+        "metadata/timestamp.json: not in the canonical form",
+    ),
     ("unsigned payload member added", _added_payload, "member wheels/evil-1.0-py3-none-any.whl: not signed"),
     ("zip member appended with zipfile", _added_zip_member, "layout:"),
-    ("unsigned zip member, zip rebuilt", _unsigned_zip_member_consistent, "tool zip member evil.py: not signed"),
+    (
+        "unsigned zip member, zip rebuilt",
+        _unsigned_zip_member_consistent,
+        "tool zip member evil.py: not signed",
+    ),
     ("duplicated zip member name", _duplicate_zip_member, "tool zip member __main__.py: appears twice"),
     ("duplicated index member name", _duplicate_index_member, "member appliance.json: listed twice"),
     ("data prepended", _prepended, "layout:"),
@@ -211,8 +223,14 @@ CASES: list[tuple[str, Callable[[Ctx], Path], str]] = [
 
 @pytest.mark.parametrize(("what", "tamper", "expect"), CASES, ids=[c[0] for c in CASES])
 def test_tampering_is_rejected(
-    what: str, tamper: Callable[[Ctx], Path], expect: str,
-    appliance: Path, tmp_path: Path, keys: Path, other_keys: Path, capsys: pytest.CaptureFixture[str],
+    what: str,
+    tamper: Callable[[Ctx], Path],
+    expect: str,
+    appliance: Path,
+    tmp_path: Path,
+    keys: Path,
+    other_keys: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     bad = tamper(Ctx(appliance, tmp_path, keys, other_keys))
     assert bad.read_bytes() != appliance.read_bytes()
@@ -240,7 +258,11 @@ def test_wrong_root_sha256_is_rejected(appliance: Path, other_keys: Path, capsys
 
 
 def test_expired_metadata_is_rejected(
-    good_spec: Path, tool_wheels: Path, session_cache: Path, tmp_path: Path, keys: Path,
+    good_spec: Path,
+    tool_wheels: Path,
+    session_cache: Path,
+    tmp_path: Path,
+    keys: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     old = do_build(good_spec, tmp_path / "old.pex", tool_wheels, session_cache, epoch=int(time.time()) - 3 * 86400)
@@ -260,8 +282,9 @@ def test_not_an_appliance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "not a chiron appliance" in capsys.readouterr().err
 
 
-def test_verify_json_lists_problems(appliance: Path, tmp_path: Path, keys: Path, other_keys: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_json_lists_problems(
+    appliance: Path, tmp_path: Path, keys: Path, other_keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     bad = _wheel(Ctx(appliance, tmp_path, keys, other_keys))

@@ -182,16 +182,14 @@ class ArchiveWriter:
         data = canonical_json(index)
         self._write(data)
         zip_offset = index_offset + len(data) + FOOTER_SIZE
-        self._write(
-            FOOTER.pack(FOOTER_MAGIC, index_offset, len(data), zip_offset, hashlib.sha256(data).digest())
-        )
+        self._write(FOOTER.pack(FOOTER_MAGIC, index_offset, len(data), zip_offset, hashlib.sha256(data).digest()))
         with tool_zip.open("rb") as z:
             while chunk := z.read(CHUNK):
                 self._write(chunk)
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
-        os.chmod(self._tmp, 0o755)
+        os.chmod(self._tmp, 0o755)  # noqa: S103 - an appliance is an executable meant to be run
         os.replace(self._tmp, self.out)
         _fsync_dir(self.out.parent)
         return self._whole.digest()
@@ -288,9 +286,7 @@ def read_layout(path: Path) -> Layout:
             raise FormatError(f"unknown appliance format {index.get('format')!r}; this chiron reads {FORMAT}")
         try:
             shebang_len = int(index["shebang_length"])
-            members = tuple(
-                Member(str(m["name"]), int(m["offset"]), int(m["length"])) for m in index["members"]
-            )
+            members = tuple(Member(str(m["name"]), int(m["offset"]), int(m["length"])) for m in index["members"])
             tool_format = str(index["tool_format"])
         except (KeyError, TypeError, ValueError):
             raise FormatError("index is missing a field or has one of the wrong type") from None
@@ -394,14 +390,24 @@ def check_zip(fd: int, layout: Layout) -> tuple[list[ZipEntry], list[str]]:
         if lf[0] != _LFH_SIG:
             problems.append(f"tool zip member {name}: no local header where the directory says")
             return out, problems
-        flags, method, crc, csize, usize, lname_len, lextra_len = lf[2], lf[3], lf[6], lf[7], lf[8], lf[9], lf[10]
+        flags, method, crc, csize, usize, lname_len, lextra_len = (
+            lf[2],
+            lf[3],
+            lf[6],
+            lf[7],
+            lf[8],
+            lf[9],
+            lf[10],
+        )
         lname = pread_exact(fd, lname_len, base + local_offset + _LFH.size)
         if flags & 0x08:
             problems.append(f"tool zip member {name}: uses a data descriptor, which chiron never writes")
-        if (
-            lname.decode("utf-8" if flags & 0x800 else "cp437", "replace") != name
-            or (method, crc, csize, usize) != (f[4], f[7], f[8], f[9])
-        ):
+        if lname.decode("utf-8" if flags & 0x800 else "cp437", "replace") != name or (
+            method,
+            crc,
+            csize,
+            usize,
+        ) != (f[4], f[7], f[8], f[9]):
             problems.append(f"tool zip member {name}: local header disagrees with the central directory")
         data_offset = local_offset + _LFH.size + lname_len + lextra_len
         expect = data_offset + csize
@@ -444,7 +450,5 @@ def normalize_zip(src: Path, dest: Path, date_time: tuple[int, int, int, int, in
             new.create_system = 3
             zout.writestr(new, data, compress_type=info.compress_type, compresslevel=6)
             if not info.is_dir():
-                manifest.append(
-                    {"name": info.filename, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-                )
+                manifest.append({"name": info.filename, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     return manifest

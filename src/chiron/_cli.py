@@ -11,12 +11,15 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, cast
 
 import typer
 
 from chiron import __version__
 from chiron.errors import ChironError, ExitCode
+
+if TYPE_CHECKING:
+    from chiron._tool import ToolFormat
 
 app = typer.Typer(
     name="chiron",
@@ -95,7 +98,7 @@ def _archive_arg(path: Path | None, command: str) -> Path:
 
 @app.command()
 def verify(
-    path: Annotated[Optional[Path], typer.Argument(help="Appliance to verify; default: the one running.")] = None,  # noqa: UP045
+    path: Annotated[Path | None, typer.Argument(help="Appliance to verify; default: the one running.")] = None,
     root: Annotated[
         Optional[Path], typer.Option("--root", help="Trusted root metadata (JSON) obtained out of band.")  # noqa: UP045
     ] = None,
@@ -129,7 +132,7 @@ def verify(
 
 @app.command()
 def inspect(
-    path: Annotated[Optional[Path], typer.Argument(help="Appliance to describe; default: the one running.")] = None,  # noqa: UP045
+    path: Annotated[Path | None, typer.Argument(help="Appliance to describe; default: the one running.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Describe an appliance: packages, platforms, targets, TUF roles (does not verify)."""
@@ -154,11 +157,13 @@ def build(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Wheels of chiron and its dependencies (default: $CHIRON_TOOL_WHEELS)."),
     ] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Artifact cache (default: ~/.cache/chiron).")] = None,  # noqa: UP045
+    cache_dir: Annotated[Path | None, typer.Option(help="Artifact cache (default: ~/.cache/chiron).")] = None,
     source_date_epoch: Annotated[
         Optional[int], typer.Option(help="Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH).")  # noqa: UP045
     ] = None,
-    metadata_version: Annotated[int, typer.Option(min=1, help="Version of the targets/snapshot/timestamp metadata.")] = 1,
+    metadata_version: Annotated[
+        int, typer.Option(min=1, help="Version of the targets/snapshot/timestamp metadata.")
+    ] = 1,
     shebang: Annotated[str, typer.Option(help="Interpreter line of the appliance.")] = "/usr/bin/env python3",
     as_json: JsonOpt = False,
 ) -> None:
@@ -175,9 +180,15 @@ def build(
     if wheels is None:
         raise UsageError("no --tool-wheels given", hint="pass the directory holding chiron's own wheels")
     opts = BuildOptions(
-        spec=spec, output=output, tool_wheels=wheels, cache_dir=cache_dir or default_cache_dir(),
-        tool_format=fmt, source_date_epoch=source_date_epoch, metadata_version=metadata_version,  # type: ignore[arg-type]
-        shebang=shebang, show_progress=not as_json,
+        spec=spec,
+        output=output,
+        tool_wheels=wheels,
+        cache_dir=cache_dir or default_cache_dir(),
+        tool_format=cast("ToolFormat", fmt),
+        source_date_epoch=source_date_epoch,
+        metadata_version=metadata_version,
+        shebang=shebang,
+        show_progress=not as_json,
     )
     result = run_build(opts)
     if as_json:
@@ -249,12 +260,17 @@ def keys_init(
         seconds = parse_duration(root_expires)
     except ValueError as exc:
         raise UsageError(f"--root-expires: {exc}") from None
-    made = _trust.init_dev_keys(
-        directory, root_expires=timedelta(seconds=seconds), now=datetime.now(UTC), force=force
-    )
+    made = _trust.init_dev_keys(directory, root_expires=timedelta(seconds=seconds), now=datetime.now(UTC), force=force)
     if as_json:
-        _emit({"schema": "chiron.keys-init/1", "directory": str(made.directory), "root": str(made.root_path),
-               "root_fingerprint": made.fingerprint, "keyids": made.keyids})
+        _emit(
+            {
+                "schema": "chiron.keys-init/1",
+                "directory": str(made.directory),
+                "root": str(made.root_path),
+                "root_fingerprint": made.fingerprint,
+                "keyids": made.keyids,
+            }
+        )
         return
     typer.echo(f"wrote development keys to {made.directory} (private keys: mode 0600, never packed)")
     for role, keyid in made.keyids.items():

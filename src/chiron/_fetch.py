@@ -114,8 +114,8 @@ def _open(url: str, what: str) -> _Response:
     if not url.startswith(("http://", "https://", "file://")):
         raise ArtifactError(f"{what}: unsupported URL scheme in {url}")
     try:
-        req = urllib.request.Request(url, headers={"User-Agent": "chiron"})
-        return _Response(urllib.request.urlopen(req, timeout=120))  # noqa: S310 - schemes checked above
+        req = urllib.request.Request(url, headers={"User-Agent": "chiron"})  # noqa: S310 - scheme checked above
+        return _Response(urllib.request.urlopen(req, timeout=120))  # noqa: S310 - scheme checked above
     except urllib.error.HTTPError as exc:
         raise ArtifactError(f"{what}: {url} answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
@@ -123,4 +123,3 @@ def _open(url: str, what: str) -> _Response:
         raise ArtifactError(
             f"{what}: cannot fetch {url}: {reason}", hint="check the index URL and that the host is reachable"
         ) from None
-

@@ -159,8 +159,16 @@ def resolve(spec: ApplianceSpec, spec_dir: Path) -> Lock:
             reqs.write_text("\n".join(_for_env(py.requirements, env)) + "\n")
             report_path = Path(tmp) / f"report-{env.name}.json"
             args = [
-                "--isolated", "install", "--dry-run", "--ignore-installed", "--quiet", "--no-input",
-                "--report", str(report_path), "-r", str(reqs),
+                "--isolated",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--no-input",
+                "--report",
+                str(report_path),
+                "-r",
+                str(reqs),
             ]
             if py.allow_sdists:
                 # pip cannot pick sdists for a foreign platform: only the running interpreter's own.
@@ -172,8 +180,13 @@ def resolve(spec: ApplianceSpec, spec_dir: Path) -> Lock:
                     )
                 args += ["--prefer-binary"]
             else:
-                args += ["--only-binary=:all:", "--python-version", env.python_version,
-                         "--implementation", env.implementation]
+                args += [
+                    "--only-binary=:all:",
+                    "--python-version",
+                    env.python_version,
+                    "--implementation",
+                    env.implementation,
+                ]
                 for plat in env_platforms(env):
                     args += ["--platform", plat]
                 for abi in env.abi_list():

@@ -40,7 +40,7 @@ def configure(trace_file: Path | None = None) -> bool:
 
     provider = TracerProvider(resource=Resource.create({"service.name": "chiron", "service.version": __version__}))
     if trace_file is not None:
-        provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(trace_file)))
+        provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(trace_file)))  # type: ignore[arg-type]
     if endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

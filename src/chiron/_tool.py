@@ -42,16 +42,36 @@ def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str) -> None:
         if fmt == "pex":
             pex = _proc.find_program("pex", module="pex")
             args = [
-                req, "--no-pypi", "--find-links", str(wheels), "--entry-point", ENTRY_POINT,
-                "--venv", "--python-shebang", shebang, "--python", sys.executable,
-                "--no-emit-warnings", "-o", str(out),
+                req,
+                "--no-pypi",
+                "--find-links",
+                str(wheels),
+                "--entry-point",
+                ENTRY_POINT,
+                "--venv",
+                "--python-shebang",
+                shebang,
+                "--python",
+                sys.executable,
+                "--no-emit-warnings",
+                "-o",
+                str(out),
             ]
             _proc.run(pex, args, env=env, timeout=1800, what="building the pex tool zip")
         elif fmt == "shiv":
             shiv = _proc.find_program("shiv", module="shiv")
             args = [
-                "--output-file", str(out), "--entry-point", ENTRY_POINT, "--python", shebang,
-                "--reproducible", "--no-index", "--find-links", str(wheels), req,
+                "--output-file",
+                str(out),
+                "--entry-point",
+                ENTRY_POINT,
+                "--python",
+                shebang,
+                "--reproducible",
+                "--no-index",
+                "--find-links",
+                str(wheels),
+                req,
             ]
             _proc.run(shiv, args, env=env, timeout=1800, what="building the shiv tool zip")
         else:  # pragma: no cover - typer restricts the choice

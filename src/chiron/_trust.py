@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
+from tuf.api.exceptions import DownloadHTTPError
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -25,7 +27,6 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import FetcherInterface
-from tuf.api.exceptions import DownloadHTTPError
 
 from chiron.errors import SigningKeyError, UsageError
 
@@ -138,7 +139,7 @@ def load_signer(uri: str, role: str, root: Root, keyid: str | None) -> Signer:
         key: Key = public
     else:
         if keyid is None:
-            raise SigningKeyError(f"key {uri}: give keyid = \"...\" (which {role} key of the root this is)")
+            raise SigningKeyError(f'key {uri}: give keyid = "..." (which {role} key of the root this is)')
         if keyid not in allowed:
             raise SigningKeyError(f"key {uri}: keyid {keyid[:16]}... is not a {role} key of the root metadata")
         key = root.keys[keyid]
@@ -164,7 +165,7 @@ def _file2_public(uri: str) -> SSlibKey:
         raise SigningKeyError(f"key {uri}: the PEM file is encrypted; encrypted keys need a passphrase") from None
     except ValueError:
         raise SigningKeyError(f"key {uri}: {path} is not a PEM private key") from None
-    return SSlibKey.from_crypto(priv.public_key())  # type: ignore[arg-type]
+    return SSlibKey.from_crypto(priv.public_key())
 
 
 # ---------------------------------------------------------------- repository
@@ -212,7 +213,7 @@ def check_root_chain(chain: list[bytes], first_version: int | None = 1) -> list[
             return [exc.message]
     if first_version is not None and mds and mds[0].signed.version != first_version:
         problems.append(f"root chain starts at version {mds[0].signed.version}, not {first_version}")
-    for prev, cur in zip(mds, mds[1:], strict=False):
+    for prev, cur in itertools.pairwise(mds):
         if cur.signed.version != prev.signed.version + 1:
             problems.append(f"root chain: version {cur.signed.version} follows {prev.signed.version}")
     for i, md in enumerate(mds):
@@ -268,7 +269,9 @@ def _sign(md: Metadata[Any], signers: list[Signer]) -> bytes:
         try:
             md.sign(s, append=True)
         except Exception as exc:
-            raise SigningKeyError(f"signing {md.signed.type} failed with key {s.public_key.keyid[:16]}...: {exc}") from None
+            raise SigningKeyError(
+                f"signing {md.signed.type} failed with key {s.public_key.keyid[:16]}...: {exc}"
+            ) from None
     return to_bytes(md)
 
 
@@ -350,7 +353,10 @@ def ssh_signature(signer: Signer, namespace: str, sha512_digest: bytes) -> bytes
     """An armored SSHSIG over a file whose SHA-512 is given (``ssh-keygen -Y verify`` checks it)."""
     kind, blob = _ssh_public_blob(signer.public_key)
     signed = (
-        b"SSHSIG" + _ssh_string(namespace.encode()) + _ssh_string(b"") + _ssh_string(b"sha512")
+        b"SSHSIG"
+        + _ssh_string(namespace.encode())
+        + _ssh_string(b"")
+        + _ssh_string(b"sha512")
         + _ssh_string(sha512_digest)
     )
     raw = bytes.fromhex(signer.sign(signed).signature)
@@ -362,8 +368,13 @@ def ssh_signature(signer: Signer, namespace: str, sha512_digest: bytes) -> bytes
         r, s = decode_dss_signature(raw)
         sig = _ssh_string(kind.encode()) + _ssh_string(_ssh_mpint(r) + _ssh_mpint(s))
     body = (
-        b"SSHSIG" + struct.pack(">I", 1) + _ssh_string(blob) + _ssh_string(namespace.encode())
-        + _ssh_string(b"") + _ssh_string(b"sha512") + _ssh_string(sig)
+        b"SSHSIG"
+        + struct.pack(">I", 1)
+        + _ssh_string(blob)
+        + _ssh_string(namespace.encode())
+        + _ssh_string(b"")
+        + _ssh_string(b"sha512")
+        + _ssh_string(sig)
     )
     text = base64.b64encode(body).decode()
     lines = [text[i : i + 70] for i in range(0, len(text), 70)]

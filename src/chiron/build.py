@@ -59,9 +59,16 @@ class BuildResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "output": str(self.output), "signature": str(self.signature), "size": self.size,
-            "name": self.name, "version": self.version, "targets": self.targets, "wheels": self.wheels,
-            "root_fingerprint": self.root_fingerprint, "downloaded": self.downloaded, "reused": self.reused,
+            "output": str(self.output),
+            "signature": str(self.signature),
+            "size": self.size,
+            "name": self.name,
+            "version": self.version,
+            "targets": self.targets,
+            "wheels": self.wheels,
+            "root_fingerprint": self.root_fingerprint,
+            "downloaded": self.downloaded,
+            "reused": self.reused,
             "seconds": round(self.seconds, 3),
         }
 
@@ -93,7 +100,9 @@ def build(opts: BuildOptions) -> BuildResult:
     spec = loaded.spec
     epoch = source_date_epoch(opts.source_date_epoch)
     now = _trust.utc_from_epoch(epoch if epoch is not None else int(time.time()))
-    zip_time = time.gmtime(max(epoch or 315532800, 315532800))[:6]  # zip cannot express before 1980
+    # zip cannot express times before 1980
+    t = time.gmtime(max(epoch or 315532800, 315532800))
+    zip_time = (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
 
     with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=spec.appliance.version) as sp:
         root_chain = _trust.load_root_chain(loaded.resolve_path(spec.trust.root, "trust.root"))
@@ -117,7 +126,10 @@ def build(opts: BuildOptions) -> BuildResult:
             signers["targets"][0]
             if spec.trust.detached.key is None
             else _trust.load_signer(
-                loaded.resolve_key_uri(detached_ref, "trust.detached.key"), "targets", root, detached_ref.keyid
+                loaded.resolve_key_uri(detached_ref, "trust.detached.key"),
+                "targets",
+                root,
+                detached_ref.keyid,
             )
         )
 
@@ -139,7 +151,7 @@ def build(opts: BuildOptions) -> BuildResult:
             raw_tool, tool_zip = tmp / "tool.raw", tmp / "tool.zip"
             with _telemetry.span("chiron.build.tool", format=opts.tool_format):
                 build_tool(opts.tool_format, opts.tool_wheels, raw_tool, opts.shebang)
-                tool_members = normalize_zip(raw_tool, tool_zip, zip_time)  # type: ignore[arg-type]
+                tool_members = normalize_zip(raw_tool, tool_zip, zip_time)
             manifest = {
                 "format": FORMAT,
                 "name": spec.appliance.name,
@@ -159,7 +171,10 @@ def build(opts: BuildOptions) -> BuildResult:
                 targets[SHEBANG_TARGET] = TargetFile.from_data(SHEBANG_TARGET, shebang, ["sha256"])
                 targets[SHEBANG_TARGET].unrecognized_fields["custom"] = {"kind": "shebang"}
                 targets[TOOL_TARGET] = TargetFile.from_file(TOOL_TARGET, str(tool_zip), ["sha256"])
-                targets[TOOL_TARGET].unrecognized_fields["custom"] = {"kind": "tool", "format": opts.tool_format}
+                targets[TOOL_TARGET].unrecognized_fields["custom"] = {
+                    "kind": "tool",
+                    "format": opts.tool_format,
+                }
                 expires = {r: timedelta(seconds=spec.trust.roles[r].expires_seconds) for r in _trust.ONLINE_ROLES}
                 metadata = _trust.build_repository(
                     root_chain, signers, targets, now=now, expires=expires, version=opts.metadata_version

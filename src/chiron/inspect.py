@@ -34,7 +34,7 @@ def inspect_archive(path: Path) -> dict[str, Any]:
 
         try:
             manifest = json.loads(read("appliance.json")) if "appliance.json" in regions else {}
-            md = {
+            md: dict[str, Metadata[Any]] = {
                 n.removeprefix(METADATA_PREFIX): Metadata.from_bytes(read(n))
                 for n in regions
                 if n.startswith(METADATA_PREFIX)
@@ -92,8 +92,11 @@ def inspect_archive(path: Path) -> dict[str, Any]:
         "tool_format": layout.tool_format,
         "chiron_version": manifest.get("chiron_version"),
         "environments": list(platforms.values()),
-        "targets": {"count": len(targets), "bytes": sum(sizes.values()),
-                    "by_kind": {k: {"count": kinds[k], "bytes": sizes[k]} for k in sorted(kinds)}},
+        "targets": {
+            "count": len(targets),
+            "bytes": sum(sizes.values()),
+            "by_kind": {k: {"count": kinds[k], "bytes": sizes[k]} for k in sorted(kinds)},
+        },
         "packages": packages,
         "images": manifest.get("images", []),
         "roles": roles,

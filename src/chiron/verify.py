@@ -23,7 +23,6 @@ from chiron import _progress, _telemetry
 from chiron._archive import (
     CHUNK,
     METADATA_PREFIX,
-    SHEBANG_TARGET,
     TOOL_MEMBERS_TARGET,
     TOOL_TARGET,
     FormatError,
@@ -60,11 +59,20 @@ class VerifyReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "schema": "chiron.verify/1", "path": self.path, "ok": self.ok, "size": self.size,
-            "members": self.members, "targets": self.targets, "bytes_hashed": self.bytes_hashed,
-            "trust_anchor": self.trust_anchor, "root_fingerprint": self.root_fingerprint,
-            "appliance": {"name": self.name, "version": self.version}, "roles": self.roles,
-            "problems": self.problems, "notices": self.notices, "seconds": round(self.seconds, 3),
+            "schema": "chiron.verify/1",
+            "path": self.path,
+            "ok": self.ok,
+            "size": self.size,
+            "members": self.members,
+            "targets": self.targets,
+            "bytes_hashed": self.bytes_hashed,
+            "trust_anchor": self.trust_anchor,
+            "root_fingerprint": self.root_fingerprint,
+            "appliance": {"name": self.name, "version": self.version},
+            "roles": self.roles,
+            "problems": self.problems,
+            "notices": self.notices,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -231,7 +239,11 @@ def _check_tuf(
     with tempfile.TemporaryDirectory(prefix="chiron-verify-") as md_dir:
         try:
             updater = Updater(
-                metadata_dir=md_dir, metadata_base_url=fetcher.BASE, fetcher=fetcher, config=config, bootstrap=anchor
+                metadata_dir=md_dir,
+                metadata_base_url=fetcher.BASE,
+                fetcher=fetcher,
+                config=config,
+                bootstrap=anchor,
             )
             updater.refresh()
         except tuf_exc.ExpiredMetadataError as exc:
