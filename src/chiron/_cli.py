@@ -11,7 +11,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -47,7 +47,7 @@ def _version(value: bool) -> None:
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
     trace_file: Annotated[
-        Optional[Path], typer.Option(help="Write OpenTelemetry spans as JSON lines to this file.")  # noqa: UP045
+        Path | None, typer.Option(help="Write OpenTelemetry spans as JSON lines to this file.")
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -100,10 +100,10 @@ def _archive_arg(path: Path | None, command: str) -> Path:
 def verify(
     path: Annotated[Path | None, typer.Argument(help="Appliance to verify; default: the one running.")] = None,
     root: Annotated[
-        Optional[Path], typer.Option("--root", help="Trusted root metadata (JSON) obtained out of band.")  # noqa: UP045
+        Path | None, typer.Option("--root", help="Trusted root metadata (JSON) obtained out of band.")
     ] = None,
     root_sha256: Annotated[
-        Optional[str], typer.Option("--root-sha256", help="sha256 of a trusted root metadata file.")  # noqa: UP045
+        str | None, typer.Option("--root-sha256", help="sha256 of a trusted root metadata file.")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -154,16 +154,17 @@ def build(
     ),
     fmt: Annotated[str, typer.Option("--format", help="Tool zip format: pex or shiv.")] = "pex",
     tool_wheels: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="Wheels of chiron and its dependencies (default: $CHIRON_TOOL_WHEELS)."),
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Artifact cache (default: ~/.cache/chiron).")] = None,
     source_date_epoch: Annotated[
-        Optional[int], typer.Option(help="Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH).")  # noqa: UP045
+        int | None, typer.Option(help="Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH).")
     ] = None,
     metadata_version: Annotated[
-        int, typer.Option(min=1, help="Version of the targets/snapshot/timestamp metadata.")
-    ] = 1,
+        int | None,
+        typer.Option(min=1, help="Version of targets/snapshot/timestamp (default: the build time in seconds)."),
+    ] = None,
     shebang: Annotated[str, typer.Option(help="Interpreter line of the appliance.")] = "/usr/bin/env python3",
     as_json: JsonOpt = False,
 ) -> None:
@@ -206,7 +207,7 @@ def build(
 def lock(
     spec: Annotated[Path, typer.Argument(help="The appliance spec.")] = Path("bundle/appliance.toml"),
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Lock file (default: the spec's python.lock).")  # noqa: UP045
+        Path | None, typer.Option("--output", "-o", help="Lock file (default: the spec's python.lock).")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -37,7 +37,7 @@ class BuildOptions:
     cache_dir: Path
     tool_format: ToolFormat = "pex"
     source_date_epoch: int | None = None
-    metadata_version: int = 1
+    metadata_version: int | None = None  # default: the build time in seconds (always increasing)
     shebang: str = "/usr/bin/env python3"
     show_progress: bool = True
 
@@ -177,7 +177,12 @@ def build(opts: BuildOptions) -> BuildResult:
                 }
                 expires = {r: timedelta(seconds=spec.trust.roles[r].expires_seconds) for r in _trust.ONLINE_ROLES}
                 metadata = _trust.build_repository(
-                    root_chain, signers, targets, now=now, expires=expires, version=opts.metadata_version
+                    root_chain,
+                    signers,
+                    targets,
+                    now=now,
+                    expires=expires,
+                    version=opts.metadata_version or int(now.timestamp()),
                 )
                 for name in sorted(metadata, key=_metadata_order):
                     writer.add_bytes(name, metadata[name])
