@@ -243,6 +243,135 @@ def lock(
             typer.echo(f"  wrote {w}")
 
 
+PrefixOpt = Annotated[Path, typer.Option("--prefix", help="Where releases live (bin/, current, releases/).")]
+StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Host state (default: PREFIX/state).")]
+WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for another operation's lock.")]
+InstallerOpt = Annotated[str, typer.Option("--installer", help="auto (uv if present, else pip), uv or pip.")]
+
+
+def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> Any:
+    from chiron.errors import UsageError
+    from chiron.host import InstallOptions
+
+    if kw.get("installer") not in ("auto", "uv", "pip"):
+        raise UsageError(f"--installer: '{kw.get('installer')}' is not auto, uv or pip")
+    return InstallOptions(archive=_archive_arg(archive, command).absolute(), prefix=prefix, **kw)
+
+
+def _print_host_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        _emit(result.as_dict())
+        return
+    for notice in result.notices:
+        typer.echo(f"notice: {notice}", err=True)
+    verb = {"install": "installed", "upgrade": "upgraded to", "rollback": "rolled back to"}[result.op]
+    typer.echo(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
+    if result.previous:
+        typer.echo(f"previous release kept: {result.previous}")
+
+
+@app.command()
+def install(
+    archive: Annotated[Path | None, typer.Argument(help="Appliance to install; default: the one running.")] = None,
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Trusted root metadata obtained out of band.")] = None,
+    root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of the trusted root.")] = None,
+    installer: InstallerOpt = "auto",
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """First install on a host: verify, then create the release offline and switch to it."""
+    from chiron.host import install as run_install
+
+    _state["json"] = as_json
+    opts = _host_opts(
+        archive,
+        "install",
+        prefix,
+        state_dir=state_dir,
+        root_file=root,
+        root_sha256=root_sha256,
+        installer=installer,
+        wait=wait,
+        show_progress=not as_json,
+    )
+    _print_host_result(run_install(opts), as_json)
+
+
+@app.command()
+def upgrade(
+    archive: Annotated[Path | None, typer.Argument(help="The newer appliance; default: the one running.")] = None,
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    allow_downgrade: Annotated[
+        bool, typer.Option("--allow-downgrade", help="Install an older release deliberately (logged).")
+    ] = False,
+    installer: InstallerOpt = "auto",
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify against the host's trusted metadata, install beside the current release, health-check, switch."""
+    from chiron.host import upgrade as run_upgrade
+
+    _state["json"] = as_json
+    opts = _host_opts(
+        archive,
+        "upgrade",
+        prefix,
+        state_dir=state_dir,
+        allow_downgrade=allow_downgrade,
+        installer=installer,
+        wait=wait,
+        show_progress=not as_json,
+    )
+    _print_host_result(run_upgrade(opts), as_json)
+
+
+@app.command()
+def rollback(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Switch back to the previous release (logged)."""
+    from chiron.host import rollback as run_rollback
+
+    _state["json"] = as_json
+    _print_host_result(run_rollback(prefix, state_dir, wait), as_json)
+
+
+@app.command()
+def status(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Releases, the current one, trusted metadata versions and expiry, last operations."""
+    from chiron.host import status as run_status
+
+    _state["json"] = as_json
+    info = run_status(prefix, state_dir)
+    if as_json:
+        _emit(info)
+        return
+    cur = info["current"]
+    typer.echo(f"prefix {info['prefix']} (state {info['state_dir']})")
+    if cur:
+        typer.echo(f"current: {cur['name']} {cur['version']} (release {cur['release']}, installed {cur['installed']})")
+    typer.echo(f"previous: {info['previous'] or '-'}")
+    for role, m in info["metadata"].items():
+        typer.echo(f"trusted {role:<10} v{m['version']:<12} expires {m['expires']}")
+    if info["pending_transaction"]:
+        typer.echo(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
+    for w in info["warnings"]:
+        typer.echo(f"warning: {w}")
+    typer.echo("last operations:")
+    for op in info["last_operations"]:
+        typer.echo(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
+
+
 @keys_app.command("init")
 def keys_init(
     directory: Annotated[Path, typer.Argument(help="Where to write the keys (created, mode 0700).")],

@@ -330,33 +330,42 @@ def _version_of(lock: Lock, name: str, art: Artifact) -> str:
 def read_pylock(path: Path, spec: ApplianceSpec) -> Lock:
     """Read a PEP 751 lock (ours or another tool's) and choose each environment's artifact by tags."""
     try:
-        data = tomllib.loads(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
     except FileNotFoundError:
         raise LockError(f"{path}: lock file not found", hint="run 'chiron lock SPEC' to create it") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise LockError(f"{path}: not a valid TOML lock: {exc}") from None
+    except UnicodeDecodeError:
+        raise LockError(f"{path}: lock file is not UTF-8 text") from None
+    return parse_pylock(text, spec.environments, allow_sdists=spec.python.allow_sdists, where=str(path))
+
+
+def parse_pylock(text: str, environments: Iterable[TargetEnvironment], *, allow_sdists: bool, where: str) -> Lock:
+    """Parse lock text and select, for every environment, the artifact of each package it installs."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LockError(f"{where}: not a valid TOML lock: {exc}") from None
     if str(data.get("lock-version", "")).split(".")[0] != "1":
-        raise LockError(f"{path}: lock-version {data.get('lock-version')!r} is not a PEP 751 1.x lock")
+        raise LockError(f"{where}: lock-version {data.get('lock-version')!r} is not a PEP 751 1.x lock")
     packages: list[LockedPackage] = []
     for i, entry in enumerate(data.get("packages", [])):
-        where = f"{path}: packages[{i}]"
+        at = f"{where}: packages[{i}]"
         try:
             name, version = canonicalize_name(entry["name"]), str(entry["version"])
         except KeyError as exc:
-            raise LockError(f"{where}: missing field {exc.args[0]}") from None
+            raise LockError(f"{at}: missing field {exc.args[0]}") from None
         pkg = LockedPackage(name, version, entry.get("index"), marker=entry.get("marker"))
         items = list(entry.get("wheels", []))
         if "sdist" in entry:
-            if not spec.python.allow_sdists:
-                raise LockError(f"{where} ({name} {version}): is an sdist and python.allow_sdists is false")
+            if not allow_sdists:
+                raise LockError(f"{at} ({name} {version}): is an sdist and python.allow_sdists is false")
             items.append(entry["sdist"])
         for j, w in enumerate(items):
-            art = _read_artifact(w, f"{where}.wheels[{j}]")
+            art = _read_artifact(w, f"{at}.wheels[{j}]")
             pkg.artifacts[art.filename] = art
         if not pkg.artifacts:
-            raise LockError(f"{where} ({name} {version}): has no wheels (chiron installs from artifacts only)")
+            raise LockError(f"{at} ({name} {version}): has no wheels (chiron installs from artifacts only)")
         packages.append(pkg)
-    selection = _select(packages, spec, path)
+    selection = _select(packages, environments, where)
     return Lock(packages=packages, selection=selection)
 
 
@@ -372,9 +381,11 @@ def _read_artifact(w: dict[str, Any], where: str) -> Artifact:
     return Artifact(filename=name, url=url, sha256=sha, size=int(size) if size is not None else None)
 
 
-def _select(packages: Iterable[LockedPackage], spec: ApplianceSpec, path: Path) -> dict[str, dict[str, Artifact]]:
+def _select(
+    packages: Iterable[LockedPackage], environments: Iterable[TargetEnvironment], where: str
+) -> dict[str, dict[str, Artifact]]:
     selection: dict[str, dict[str, Artifact]] = {}
-    for env in spec.environments:
+    for env in environments:
         tags = env_tags(env)
         menv = marker_env(env)
         chosen: dict[str, Artifact] = {}
@@ -384,11 +395,11 @@ def _select(packages: Iterable[LockedPackage], spec: ApplianceSpec, path: Path) 
                     if not Marker(pkg.marker).evaluate(menv):
                         continue
                 except InvalidMarker:
-                    raise LockError(f"{path}: {pkg.name}: invalid marker {pkg.marker!r}") from None
+                    raise LockError(f"{where}: {pkg.name}: invalid marker {pkg.marker!r}") from None
             best = _best_artifact(pkg, tags)
             if best is None:
                 raise LockError(
-                    f"{path}: {pkg.name} {pkg.version} has no artifact for environment {env.name}",
+                    f"{where}: {pkg.name} {pkg.version} has no artifact for environment {env.name}",
                     hint="re-lock with 'chiron lock' after adding the platform, or allow sdists",
                 )
             pkg.environments.add(env.name)

@@ -81,12 +81,18 @@ def load_spec(path: Path) -> LoadedSpec:
         raise SpecError(f"{path}: spec file not found") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec: {exc.strerror}") from None
+    return load_spec_bytes(raw, str(path), path)
+
+
+def load_spec_bytes(raw: bytes, where: str, path: Path | None = None) -> LoadedSpec:
+    """Validate spec bytes (e.g. the copy signed into an appliance); ``where`` names it in errors."""
+    path = path or Path(where)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise SpecError(f"{path}: spec is not UTF-8 text") from None
+        raise SpecError(f"{where}: spec is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+        raise SpecError(f"{where}: not valid TOML: {exc}") from None
     try:
         spec = ApplianceSpec.model_validate(data)
     except ValidationError as exc:
@@ -97,5 +103,5 @@ def load_spec(path: Path) -> LoadedSpec:
         elif err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see docs/spec.md)"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise SpecError(f"{path}: {_field(tuple(err['loc']))}: {msg}{more}") from None
+        raise SpecError(f"{where}: {_field(tuple(err['loc']))}: {msg}{more}") from None
     return LoadedSpec(spec=spec, path=path.resolve(), raw=raw)

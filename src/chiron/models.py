@@ -224,6 +224,14 @@ class ExtraFile(_Strict):
         return v
 
 
+class HostSection(_Strict):
+    """``[host]``: how an air-gapped host installs this appliance."""
+
+    health_check: list[str] = Field(default_factory=list)
+    health_check_timeout: int = Field(default=300, ge=1)
+    keep_releases: int = Field(default=2, ge=2)
+
+
 class ApplianceSpec(_Strict):
     """The whole ``appliance.toml``."""
 
@@ -233,6 +241,7 @@ class ApplianceSpec(_Strict):
     trust: TrustSection
     images: list[ImageRef] = Field(default_factory=list)
     files: list[ExtraFile] = Field(default_factory=list)
+    host: HostSection = HostSection()
 
     @field_validator("environments")
     @classmethod

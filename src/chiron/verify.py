@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,21 @@ from chiron._archive import (
 from chiron.errors import UsageError
 
 _TUF_ROLE_FILES = ("timestamp.json", "snapshot.json", "targets.json")
+TRUSTED_FILES = ("root.json", "timestamp.json", "snapshot.json", "targets.json")
+
+
+@dataclass(frozen=True)
+class HostTrust:
+    """Verify against a host's trusted metadata instead of a root anchor (install/upgrade).
+
+    The directory is copied, never modified. ``reference_time`` replaces the local clock for expiry
+    checks (the host's persisted time floor). ``allow_rollback`` starts from the trusted root only,
+    so older timestamp/snapshot/targets versions are accepted (an explicit operator downgrade).
+    """
+
+    metadata_dir: Path
+    reference_time: datetime | None = None
+    allow_rollback: bool = False
 
 
 @dataclass
@@ -56,6 +73,10 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    rollback: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict)
+    trusted: dict[str, bytes] = field(default_factory=dict, repr=False)
+    targets_meta: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +104,7 @@ def verify(
     root_sha256: str | None = None,
     show_progress: bool = False,
     workers: int | None = None,
+    host: HostTrust | None = None,
 ) -> VerifyReport:
     """Verify ``path``; the report's ``ok`` says whether it passed and ``problems`` why not."""
     started = time.monotonic()
@@ -97,7 +119,7 @@ def verify(
     if not path.is_file():
         raise UsageError(f"{path}: not a regular file")
     with _telemetry.span("chiron.verify", path=str(path), bytes=report.size) as sp:
-        _verify(path, report, anchor, root_sha256, show_progress, workers)
+        _verify(path, report, anchor, root_sha256, show_progress, workers, host)
         report.ok = not report.problems
         report.seconds = time.monotonic() - started
         _telemetry.set_attr(sp, ok=report.ok, members=report.members, bytes_hashed=report.bytes_hashed)
@@ -126,6 +148,7 @@ def _verify(
     root_sha256: str | None,
     show_progress: bool,
     workers: int | None,
+    host: HostTrust | None,
 ) -> None:
     try:
         layout = read_layout(path)
@@ -143,9 +166,10 @@ def _verify(
         report.problems += zip_problems
         if report.problems:
             return
-        targets = _check_tuf(path, fd, layout, report, anchor, root_sha256)
+        targets = _check_tuf(path, fd, layout, report, anchor, root_sha256, host)
         if targets is None:
             return
+        report.targets_meta = targets
         report.targets = len(targets)
         regions = layout.regions()
         wrong_length: set[str] = set()
@@ -173,7 +197,13 @@ def _verify(
 
 
 def _check_tuf(
-    path: Path, fd: int, layout: Layout, report: VerifyReport, anchor: bytes | None, root_sha256: str | None
+    path: Path,
+    fd: int,
+    layout: Layout,
+    report: VerifyReport,
+    anchor: bytes | None,
+    root_sha256: str | None,
+    host: HostTrust | None,
 ) -> dict[str, dict[str, Any]] | None:
     """Run the TUF client over the archive's metadata; return the trusted targets, or None."""
     from tuf.api import exceptions as tuf_exc
@@ -213,7 +243,9 @@ def _check_tuf(
     if report.problems:
         return None
 
-    if anchor is not None:
+    if host is not None:
+        report.trust_anchor = "host trusted metadata" + (" (rollback allowed)" if host.allow_rollback else "")
+    elif anchor is not None:
         report.trust_anchor = "--root file"
     elif root_sha256 is not None:
         match = [n for n in roots if hashlib.sha256(raw[n]).hexdigest() == root_sha256.lower()]
@@ -232,11 +264,17 @@ def _check_tuf(
             "trust on first use: the archive's own root metadata was trusted; pass --root FILE or "
             "--root-sha256 HEX obtained out of band to verify against an independent anchor"
         )
-    report.root_fingerprint = hashlib.sha256(anchor).hexdigest()
+    if anchor is not None:
+        report.root_fingerprint = hashlib.sha256(anchor).hexdigest()
 
     fetcher = _trust.ArchiveFetcher(path, regions)
     config = UpdaterConfig(targets_max_length=64 << 20, snapshot_max_length=16 << 20)
     with tempfile.TemporaryDirectory(prefix="chiron-verify-") as md_dir:
+        if host is not None:
+            for name in ("root.json",) if host.allow_rollback else TRUSTED_FILES:
+                src = host.metadata_dir / name
+                if src.is_file():
+                    shutil.copyfile(src, os.path.join(md_dir, name))
         try:
             updater = Updater(
                 metadata_dir=md_dir,
@@ -245,12 +283,20 @@ def _check_tuf(
                 config=config,
                 bootstrap=anchor,
             )
+            if host is not None and host.reference_time is not None:
+                _set_reference_time(updater, host.reference_time)
             updater.refresh()
         except tuf_exc.ExpiredMetadataError as exc:
             report.problems.append(f"metadata: expired: {exc} (build a new appliance, or check this host's clock)")
             return None
         except tuf_exc.UnsignedMetadataError as exc:
             report.problems.append(f"metadata: signature check failed: {exc} (signed by a key the root does not trust)")
+            return None
+        except tuf_exc.BadVersionNumberError as exc:
+            report.rollback = True
+            report.problems.append(
+                f"metadata: rollback refused: {exc} (this archive is older than what the host already trusts)"
+            )
             return None
         except tuf_exc.RepositoryError as exc:
             report.problems.append(f"metadata: {type(exc).__name__}: {exc}")
@@ -260,12 +306,22 @@ def _check_tuf(
             return None
         trusted: dict[str, Any] = {}
         for role in ("root", "timestamp", "snapshot", "targets"):
-            md = Metadata.from_file(os.path.join(md_dir, f"{role}.json"))
+            with open(os.path.join(md_dir, f"{role}.json"), "rb") as f:
+                report.trusted[f"{role}.json"] = f.read()
+            md = Metadata.from_bytes(report.trusted[f"{role}.json"])
             trusted[role] = md
             report.roles[role] = {
                 "version": md.signed.version,
                 "expires": md.signed.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
+        if report.trusted["timestamp.json"] != raw[METADATA_PREFIX + "timestamp.json"]:
+            # python-tuf keeps its trusted timestamp when the new one has the same version.
+            report.rollback = True
+            report.problems.append(
+                f"metadata: timestamp version {trusted['timestamp'].signed.version} is what the host already trusts, "
+                "but this archive's timestamp differs (re-signed with a reused version number)"
+            )
+            return None
         newest = roots[-1]
         if trusted["root"].signed.version < int(newest.removeprefix(METADATA_PREFIX).split(".")[0]):
             report.problems.append(f"root: {newest} was not reached from the trust anchor")
@@ -273,6 +329,20 @@ def _check_tuf(
         name: {"length": tf.length, "sha256": tf.hashes.get("sha256", ""), "custom": tf.custom}
         for name, tf in trusted["targets"].signed.targets.items()
     }
+
+
+def _set_reference_time(updater: Any, when: datetime) -> None:
+    """Make python-tuf check expiry against ``when`` (the host's time floor) instead of the clock.
+
+    python-tuf has no public hook for this (theupdateframework/python-tuf#2359); the attribute is
+    checked so that a python-tuf that renames it fails loudly instead of silently using the clock.
+    """
+    trusted_set = getattr(updater, "_trusted_set", None)
+    if trusted_set is None or not hasattr(trusted_set, "reference_time"):
+        from chiron.errors import EnvironmentProblem
+
+        raise EnvironmentProblem("this python-tuf has no reference_time: cannot apply the host's time floor")
+    trusted_set.reference_time = when
 
 
 def _pread(fd: int, offset: int, length: int) -> bytes:
@@ -352,6 +422,7 @@ def _read_manifest(fd: int, layout: Layout, report: VerifyReport) -> None:
         return
     try:
         manifest = json.loads(_pread(fd, *region))
+        report.manifest = manifest
         report.name, report.version = manifest.get("name"), manifest.get("version")
     except ValueError:
         report.problems.append("member appliance.json: is not valid JSON")
