@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from chiron import _trust
 from chiron.build import BuildOptions, BuildResult, build
+
 from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec
 
 REPO = Path(__file__).resolve().parent.parent

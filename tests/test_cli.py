@@ -14,6 +14,7 @@ import pytest
 from chiron import _proc
 from chiron._cli import main
 from chiron.errors import EnvironmentProblem
+
 from helpers import write_spec
 
 

@@ -12,6 +12,7 @@ from chiron import _lock
 from chiron._fetch import ArtifactCache
 from chiron._spec import load_spec
 from chiron.errors import ArtifactError, EnvironmentProblem, LockError
+
 from conftest import do_build
 from helpers import ENV_311, ENV_312, LocalIndex, make_sdist, make_wheel, write_spec
 

@@ -8,6 +8,7 @@ import pytest
 
 from chiron._spec import load_spec
 from chiron.errors import SpecError
+
 from helpers import ENV_311, write_spec
 
 

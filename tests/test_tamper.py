@@ -17,6 +17,7 @@ import pytest
 from chiron import _trust
 from chiron._archive import check_zip, read_layout
 from chiron._cli import main
+
 from conftest import do_build
 from helpers import rewrite_archive
 
@@ -171,12 +172,12 @@ def _wrong_key(c: Ctx) -> Path:
     targets.sign(signer(c.other_keys, "targets"))
     tbytes = _trust.to_bytes(targets)
     snapshot = Metadata.from_bytes(c.member_bytes("metadata/snapshot.json"))
-    snapshot.signed.meta["targets.json"] = MetaFile.from_data(1, tbytes, ["sha256"])
+    snapshot.signed.meta["targets.json"] = MetaFile.from_data(targets.signed.version, tbytes, ["sha256"])
     snapshot.signatures.clear()
     snapshot.sign(signer(c.keys, "snapshot"))
     sbytes = _trust.to_bytes(snapshot)
     ts = Metadata.from_bytes(c.member_bytes("metadata/timestamp.json"))
-    ts.signed.snapshot_meta = MetaFile.from_data(1, sbytes, ["sha256"])
+    ts.signed.snapshot_meta = MetaFile.from_data(snapshot.signed.version, sbytes, ["sha256"])
     ts.signatures.clear()
     ts.sign(signer(c.keys, "timestamp"))
     return rewrite_archive(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 FORMAT = "chiron-appliance/1"
+ZipTime = tuple[int, int, int, int, int, int]
 FOOTER_MAGIC = b"CHIRONA1"
 FOOTER = struct.Struct("<8sQQQ32s")  # magic, index offset, index length, zip offset, sha256(index)
 FOOTER_SIZE = FOOTER.size
@@ -435,7 +436,7 @@ def read_zip_member(fd: int, entry: ZipEntry) -> Iterator[bytes]:
         yield dec.flush()
 
 
-def normalize_zip(src: Path, dest: Path, date_time: tuple[int, int, int, int, int, int]) -> list[dict[str, Any]]:
+def normalize_zip(src: Path, dest: Path, date_time: ZipTime) -> list[dict[str, Any]]:
     """Rewrite a pex/shiv zip reproducibly (fixed timestamps, no prefix, same entries and order).
 
     Returns the tool-members manifest: name, size and sha256 of every entry.

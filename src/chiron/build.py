@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 import time
@@ -20,6 +22,7 @@ from chiron._archive import (
     TOOL_TARGET,
     ArchiveWriter,
     Written,
+    ZipTime,
     canonical_json,
     normalize_zip,
 )
@@ -100,9 +103,9 @@ def build(opts: BuildOptions) -> BuildResult:
     spec = loaded.spec
     epoch = source_date_epoch(opts.source_date_epoch)
     now = _trust.utc_from_epoch(epoch if epoch is not None else int(time.time()))
-    # zip cannot express times before 1980
-    t = time.gmtime(max(epoch or 315532800, 315532800))
-    zip_time = (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
+    # Fixed zip entry times (as pex does): the tool zip then depends only on the tool's wheels, so it
+    # is reproducible and cacheable; the build time lives in appliance.json and the metadata.
+    zip_time: ZipTime = (1980, 1, 1, 0, 0, 0)
 
     with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=spec.appliance.version) as sp:
         root_chain = _trust.load_root_chain(loaded.resolve_path(spec.trust.root, "trust.root"))
@@ -148,10 +151,8 @@ def build(opts: BuildOptions) -> BuildResult:
         shebang = f"#!{opts.shebang}\n".encode()
         with tempfile.TemporaryDirectory(prefix="chiron-build-") as tmp_s:
             tmp = Path(tmp_s)
-            raw_tool, tool_zip = tmp / "tool.raw", tmp / "tool.zip"
             with _telemetry.span("chiron.build.tool", format=opts.tool_format):
-                build_tool(opts.tool_format, opts.tool_wheels, raw_tool, opts.shebang)
-                tool_members = normalize_zip(raw_tool, tool_zip, zip_time)
+                tool_zip, tool_members = _tool_zip(opts, zip_time, tmp)
             manifest = {
                 "format": FORMAT,
                 "name": spec.appliance.name,
@@ -208,6 +209,33 @@ def build(opts: BuildOptions) -> BuildResult:
         reused=cache.stats.reused,
         seconds=time.monotonic() - started,
     )
+
+
+def _tool_zip(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The normalized tool zip, from the cache when the same wheels, format, shebang and time built it.
+
+    Building a pex takes seconds; a warm rebuild or a mirror refresh should not pay it again.
+    """
+    wheels = sorted(opts.tool_wheels.glob("*.whl"))
+    key_data = {
+        "chiron": __version__,
+        "format": opts.tool_format,
+        "shebang": opts.shebang,
+        "zip_time": list(zip_time),
+        "wheels": {w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels},
+    }
+    key = hashlib.sha256(canonical_json(key_data)).hexdigest()
+    cache = opts.cache_dir / "tool"
+    cached, members_file = cache / f"{key}.zip", cache / f"{key}.members.json"
+    if cached.is_file() and members_file.is_file():
+        return cached, json.loads(members_file.read_text())
+    raw, normalized = tmp / "tool.raw", tmp / "tool.zip"
+    build_tool(opts.tool_format, opts.tool_wheels, raw, opts.shebang)
+    members = normalize_zip(raw, normalized, zip_time)
+    cache.mkdir(parents=True, exist_ok=True)
+    _trust.write_atomic(members_file, canonical_json(members))
+    os.replace(normalized, cached)
+    return cached, members
 
 
 def _metadata_order(name: str) -> tuple[int, int, str]:

@@ -68,10 +68,10 @@ class VerificationError(ChironError):
 
     exit_code = ExitCode.VERIFY_FAILED
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, hint: str | None = None) -> None:
         first = problems[0] if problems else "verification failed"
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        super().__init__(first + more)
+        super().__init__(first + more, hint=hint)
         self.problems = problems
 
 

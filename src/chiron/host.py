@@ -37,7 +37,7 @@ from chiron import __version__, _lock, _proc, _telemetry
 from chiron._archive import CHUNK, TOOL_TARGET, read_layout
 from chiron._trust import write_atomic
 from chiron.errors import ChironError, EnvironmentProblem, ExitCode, Refused, UsageError, VerificationError
-from chiron.models import TargetEnvironment
+from chiron.models import HostSection, TargetEnvironment
 from chiron.verify import TRUSTED_FILES, HostTrust, VerifyReport, verify
 
 STEPS = ("verified", "staged", "venv", "tool", "health", "renamed", "switched", "committed")
@@ -476,10 +476,72 @@ def _apply(
     started = time.monotonic()
     if not report.ok:
         audit(paths, op, "failed", archive=str(opts.archive), reason=report.problems[0])
-        raise VerificationError(report.problems)
+        raise VerificationError(report.problems, hint="; ".join(notices) or None)
     _crash_point("verified")
-    env = _host_environment(opts.archive, report)
+    previous = state.current if state else None
     rid = _release_id(paths, report)
+    stage = paths.staging / rid
+    with _telemetry.span(f"chiron.{op}", release=rid, version=str(report.version)):
+        try:
+            env, txn = _prepare_release(paths, opts, op, report, rid, stage, ref)
+        except BaseException as exc:
+            # Nothing outside the new slot and staging was touched: remove them and stay where we are.
+            shutil.rmtree(paths.releases / f"{rid}.partial", ignore_errors=True)
+            shutil.rmtree(paths.releases / rid, ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)
+            paths.txn.unlink(missing_ok=True)
+            reason = exc.diagnostics() if isinstance(exc, ChironError) else f"{type(exc).__name__}: {exc}"
+            audit(paths, op, "failed", archive=str(opts.archive), release=rid, reason=reason, stays_on=previous)
+            raise
+        release = txn["release"]
+        # The commit point: from here the new release is live; recovery finishes, never undoes.
+        _switch_link(paths.current, f"releases/{rid}")
+        _crash_point("switched")
+        bin_dir = paths.prefix / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        if not (bin_dir / "chiron").is_symlink():
+            _switch_link(bin_dir / "chiron", "../current/bin/chiron")
+        _commit(paths, txn)
+        audit(
+            paths,
+            op,
+            "ok",
+            archive=str(opts.archive),
+            release=rid,
+            name=report.name,
+            from_release=previous,
+            to_version=report.version,
+            allow_downgrade=opts.allow_downgrade,
+            targets_sha256=release["targets_sha256"],
+        )
+        _crash_point("committed")
+    return HostResult(
+        op=op,
+        release=rid,
+        name=str(report.name),
+        version=str(report.version),
+        previous=previous,
+        installer=str(release["installer"]),
+        environment=env.name,
+        seconds=time.monotonic() - started,
+        notices=notices,
+    )
+
+
+def _prepare_release(
+    paths: Paths,
+    opts: InstallOptions,
+    op: str,
+    report: VerifyReport,
+    rid: str,
+    stage: Path,
+    ref: datetime,
+) -> tuple[TargetEnvironment, dict[str, Any]]:
+    """Build the new release in releases/<rid>.partial, health-check it and rename it into place."""
+    from chiron._spec import load_spec_bytes
+
+    spec = load_spec_bytes(_member(opts.archive, "spec/appliance.toml"), f"{opts.archive}:spec/appliance.toml").spec
+    env = _host_environment(opts.archive, report)
     release = {
         "name": report.name,
         "version": report.version,
@@ -496,77 +558,43 @@ def _apply(
         "id": rid,
         "release": release,
         "reference_time": _iso(ref),
-        "keep_releases": 2,
+        "keep_releases": spec.host.keep_releases,
     }
-    previous = state.current if state else None
-    with _telemetry.span(f"chiron.{op}", release=rid, version=str(report.version)):
-        _check_space(paths, opts.archive, report, env)
-        paths.releases.mkdir(parents=True, exist_ok=True)
-        stage = paths.staging / rid
-        shutil.rmtree(stage, ignore_errors=True)
-        (stage / "metadata").mkdir(parents=True)
-        for name, data in report.trusted.items():
-            (stage / "metadata" / name).write_bytes(data)
-        _write_json(paths.txn, txn)
-        try:
-            slot = paths.releases / f"{rid}.partial"
-            shutil.rmtree(slot, ignore_errors=True)
-            slot.mkdir()
-            wheels, requirements = _stage_wheels(opts.archive, report, env, stage)
-            _crash_point("staged")
-            installer = _create_venv(slot / "venv", wheels, requirements, opts.installer)
-            release["installer"] = installer
-            txn["release"] = release
-            _write_json(paths.txn, txn)
-            _crash_point("venv")
-            _place_tool(opts.archive, report, slot / "bin" / "chiron")
-            _write_json(slot / "release.json", release)
-            _crash_point("tool")
-            _health_check(opts.archive, slot)
-            _crash_point("health")
-            os.replace(slot, paths.releases / rid)
-            _fsync_dir(paths.releases)
-            _crash_point("renamed")
-        except BaseException as exc:
-            shutil.rmtree(paths.releases / f"{rid}.partial", ignore_errors=True)
-            shutil.rmtree(paths.releases / rid, ignore_errors=True)
-            shutil.rmtree(stage, ignore_errors=True)
-            paths.txn.unlink(missing_ok=True)
-            reason = exc.diagnostics() if isinstance(exc, ChironError) else f"{type(exc).__name__}: {exc}"
-            audit(paths, op, "failed", archive=str(opts.archive), release=rid, reason=reason, stays_on=previous)
-            raise
-        # The commit point: from here the new release is live; recovery finishes, never undoes.
-        _switch_link(paths.current, f"releases/{rid}")
-        _crash_point("switched")
-        bin_dir = paths.prefix / "bin"
-        bin_dir.mkdir(exist_ok=True)
-        if not (bin_dir / "chiron").is_symlink():
-            _switch_link(bin_dir / "chiron", "../current/bin/chiron")
-        _commit(paths, txn)
-        _crash_point("committed")
-    audit(
-        paths,
-        op,
-        "ok",
-        archive=str(opts.archive),
-        release=rid,
-        name=report.name,
-        from_release=previous,
-        to_version=report.version,
-        allow_downgrade=opts.allow_downgrade,
-        targets_sha256=release["targets_sha256"],
-    )
-    return HostResult(
-        op=op,
-        release=rid,
-        name=str(report.name),
-        version=str(report.version),
-        previous=previous,
-        installer=str(release["installer"]),
-        environment=env.name,
-        seconds=time.monotonic() - started,
-        notices=notices,
-    )
+    _check_space(paths, opts.archive, report, env)
+    paths.releases.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "metadata").mkdir(parents=True)
+    for name, data in report.trusted.items():
+        (stage / "metadata" / name).write_bytes(_newer(paths.metadata / name, data))
+    _write_json(paths.txn, txn)
+    slot = paths.releases / f"{rid}.partial"
+    shutil.rmtree(slot, ignore_errors=True)
+    slot.mkdir()
+    wheels, requirements = _stage_wheels(opts.archive, report, env, stage)
+    _crash_point("staged")
+    release["installer"] = _create_venv(slot / "venv", wheels, requirements, opts.installer)
+    _write_json(paths.txn, txn)
+    _crash_point("venv")
+    _place_tool(opts.archive, report, slot / "bin" / "chiron")
+    _write_json(slot / "release.json", release)
+    _crash_point("tool")
+    _health_check(spec.host, slot, sorted(_read_lock(opts.archive, [env]).selection[env.name]))
+    _crash_point("health")
+    os.replace(slot, paths.releases / rid)
+    _fsync_dir(paths.releases)
+    _crash_point("renamed")
+    return env, txn
+
+
+def _newer(trusted: Path, candidate: bytes) -> bytes:
+    """The newer of the host's trusted metadata file and a candidate: a deliberate downgrade installs
+    older software but never lowers the metadata versions the host trusts."""
+    from tuf.api.metadata import Metadata
+
+    if not trusted.is_file():
+        return candidate
+    old = trusted.read_bytes()
+    return old if Metadata.from_bytes(old).signed.version > Metadata.from_bytes(candidate).signed.version else candidate
 
 
 def _release_id(paths: Paths, report: VerifyReport) -> str:
@@ -724,9 +752,14 @@ def _place_tool(archive: Path, report: VerifyReport, dest: Path) -> None:
 
 
 _IMPORT_CHECK = r"""
-import importlib, importlib.metadata as md, json
+import importlib, importlib.metadata as md, json, sys
 bad = []
-for d in md.distributions():
+for name in sys.argv[1:]:
+    try:
+        d = md.distribution(name)
+    except md.PackageNotFoundError:
+        bad.append(f"{name}: not installed")
+        continue
     tops = (d.read_text("top_level.txt") or "").split()
     if not tops:
         tops = sorted({f.parts[0].removesuffix(".py") for f in (d.files or [])
@@ -738,17 +771,17 @@ for d in md.distributions():
             try:
                 importlib.import_module(t)
             except Exception as e:
-                bad.append(f"{d.metadata['Name']}: import {t}: {type(e).__name__}: {e}")
+                bad.append(f"{name}: import {t}: {type(e).__name__}: {e}")
 print(json.dumps(bad))
 """
 
 
-def _health_check(archive: Path, slot: Path) -> None:
-    """Every distribution importable, dependencies consistent, then the spec's own hook."""
-    from chiron._spec import load_spec_bytes
-
+def _health_check(hostspec: HostSection, slot: Path, distributions: list[str]) -> None:
+    """Every distribution of the appliance importable, dependencies consistent, then the spec's hook."""
     py = str(slot / "venv" / "bin" / "python")
-    proc = subprocess.run([py, "-c", _IMPORT_CHECK], capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [py, "-c", _IMPORT_CHECK, *distributions], capture_output=True, text=True, timeout=600, check=False
+    )
     if proc.returncode != 0:
         raise EnvironmentProblem(f"health check: the new environment cannot run Python: {proc.stderr.strip()[-300:]}")
     bad = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -761,23 +794,22 @@ def _health_check(archive: Path, slot: Path) -> None:
         )
         if check.returncode != 0:
             raise EnvironmentProblem(f"health check: dependency check failed: {check.stdout.strip()[-300:]}")
-    spec = load_spec_bytes(_member(archive, "spec/appliance.toml"), f"{archive}:spec/appliance.toml").spec
-    if spec.host.health_check:
+    if hostspec.health_check:
         env = dict(os.environ, CHIRON_RELEASE=str(slot), PATH=f"{slot / 'venv' / 'bin'}:{os.environ.get('PATH', '')}")
         try:
             hook = subprocess.run(
-                spec.host.health_check,
+                hostspec.health_check,
                 env=env,
                 capture_output=True,
                 text=True,
-                timeout=spec.host.health_check_timeout,
+                timeout=hostspec.health_check_timeout,
                 check=False,
             )
         except FileNotFoundError:
-            raise EnvironmentProblem(f"health check hook: {spec.host.health_check[0]} not found") from None
+            raise EnvironmentProblem(f"health check hook: {hostspec.health_check[0]} not found") from None
         except subprocess.TimeoutExpired:
             raise EnvironmentProblem(
-                f"health check hook did not finish within {spec.host.health_check_timeout} s"
+                f"health check hook did not finish within {hostspec.health_check_timeout} s"
             ) from None
         if hook.returncode != 0:
             tail = (hook.stderr or hook.stdout).strip().splitlines()[-1:] or ["(no output)"]
