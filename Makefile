@@ -20,9 +20,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # chiron's own wheel and its pinned dependencies: what the tool zip inside every appliance is built from.
-tool-wheels: venv
+# Rebuilt only when the code or the pins change, so repeated runs need no package index.
+tool-wheels: $(TOOL_WHEELS)/.stamp
+$(TOOL_WHEELS)/.stamp: $(VENV)/.installed pyproject.toml requirements/tool-constraints.txt $(shell find src -name '*.py')
 	rm -rf $(TOOL_WHEELS)
 	$(BIN)/pip wheel -q -c requirements/tool-constraints.txt -w $(TOOL_WHEELS) .
+	touch $@
 
 # Throw-away development keys (never committed, never packed); production keys come from HSM/KMS URIs.
 keys: venv

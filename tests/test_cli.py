@@ -151,3 +151,11 @@ def test_inspect_json_and_text(appliance: Path, capsys: pytest.CaptureFixture[st
 def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["--version"]) == 0
     assert capsys.readouterr().out.startswith("chiron ")
+
+
+def test_os_errors_are_environment_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run(["keys", "init", str(blocker / "sub")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("chiron: error:") and "Traceback" not in err

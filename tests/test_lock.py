@@ -165,3 +165,16 @@ def test_manylinux_expansion_admits_older_baselines() -> None:
     assert "manylinux_2_34_x86_64" not in _lock._expand_platform("manylinux_2_28_x86_64")
     assert _lock._expand_platform("linux_x86_64") == ["linux_x86_64"]
     assert ENV_311  # the helpers' environment uses the expansion too
+
+
+def test_stale_lock_is_refused(tmp_path: Path, keys: Path, private_index: LocalIndex, tool_wheels: Path) -> None:
+    from chiron._cli import main
+
+    spec_path = write_spec(tmp_path / "s", keys=keys, index_url=private_index.url, requirements=["beta==1.0"])
+    with pytest.raises(SystemExit) as exc:
+        main(["lock", str(spec_path), "-o", str(tmp_path / "s" / "pylock.toml")])
+    assert exc.value.code == 0
+    text = spec_path.read_text().replace("[python]", '[python]\nlock = "pylock.toml"')
+    spec_path.write_text(text.replace('"beta==1.0"', '"beta>=2"'))
+    with pytest.raises(LockError, match=r"does not satisfy python.requirements 'beta>=2' for environment cp311"):
+        do_build(spec_path, tmp_path / "o.pex", tool_wheels, tmp_path / "cache")

@@ -73,6 +73,16 @@ CASES = [
     ),
     ("escaping file dest", lambda s: s + '\n[[files]]\nsrc = "a"\ndest = "../x"\n', "files[0].dest"),
     ("not toml", lambda s: s + "\n[[[", "not valid TOML"),
+    (
+        "duplicate file dest",
+        lambda s: s + '\n[[files]]\nsrc = "a"\ndest = "x"\n[[files]]\nsrc = "b"\ndest = "x"\n',
+        "files: dest used twice: x",
+    ),
+    (
+        "no index and no find_links",
+        lambda s: s.replace('index_url = "http://127.0.0.1:1/simple"', 'index_url = ""'),
+        "python: give 'index_url' or 'find_links'",
+    ),
 ]
 
 

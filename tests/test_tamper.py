@@ -157,6 +157,14 @@ def _overlap(c: Ctx) -> Path:
     return rewrite_archive(c.good, c.out, index_hook=hook)
 
 
+def _index_extra_field(c: Ctx) -> Path:
+    return rewrite_archive(c.good, c.out, index_hook=lambda index: index.update(note="x" * 1000))
+
+
+def _index_tool_format(c: Ctx) -> Path:
+    return rewrite_archive(c.good, c.out, index_hook=lambda index: index.update(tool_format="shiv"))
+
+
 def _wrong_key(c: Ctx) -> Path:
     """targets re-signed by a key the root does not list; snapshot and timestamp re-signed correctly."""
     from securesystemslib.signer import CryptoSigner
@@ -219,6 +227,8 @@ CASES: list[tuple[str, Callable[[Ctx], Path], str]] = [
     ("path that escapes", _traversal, "unsafe name"),
     ("overlapping members", _overlap, "overlaps"),
     ("targets signed by the wrong key", _wrong_key, "signature check failed"),
+    ("unsigned data hidden in the index", _index_extra_field, "index has unknown or missing fields"),
+    ("tool format changed in the index", _index_tool_format, "differs from the signed tool format"),
 ]
 
 

@@ -285,6 +285,16 @@ def read_layout(path: Path) -> Layout:
             raise FormatError("index is not in canonical form")
         if index.get("format") != FORMAT:
             raise FormatError(f"unknown appliance format {index.get('format')!r}; this chiron reads {FORMAT}")
+        # The index is not signed, so it may hold nothing but what the format defines.
+        if set(index) != {"format", "tool_format", "shebang_length", "members"} or not isinstance(
+            index["members"], list
+        ):
+            raise FormatError("index has unknown or missing fields")
+        if any(not isinstance(m, dict) or set(m) != {"name", "offset", "length"} for m in index["members"]):
+            raise FormatError("index member entries have unknown or missing fields")
+        offsets = [m["offset"] for m in index["members"]]
+        if offsets != sorted(offsets):
+            raise FormatError("index members are not in file order")
         try:
             shebang_len = int(index["shebang_length"])
             members = tuple(Member(str(m["name"]), int(m["offset"]), int(m["length"])) for m in index["members"])

@@ -157,7 +157,12 @@ def build(
         Path | None,
         typer.Option(help="Wheels of chiron and its dependencies (default: $CHIRON_TOOL_WHEELS)."),
     ] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Artifact cache (default: ~/.cache/chiron).")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Artifact cache (default: $CHIRON_CACHE_DIR, else $XDG_CACHE_HOME/chiron, else ~/.cache/chiron)."
+        ),
+    ] = None,
     source_date_epoch: Annotated[
         int | None, typer.Option(help="Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH).")
     ] = None,
@@ -434,6 +439,17 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("chiron: interrupted", err=True)
         code = 130
+    except OSError as exc:
+        # An I/O problem outside chiron's checks (permissions, disk, a vanished file): environment.
+        if _state["verbose"]:
+            traceback.print_exc()
+        where = f" {exc.filename}" if exc.filename else ""
+        typer.echo(f"chiron: error:{where} {exc.strerror or exc}", err=True)
+        code = ExitCode.ENVIRONMENT
+    except Exception as exc:  # a bug: never let it look like a verification result (exit 1)
+        traceback.print_exc()
+        typer.echo(f"chiron: internal error: {type(exc).__name__}: {exc} (please report this)", err=True)
+        code = ExitCode.ENVIRONMENT
     finally:
         if "chiron._telemetry" in sys.modules:
             sys.modules["chiron._telemetry"].shutdown()

@@ -266,8 +266,13 @@ def fill_hashes(lock: Lock, hashes: dict[str, tuple[str, int]]) -> None:
     """Record the sha256 and size measured at fetch time (filename -> (sha256, size))."""
     for pkg in lock.packages:
         for fname, art in list(pkg.artifacts.items()):
+            if fname not in hashes:
+                # No environment selects this artifact: it is not fetched, packed or recorded.
+                del pkg.artifacts[fname]
+                continue
             sha, size = hashes[fname]
             pkg.artifacts[fname] = Artifact(art.filename, art.url, sha, size)
+    lock.packages = [p for p in lock.packages if p.artifacts]
     for per_env in lock.selection.values():
         for name, art in list(per_env.items()):
             sha, size = hashes[art.filename]
@@ -425,6 +430,25 @@ def _best_artifact(pkg: LockedPackage, tags: set[Tag]) -> Artifact | None:
                 raise LockError(f"{pkg.name}: {art.filename} is neither a wheel nor an sdist") from None
             sdist = art
     return sdist
+
+
+def check_fits(lock: Lock, spec: ApplianceSpec, where: str) -> None:
+    """Refuse a stale lock: every top-level requirement must be locked, at an admitted version, in
+    every environment its marker selects."""
+    from packaging.requirements import Requirement
+
+    for env in spec.environments:
+        versions = {name: _version_of(lock, name, art) for name, art in lock.selection.get(env.name, {}).items()}
+        for text in _for_env(spec.python.requirements, env):
+            req = Requirement(text)
+            name = canonicalize_name(req.name)
+            got = versions.get(name)
+            if got is None or (req.specifier and not req.specifier.contains(got, prereleases=True)):
+                raise LockError(
+                    f"{where}: does not satisfy python.requirements '{text}' for environment {env.name} "
+                    f"(locked: {got or 'nothing'})",
+                    hint="the lock is stale: run 'chiron lock SPEC' (or 'make lock') and review the change",
+                )
 
 
 def requirements_txt(lock: Lock, env: str) -> bytes:

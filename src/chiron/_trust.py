@@ -186,7 +186,7 @@ def load_root_chain(path: Path) -> list[bytes]:
             chain = [path.read_bytes()]
         except OSError as exc:
             raise UsageError(f"{path}: cannot read root metadata: {exc.strerror}") from None
-    problems = check_root_chain(chain, first_version=None)
+    problems = check_root_chain(chain)
     if problems:
         raise UsageError(f"{path}: {problems[0]}")
     return chain
@@ -202,7 +202,7 @@ def parse_root(data: bytes, what: str) -> Metadata[Root]:
     return md
 
 
-def check_root_chain(chain: list[bytes], first_version: int | None = 1) -> list[str]:
+def check_root_chain(chain: list[bytes]) -> list[str]:
     """Each root N+1 must be signed by the threshold of root N and of itself, versions consecutive."""
     problems: list[str] = []
     mds: list[Metadata[Root]] = []
@@ -211,8 +211,9 @@ def check_root_chain(chain: list[bytes], first_version: int | None = 1) -> list[
             mds.append(parse_root(data, f"root chain entry {i + 1}"))
         except UsageError as exc:
             return [exc.message]
-    if first_version is not None and mds and mds[0].signed.version != first_version:
-        problems.append(f"root chain starts at version {mds[0].signed.version}, not {first_version}")
+    if mds and mds[0].signed.version != 1:
+        # Every host, however old its trusted root, must be able to walk the chain from version 1.
+        problems.append(f"root chain starts at version {mds[0].signed.version}, not 1")
     for prev, cur in itertools.pairwise(mds):
         if cur.signed.version != prev.signed.version + 1:
             problems.append(f"root chain: version {cur.signed.version} follows {prev.signed.version}")

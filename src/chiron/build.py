@@ -92,7 +92,9 @@ def load_lock(loaded: LoadedSpec) -> _lock.Lock:
     """The spec's lock file if it names one, else a fresh resolution."""
     path = loaded.lock_path
     if path is not None:
-        return _lock.read_pylock(path, loaded.spec)
+        lock = _lock.read_pylock(path, loaded.spec)
+        _lock.check_fits(lock, loaded.spec, str(path))
+        return lock
     return _lock.resolve(loaded.spec, loaded.base)
 
 

@@ -115,7 +115,7 @@ class PythonSection(_Strict):
     def _something(self) -> PythonSection:
         if not self.requirements and self.lock is None:
             raise ValueError("give 'requirements' or 'lock' (a pylock.toml)")
-        if self.index_url is None and not self.find_links and not self.lock:
+        if not self.index_url and not self.find_links and not self.lock:
             raise ValueError("give 'index_url' or 'find_links' to resolve from")
         return self
 
@@ -242,6 +242,15 @@ class ApplianceSpec(_Strict):
     images: list[ImageRef] = Field(default_factory=list)
     files: list[ExtraFile] = Field(default_factory=list)
     host: HostSection = HostSection()
+
+    @field_validator("files")
+    @classmethod
+    def _unique_files(cls, v: list[ExtraFile]) -> list[ExtraFile]:
+        dests = [f.dest for f in v]
+        dupes = sorted({d for d in dests if dests.count(d) > 1})
+        if dupes:
+            raise ValueError(f"dest used twice: {', '.join(dupes)}")
+        return v
 
     @field_validator("environments")
     @classmethod

@@ -170,6 +170,11 @@ def _verify(
         if targets is None:
             return
         report.targets_meta = targets
+        signed_format = (targets.get(TOOL_TARGET, {}).get("custom") or {}).get("format")
+        if signed_format != layout.tool_format:
+            report.problems.append(
+                f"index: tool_format {layout.tool_format!r} differs from the signed tool format {signed_format!r}"
+            )
         report.targets = len(targets)
         regions = layout.regions()
         wrong_length: set[str] = set()
