@@ -26,6 +26,7 @@ def make_wheel(
     tag: str = "py3-none-any",
     license: str = "MIT",
     payload: bytes = b"",
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write a minimal, valid wheel (pure Python unless ``tag`` says otherwise)."""
     dist = name.replace("-", "_")
@@ -36,6 +37,7 @@ def make_wheel(
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nLicense: {license}\n"
             + "".join(f"Requires-Dist: {d}\n" for d in deps)
         ).encode(),
+        **{f"{dist}/{name}": text.encode() for name, text in (extra_files or {}).items()},
         f"{dist}-{version}.dist-info/WHEEL": (
             f"Wheel-Version: 1.0\nGenerator: chiron-tests\nRoot-Is-Purelib: {'true' if tag.endswith('any') else 'false'}\n"
             + "".join(f"Tag: {t}\n" for t in _expand(tag))

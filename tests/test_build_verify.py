@@ -202,3 +202,25 @@ def test_extra_files_are_signed_members(tmp_path: Path, keys: Path, index, tool_
 
 def test_copy_with_other_name_still_verifies(appliance: Path, tmp_path: Path) -> None:
     assert verify(copy(appliance, tmp_path / "renamed.bin")).ok
+
+
+def test_large_member_is_checked_piece_by_piece(tmp_path: Path, keys: Path, index, tool_wheels: Path) -> None:  # type: ignore[no-untyped-def]
+    from chiron._archive import PIECE
+
+    (tmp_path / "s").mkdir()
+    blob = tmp_path / "s" / "blob.bin"
+    blob.write_bytes(os.urandom(2 * PIECE + 12345))
+    spec = write_spec(tmp_path / "s", keys=keys, index_url=index.url, requirements=["beta==1.0"],
+                      environments=ENV_311, extra='[[files]]\nsrc = "blob.bin"\ndest = "blob.bin"\n')  # fmt: skip
+    out = do_build(spec, tmp_path / "p.pex", tool_wheels, tmp_path / "cache").output
+    report = verify(out)
+    assert report.ok, report.problems
+    pieces = report.targets_meta["files/blob.bin"]["custom"]["pieces"]
+    assert pieces["size"] == PIECE and len(pieces["sha256"]) == 3
+    m = read_layout(out).member("files/blob.bin")
+    assert m is not None
+    data = bytearray(out.read_bytes())
+    data[m.offset + m.length - 10] ^= 0xFF  # in the last, short piece
+    bad = tmp_path / "bad.pex"
+    bad.write_bytes(bytes(data))
+    assert verify(bad).problems == ["member files/blob.bin: sha256 does not match the signed targets (modified)"]

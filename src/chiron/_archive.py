@@ -30,6 +30,9 @@ FOOTER_MAGIC = b"CHIRONA1"
 FOOTER = struct.Struct("<8sQQQ32s")  # magic, index offset, index length, zip offset, sha256(index)
 FOOTER_SIZE = FOOTER.size
 CHUNK = 1 << 20
+# Members larger than this also get signed per-piece hashes, so verify can hash one large member on
+# every core (a single sha256 is sequential); 64 MiB keeps the list short even for 50 GiB.
+PIECE = 64 << 20
 MAX_INDEX = 64 << 20
 MAX_SHEBANG = 256
 
@@ -111,6 +114,7 @@ class Written:
     name: str
     length: int
     sha256: str
+    pieces: tuple[str, ...] = ()
 
 
 class ArchiveWriter:
@@ -157,16 +161,24 @@ class ArchiveWriter:
     def add_file(self, name: str, src: Path) -> Written:
         """Copy a file in, hashing as it goes (one read of the source)."""
         offset = self._start(name)
-        h = hashlib.sha256()
-        buf = bytearray(CHUNK)
+        h, piece = hashlib.sha256(), hashlib.sha256()
+        pieces: list[str] = []
+        buf = bytearray(CHUNK)  # PIECE is a multiple of CHUNK, so pieces end on read boundaries
         view = memoryview(buf)
+        done = 0
         with src.open("rb", buffering=0) as f:
             while n := f.readinto(buf):
                 h.update(view[:n])
+                piece.update(view[:n])
                 self._write(view[:n])
-        length = self._f.tell() - offset
-        self._members.append(Member(name, offset, length))
-        return Written(name, length, h.hexdigest())
+                done += n
+                if done % PIECE == 0:
+                    pieces.append(piece.hexdigest())
+                    piece = hashlib.sha256()
+        if done % PIECE:
+            pieces.append(piece.hexdigest())
+        self._members.append(Member(name, offset, done))
+        return Written(name, done, h.hexdigest(), tuple(pieces) if done > PIECE else ())
 
     def finish(self, tool_zip: Path, tool_format: str) -> bytes:
         """Write index, footer and tool zip; fsync; atomically rename over ``out``.

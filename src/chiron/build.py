@@ -17,6 +17,7 @@ from tuf.api.metadata import TargetFile
 from chiron import __version__, _lock, _progress, _telemetry, _trust
 from chiron._archive import (
     FORMAT,
+    PIECE,
     SHEBANG_TARGET,
     TOOL_MEMBERS_TARGET,
     TOOL_TARGET,
@@ -249,7 +250,10 @@ def _metadata_order(name: str) -> tuple[int, int, str]:
 
 def _target(w: Written, kind: str) -> TargetFile:
     tf = TargetFile(length=w.length, hashes={"sha256": w.sha256}, path=w.name)
-    tf.unrecognized_fields["custom"] = {"kind": kind}
+    custom: dict[str, Any] = {"kind": kind}
+    if w.pieces:
+        custom["pieces"] = {"size": PIECE, "sha256": list(w.pieces)}
+    tf.unrecognized_fields["custom"] = custom
     return tf
 
 
