@@ -363,6 +363,7 @@ def test_crash_during_first_install(apps: Appliances, tmp_path: Path, step: str)
     if step == "switched":
         host.recover(host.Paths.make(prefix, None))
         assert _assert_consistent(prefix) == "1.0"
+        assert os.readlink(prefix / "bin" / "chiron") == "../current/bin/chiron"
     else:
         proc = _chiron(args)
         assert proc.returncode == 0, proc.stderr
@@ -486,3 +487,66 @@ def test_status_json_and_expiry_warnings(apps: Appliances, tmp_path: Path) -> No
     assert abs(floor - datetime.now(UTC)) < timedelta(minutes=5)
     text = _chiron(["status", "--prefix", str(prefix)])
     assert "current: svc 1.0.0" in text.stdout and "install" in text.stdout
+
+
+def _audit_cli(prefix: Path) -> subprocess.CompletedProcess[str]:
+    return _chiron(["audit", "verify", "--prefix", str(prefix), "--json"])
+
+
+def test_audit_log_chain_detects_edits_and_removals(apps: Appliances, tmp_path: Path) -> None:
+    prefix = tmp_path / "p"
+    _install(apps, prefix)
+    host.upgrade(_opts(apps.v2, prefix))
+    host.rollback(prefix, None)
+    log = prefix / "state" / "audit.jsonl"
+    good = log.read_bytes()
+    ok = _audit_cli(prefix)
+    assert ok.returncode == 0, ok.stdout
+    assert json.loads(ok.stdout)["entries"] == 3
+    lines = good.splitlines(keepends=True)
+    cases = {
+        "edited": lines[0].replace(b'"result": "ok"', b'"result": "failed"') + b"".join(lines[1:]),
+        "middle removed": lines[0] + lines[2],
+        "last removed": b"".join(lines[:-1]),
+        "inserted": lines[0] + b'{"op": "install", "result": "ok"}\n' + b"".join(lines[1:]),
+    }
+    for what, data in cases.items():
+        log.write_bytes(data)
+        proc = _audit_cli(prefix)
+        assert proc.returncode == 1, (what, proc.stdout)
+        report = json.loads(proc.stdout)
+        assert report["ok"] is False and report["problems"], what
+    log.write_bytes(good)
+    assert _audit_cli(prefix).returncode == 0
+
+
+def test_upgrade_rerun_is_a_noop(apps: Appliances, tmp_path: Path) -> None:
+    prefix = tmp_path / "p"
+    _install(apps, prefix)
+    first = host.upgrade(_opts(apps.v2, prefix))
+    again = host.upgrade(_opts(apps.v2, prefix))
+    assert again.release == first.release and again.previous == first.previous
+    assert sorted(p.name for p in (prefix / "releases").iterdir()) == sorted([first.release, first.previous or ""])
+    assert host.status(prefix, None)["last_operations"][-1]["result"] == "noop"
+
+
+def test_new_archive_hands_over_to_the_installed_tool(apps: Appliances, tmp_path: Path) -> None:
+    prefix = tmp_path / "p"
+    _install(apps, prefix)
+    env = {**os.environ, "PEX_ROOT": str(tmp_path / "pex-root")}
+    proc = subprocess.run([str(apps.v2), "upgrade", "--prefix", str(prefix)], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"handing over to the installed tool {prefix / 'bin' / 'chiron'}" in proc.stderr
+    assert _assert_consistent(prefix) == "1.1"
+
+
+def test_recover_command(apps: Appliances, tmp_path: Path) -> None:
+    prefix = tmp_path / "p"
+    _install(apps, prefix)
+    proc = _chiron(["upgrade", str(apps.v2), "--prefix", str(prefix)], env={"CHIRON_TEST_CRASH_AT": "venv"})
+    assert proc.returncode == -9
+    out = _chiron(["recover", "--prefix", str(prefix)])
+    assert out.returncode == 0 and "undid interrupted upgrade" in out.stdout
+    assert _assert_consistent(prefix) == "1.0"
+    assert _chiron(["recover", "--prefix", str(prefix)]).stdout.strip() == "nothing to recover"

@@ -163,18 +163,22 @@ class ArchiveWriter:
         offset = self._start(name)
         h, piece = hashlib.sha256(), hashlib.sha256()
         pieces: list[str] = []
-        buf = bytearray(CHUNK)  # PIECE is a multiple of CHUNK, so pieces end on read boundaries
+        buf = bytearray(CHUNK)
         view = memoryview(buf)
         done = 0
         with src.open("rb", buffering=0) as f:
             while n := f.readinto(buf):
                 h.update(view[:n])
-                piece.update(view[:n])
                 self._write(view[:n])
-                done += n
-                if done % PIECE == 0:
-                    pieces.append(piece.hexdigest())
-                    piece = hashlib.sha256()
+                start = 0
+                while start < n:  # split the read at piece boundaries, whatever its length
+                    take = min(n - start, PIECE - done % PIECE)
+                    piece.update(view[start : start + take])
+                    start += take
+                    done += take
+                    if done % PIECE == 0:
+                        pieces.append(piece.hexdigest())
+                        piece = hashlib.sha256()
         if done % PIECE:
             pieces.append(piece.hexdigest())
         self._members.append(Member(name, offset, done))
@@ -266,6 +270,10 @@ def find_zip(fd: int, size: int) -> tuple[int, int, int, int]:
     return zip_offset, cd_offset, cd_size, n_total
 
 
+def _is_int(value: object) -> bool:
+    return type(value) is int  # not bool, not float: the index must be exactly what chiron writes
+
+
 def read_layout(path: Path) -> Layout:
     """Read index and footer. Structure only: nothing here is trusted until verify checks it."""
     with path.open("rb") as f:
@@ -304,15 +312,17 @@ def read_layout(path: Path) -> Layout:
             raise FormatError("index has unknown or missing fields")
         if any(not isinstance(m, dict) or set(m) != {"name", "offset", "length"} for m in index["members"]):
             raise FormatError("index member entries have unknown or missing fields")
+        if any(
+            not isinstance(m["name"], str) or not _is_int(m["offset"]) or not _is_int(m["length"])
+            for m in index["members"]
+        ) or not (_is_int(index["shebang_length"]) and isinstance(index["tool_format"], str)):
+            raise FormatError("index fields have the wrong types")
         offsets = [m["offset"] for m in index["members"]]
         if offsets != sorted(offsets):
             raise FormatError("index members are not in file order")
-        try:
-            shebang_len = int(index["shebang_length"])
-            members = tuple(Member(str(m["name"]), int(m["offset"]), int(m["length"])) for m in index["members"])
-            tool_format = str(index["tool_format"])
-        except (KeyError, TypeError, ValueError):
-            raise FormatError("index is missing a field or has one of the wrong type") from None
+        shebang_len: int = index["shebang_length"]
+        members = tuple(Member(m["name"], m["offset"], m["length"]) for m in index["members"])
+        tool_format: str = index["tool_format"]
         if not 2 < shebang_len <= MAX_SHEBANG:
             raise FormatError("shebang length in the index is out of range")
         shebang = pread_exact(fd, shebang_len, 0)

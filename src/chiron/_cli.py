@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Signing keys: throw-away development keys (keys init).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(help="The host's hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 _state: dict[str, Any] = {"verbose": False, "json": False}
 
@@ -320,6 +322,8 @@ def upgrade(
     from chiron.host import upgrade as run_upgrade
 
     _state["json"] = as_json
+    target = _archive_arg(archive, "upgrade").absolute()
+    _hand_over_to_installed(prefix, target, state_dir, allow_downgrade, installer, wait, as_json)
     opts = _host_opts(
         archive,
         "upgrade",
@@ -331,6 +335,54 @@ def upgrade(
         show_progress=not as_json,
     )
     _print_host_result(run_upgrade(opts), as_json)
+
+
+def _hand_over_to_installed(
+    prefix: Path, archive: Path, state_dir: Path | None, allow_downgrade: bool, installer: str, wait: float, js: bool
+) -> None:
+    """Run the upgrade with the INSTALLED tool when invoked from another archive (``./new.pex upgrade``):
+    a new archive's own code must not be what decides to trust it."""
+    me, installed = self_archive(), prefix / "bin" / "chiron"
+    if me is None or not installed.exists() or me == installed.resolve() or os.environ.get("CHIRON_HANDED_OVER"):
+        return
+    typer.echo(
+        f"notice: handing over to the installed tool {installed} (the new archive does not verify itself)", err=True
+    )
+    argv = [
+        str(installed),
+        "upgrade",
+        str(archive),
+        "--prefix",
+        str(prefix),
+        "--installer",
+        installer,
+        "--wait",
+        str(wait),
+    ]
+    argv += ["--state-dir", str(state_dir)] if state_dir else []
+    argv += ["--allow-downgrade"] if allow_downgrade else []
+    argv += ["--json"] if js else []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(installed, argv, {**os.environ, "CHIRON_HANDED_OVER": "1"})  # noqa: S606 - argv, no shell
+
+
+@app.command()
+def recover(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Finish or undo an interrupted install/upgrade, and nothing else."""
+    from chiron.host import recover_only
+
+    _state["json"] = as_json
+    outcome = recover_only(prefix, state_dir, wait)
+    if as_json:
+        _emit({"schema": "chiron.recover/1", "prefix": str(prefix), "outcome": outcome})
+    else:
+        typer.echo(outcome or "nothing to recover")
 
 
 @app.command()
@@ -375,6 +427,32 @@ def status(
     typer.echo("last operations:")
     for op in info["last_operations"]:
         typer.echo(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that no audit entry was edited, inserted or removed. Exit 0 intact, 1 tampered."""
+    from chiron import _audit
+    from chiron.host import Paths
+
+    _state["json"] = as_json
+    report = _audit.verify_log(Paths.make(prefix, state_dir).audit)
+    if as_json:
+        _emit(report.as_dict())
+    else:
+        for n in report.notices:
+            typer.echo(f"notice: {n}", err=True)
+        if report.ok:
+            typer.echo(f"audit log intact: {report.entries} entries, chain and head agree ({report.path})")
+        else:
+            typer.echo(f"chiron: audit log TAMPERED or damaged: {report.path}", err=True)
+            for problem in report.problems:
+                typer.echo(f"  - {problem}", err=True)
+    raise typer.Exit(ExitCode.OK if report.ok else ExitCode.VERIFY_FAILED)
 
 
 @keys_app.command("init")

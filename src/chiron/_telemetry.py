@@ -42,8 +42,15 @@ def configure(trace_file: Path | None = None) -> bool:
     if trace_file is not None:
         provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(trace_file)))  # type: ignore[arg-type]
     if endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            from chiron.errors import EnvironmentProblem
 
+            raise EnvironmentProblem(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not installed",
+                hint="pip install 'chiron[telemetry]', or use --trace-file / CHIRON_TRACE_FILE, or unset the variable",
+            ) from None
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     _provider = provider
     _tracer = provider.get_tracer("chiron")

@@ -229,15 +229,19 @@ def _tool_zip(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path, l
     }
     key = hashlib.sha256(canonical_json(key_data)).hexdigest()
     cache = opts.cache_dir / "tool"
-    cached, members_file = cache / f"{key}.zip", cache / f"{key}.members.json"
-    if cached.is_file() and members_file.is_file():
-        return cached, json.loads(members_file.read_text())
+    cached, record_file = cache / f"{key}.zip", cache / f"{key}.json"
+    if cached.is_file() and record_file.is_file():
+        record = json.loads(record_file.read_text())
+        # Re-hash before reuse: whatever is cached here gets signed into the appliance.
+        if hashlib.sha256(cached.read_bytes()).hexdigest() == record.get("sha256"):
+            return cached, list(record["members"])
     raw, normalized = tmp / "tool.raw", tmp / "tool.zip"
     build_tool(opts.tool_format, opts.tool_wheels, raw, opts.shebang)
     members = normalize_zip(raw, normalized, zip_time)
     cache.mkdir(parents=True, exist_ok=True)
-    _trust.write_atomic(members_file, canonical_json(members))
+    digest = hashlib.sha256(normalized.read_bytes()).hexdigest()
     os.replace(normalized, cached)
+    _trust.write_atomic(record_file, canonical_json({"sha256": digest, "members": members}))
     return cached, members
 
 

@@ -9,8 +9,8 @@ Layout (PREFIX):
                                            audit.jsonl, txn.json, staging/
 
 Every operation takes the lock, first finishes or undoes an interrupted transaction (txn.json),
-verifies everything before changing anything, builds the new release in ``releases/<id>.partial``,
-health-checks it, renames it into place and switches ``current``. Until the switch the old release is
+verifies everything before changing anything, builds the new release in ``releases/<id>`` (its final
+path: venv scripts embed it), health-checks it and switches ``current``. Until the switch the old release is
 untouched; after it, recovery only completes the bookkeeping. docs/host.md has the details.
 """
 
@@ -33,14 +33,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from chiron import __version__, _lock, _proc, _telemetry
+from chiron import __version__, _audit, _lock, _proc, _telemetry
 from chiron._archive import CHUNK, TOOL_TARGET, read_layout
 from chiron._trust import write_atomic
 from chiron.errors import ChironError, EnvironmentProblem, ExitCode, Refused, UsageError, VerificationError
 from chiron.models import HostSection, TargetEnvironment
 from chiron.verify import TRUSTED_FILES, HostTrust, VerifyReport, verify
 
-STEPS = ("verified", "staged", "venv", "tool", "health", "renamed", "switched", "committed")
+STEPS = ("verified", "staged", "venv", "tool", "health", "switched", "committed")
 _EXPIRY_WARNING = timedelta(days=7)
 
 
@@ -186,15 +186,10 @@ def _user() -> str:
 
 
 def audit(paths: Paths, op: str, result: str, **fields: Any) -> None:
-    """Append one JSON line to the audit log (O_APPEND, fsync): who, when, what, result."""
+    """Append one hash-chained entry to the audit log: who, when, what, result."""
     entry = {"time": _iso(_now()), "user": _user(), "pid": os.getpid(), "op": op, "result": result, **fields}
     paths.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(paths.audit, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _audit.append(paths.audit, entry)
 
 
 # ---------------------------------------------------------------- state
@@ -228,10 +223,13 @@ def load_state(paths: Paths) -> HostState | None:
     data = _read_json(paths.state_file)
     has_releases = paths.releases.is_dir() and any(paths.releases.iterdir())
     if data is None:
+        if paths.txn.exists():
+            return None  # an interrupted first install: the next operation's recovery settles it
         if has_releases or paths.current.is_symlink():
             raise HostStateError(
                 f"{paths.state_file}: missing, but {paths.prefix} holds installed releases (state lost or moved)",
-                hint="restore the state directory from backup, or pass --state-dir; see docs/runbooks/host-restore.md",
+                hint="restore the state directory from backup, or pass --state-dir "
+                "(docs/runbooks/install-and-upgrade.md)",
             )
         if paths.metadata.is_dir() and any(paths.metadata.iterdir()):
             raise HostStateError(f"{paths.state}: trusted metadata present but state.json missing (state damaged)")
@@ -257,7 +255,12 @@ def load_state(paths: Paths) -> HostState | None:
 
 def _read_floor(paths: Paths) -> datetime | None:
     data = _read_json(paths.floor)
-    return _parse_iso(data["floor"]) if data else None
+    if data is None:
+        return None
+    try:
+        return _parse_iso(data["floor"])
+    except (KeyError, TypeError, ValueError):
+        raise HostStateError(f"{paths.floor}: damaged (no valid 'floor' time)", hint="restore it from backup") from None
 
 
 def _reference_time(paths: Paths) -> tuple[datetime, list[str]]:
@@ -292,8 +295,7 @@ def recover(paths: Paths) -> str | None:
         _commit(paths, txn)
         outcome = f"finished interrupted {txn['op']} of {rid}"
     else:
-        shutil.rmtree(paths.releases / f"{rid}.partial", ignore_errors=True)
-        if (paths.releases / rid).is_dir() and rid not in ((_read_json(paths.state_file) or {}).get("releases", {})):
+        if rid not in ((_read_json(paths.state_file) or {}).get("releases", {})):
             shutil.rmtree(paths.releases / rid, ignore_errors=True)
         shutil.rmtree(paths.staging / rid, ignore_errors=True)
         paths.txn.unlink(missing_ok=True)
@@ -305,19 +307,31 @@ def recover(paths: Paths) -> str | None:
 
 
 def _sweep(paths: Paths, keep: str | None) -> None:
-    """Remove leftovers no transaction owns (partial slots, staging), so disk is not leaked."""
-    if paths.releases.is_dir():
-        for p in paths.releases.glob("*.partial"):
-            if keep is None or p.name != f"{keep}.partial":
+    """Remove leftovers no transaction owns (unrecorded release slots, staging), so disk is not leaked.
+
+    Release slots are only removed when state.json exists: without it nothing is known to be spare.
+    """
+    state = _read_json(paths.state_file)
+    if state is not None and paths.releases.is_dir():
+        known = set(state.get("releases", {}))
+        for p in paths.releases.iterdir():
+            if p.is_dir() and p.name not in known and p.name != keep:
                 shutil.rmtree(p, ignore_errors=True)
     if paths.staging.is_dir():
         for p in paths.staging.iterdir():
-            if keep is None or p.name != keep:
+            if p.name != keep:
                 shutil.rmtree(p, ignore_errors=True)
 
 
 def _commit(paths: Paths, txn: dict[str, Any]) -> None:
-    """After the switch: install the staged trusted metadata, record state, drop old releases."""
+    """After the switch: install the staged trusted metadata, record state, drop old releases.
+
+    Idempotent, so recovery can run it again after a crash at any point inside it.
+    """
+    bin_dir = paths.prefix / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / "chiron").is_symlink():
+        _switch_link(bin_dir / "chiron", "../current/bin/chiron")
     staged = paths.staging / txn["id"] / "metadata"
     paths.metadata.mkdir(parents=True, exist_ok=True)
     digests = {}
@@ -332,7 +346,7 @@ def _commit(paths: Paths, txn: dict[str, Any]) -> None:
     releases[txn["id"]] = txn["release"]
     previous = state.get("current") if state.get("current") != txn["id"] else state.get("previous")
     keep = {txn["id"], previous}
-    for rid in sorted(releases):
+    for rid in sorted(releases, key=lambda r: str(releases[r].get("installed", ""))):  # oldest first
         if rid not in keep and len(releases) > txn.get("keep_releases", 2):
             shutil.rmtree(paths.releases / rid, ignore_errors=True)
             del releases[rid]
@@ -408,7 +422,11 @@ def install(opts: InstallOptions) -> HostResult:
             )
         ref, notices = _reference_time(paths)
         report = verify(
-            opts.archive, root_file=opts.root_file, root_sha256=opts.root_sha256, show_progress=opts.show_progress
+            opts.archive,
+            root_file=opts.root_file,
+            root_sha256=opts.root_sha256,
+            show_progress=opts.show_progress,
+            reference_time=ref,
         )
         notices += report.notices
         return _apply(paths, opts, "install", report, None, ref, notices)
@@ -434,12 +452,36 @@ def upgrade(opts: InstallOptions) -> HostResult:
         report = verify(opts.archive, host=trust, show_progress=opts.show_progress)
         notices += report.notices
         current = state.releases[state.current]
+        if report.ok and report.trusted and _targets_sha(report) == current.get("targets_sha256"):
+            # Already the live release (e.g. an upgrade re-run after it had switched): nothing to do.
+            audit(paths, "upgrade", "noop", archive=str(opts.archive), release=state.current)
+            return _result("upgrade", state.current, current, state.previous, 0.0, notices)
         if report.ok:
             _check_version(paths, opts, report, current)
         elif report.rollback:
             audit(paths, "upgrade", "refused", archive=str(opts.archive), reason=report.problems[0])
             raise Refused(report.problems[0], hint="pass --allow-downgrade to install an older release deliberately")
         return _apply(paths, opts, "upgrade", report, state, ref, notices)
+
+
+def _targets_sha(report: VerifyReport) -> str:
+    return hashlib.sha256(report.trusted["targets.json"]).hexdigest()
+
+
+def _result(
+    op: str, rid: str, rel: dict[str, Any], previous: str | None, seconds: float, notices: list[str]
+) -> HostResult:
+    return HostResult(
+        op=op,
+        release=rid,
+        name=str(rel["name"]),
+        version=str(rel["version"]),
+        previous=previous,
+        installer=str(rel.get("installer", "")),
+        environment=str(rel.get("environment", "")),
+        seconds=seconds,
+        notices=notices,
+    )
 
 
 def _check_version(paths: Paths, opts: InstallOptions, report: VerifyReport, current: dict[str, Any]) -> None:
@@ -483,10 +525,9 @@ def _apply(
     stage = paths.staging / rid
     with _telemetry.span(f"chiron.{op}", release=rid, version=str(report.version)):
         try:
-            env, txn = _prepare_release(paths, opts, op, report, rid, stage, ref)
+            txn = _prepare_release(paths, opts, op, report, rid, stage, ref)
         except BaseException as exc:
             # Nothing outside the new slot and staging was touched: remove them and stay where we are.
-            shutil.rmtree(paths.releases / f"{rid}.partial", ignore_errors=True)
             shutil.rmtree(paths.releases / rid, ignore_errors=True)
             shutil.rmtree(stage, ignore_errors=True)
             paths.txn.unlink(missing_ok=True)
@@ -497,10 +538,6 @@ def _apply(
         # The commit point: from here the new release is live; recovery finishes, never undoes.
         _switch_link(paths.current, f"releases/{rid}")
         _crash_point("switched")
-        bin_dir = paths.prefix / "bin"
-        bin_dir.mkdir(exist_ok=True)
-        if not (bin_dir / "chiron").is_symlink():
-            _switch_link(bin_dir / "chiron", "../current/bin/chiron")
         _commit(paths, txn)
         audit(
             paths,
@@ -515,17 +552,7 @@ def _apply(
             targets_sha256=release["targets_sha256"],
         )
         _crash_point("committed")
-    return HostResult(
-        op=op,
-        release=rid,
-        name=str(report.name),
-        version=str(report.version),
-        previous=previous,
-        installer=str(release["installer"]),
-        environment=env.name,
-        seconds=time.monotonic() - started,
-        notices=notices,
-    )
+    return _result(op, rid, release, previous, time.monotonic() - started, notices)
 
 
 def _prepare_release(
@@ -536,11 +563,13 @@ def _prepare_release(
     rid: str,
     stage: Path,
     ref: datetime,
-) -> tuple[TargetEnvironment, dict[str, Any]]:
-    """Build the new release in releases/<rid>.partial, health-check it and rename it into place."""
+) -> dict[str, Any]:
+    """Build the new release in releases/<rid> (unreferenced until the switch) and health-check it."""
     from chiron._spec import load_spec_bytes
 
-    spec = load_spec_bytes(_member(opts.archive, "spec/appliance.toml"), f"{opts.archive}:spec/appliance.toml").spec
+    spec = load_spec_bytes(
+        _member(opts.archive, report, "spec/appliance.toml"), f"{opts.archive}:spec/appliance.toml"
+    ).spec
     env = _host_environment(opts.archive, report)
     release = {
         "name": report.name,
@@ -551,7 +580,7 @@ def _prepare_release(
         "installed": _iso(_now()),
         "installer": "",
         "archive": str(opts.archive.absolute()),
-        "targets_sha256": hashlib.sha256(report.trusted["targets.json"]).hexdigest(),
+        "targets_sha256": _targets_sha(report),
     }
     txn = {
         "op": op,
@@ -567,8 +596,7 @@ def _prepare_release(
     for name, data in report.trusted.items():
         (stage / "metadata" / name).write_bytes(_newer(paths.metadata / name, data))
     _write_json(paths.txn, txn)
-    slot = paths.releases / f"{rid}.partial"
-    shutil.rmtree(slot, ignore_errors=True)
+    slot = paths.releases / rid
     slot.mkdir()
     wheels, requirements = _stage_wheels(opts.archive, report, env, stage)
     _crash_point("staged")
@@ -578,12 +606,10 @@ def _prepare_release(
     _place_tool(opts.archive, report, slot / "bin" / "chiron")
     _write_json(slot / "release.json", release)
     _crash_point("tool")
-    _health_check(spec.host, slot, sorted(_read_lock(opts.archive, [env]).selection[env.name]))
-    _crash_point("health")
-    os.replace(slot, paths.releases / rid)
+    _health_check(spec.host, slot, sorted(_read_lock(opts.archive, report, [env]).selection[env.name]))
     _fsync_dir(paths.releases)
-    _crash_point("renamed")
-    return env, txn
+    _crash_point("health")
+    return txn
 
 
 def _newer(trusted: Path, candidate: bytes) -> bytes:
@@ -614,7 +640,7 @@ def _host_environment(archive: Path, report: VerifyReport) -> TargetEnvironment:
     host_tags = set(sys_tags())
     host_py = f"{sys.version_info.major}.{sys.version_info.minor}"
     envs = [TargetEnvironment.model_validate(e) for e in report.manifest.get("environments", [])]
-    lock = _read_lock(archive, envs)
+    lock = _read_lock(archive, report, envs)
     for env in envs:
         if env.python_version != host_py:
             continue
@@ -628,33 +654,43 @@ def _host_environment(archive: Path, report: VerifyReport) -> TargetEnvironment:
     )
 
 
-def _member(archive: Path, name: str) -> bytes:
-    layout = read_layout(archive)
-    region = layout.regions()[name]
+def _member(archive: Path, report: VerifyReport, name: str) -> bytes:
+    """A small member, re-hashed against the trusted targets: the file may change after verify."""
+    region = read_layout(archive).regions()[name]
     with archive.open("rb") as f:
-        return os.pread(f.fileno(), region[1], region[0])
+        data = os.pread(f.fileno(), region[1], region[0])
+    if hashlib.sha256(data).hexdigest() != report.targets_meta[name]["sha256"]:
+        raise VerificationError([f"member {name}: changed after verification (the archive is being modified?)"])
+    return data
 
 
-def _read_lock(archive: Path, envs: list[TargetEnvironment]) -> _lock.Lock:
-    return _lock.parse_pylock(
-        _member(archive, "lock/pylock.toml").decode(), envs, allow_sdists=True, where=f"{archive}:lock/pylock.toml"
-    )
+def _read_lock(archive: Path, report: VerifyReport, envs: list[TargetEnvironment]) -> _lock.Lock:
+    text = _member(archive, report, "lock/pylock.toml").decode()
+    return _lock.parse_pylock(text, envs, allow_sdists=True, where=f"{archive}:lock/pylock.toml")
 
 
 def _check_space(paths: Paths, archive: Path, report: VerifyReport, env: TargetEnvironment) -> None:
     """Refuse before writing anything when the prefix's filesystem cannot hold the new release."""
-    lock = _read_lock(archive, [env])
+    lock = _read_lock(archive, report, [env])
     wheel_bytes = sum(report.targets_meta[f"wheels/{a.filename}"]["length"] for a in lock.selection[env.name].values())
     tool = report.targets_meta[TOOL_TARGET]["length"]
     # Unpacked wheels take ~3x their compressed size, plus bytecode; staging holds the wheels once more.
     need = 4 * wheel_bytes + 2 * tool + (32 << 20)
-    probe = paths.prefix if paths.prefix.exists() else paths.prefix.parent
-    free = shutil.disk_usage(probe).free
-    if free < need:
-        raise EnvironmentProblem(
-            f"not enough free space on {probe}: this release needs about {need >> 20} MiB, {free >> 20} MiB are free",
-            hint="free space or choose another --prefix; nothing was changed",
-        )
+    # The release goes under the prefix, the staged wheels under the state directory: they may be on
+    # different filesystems, and on the same one they add up.
+    needs: dict[int, tuple[Path, int]] = {}
+    for where, amount in ((paths.prefix, need - wheel_bytes), (paths.state, wheel_bytes)):
+        probe = next(p for p in (where, *where.parents) if p.exists())
+        dev = probe.stat().st_dev
+        needs[dev] = (needs.get(dev, (probe, 0))[0], needs.get(dev, (probe, 0))[1] + amount)
+    for probe, amount in needs.values():
+        free = shutil.disk_usage(probe).free
+        if free < amount:
+            raise EnvironmentProblem(
+                f"not enough free space on {probe}: this release needs about {amount >> 20} MiB, "
+                f"{free >> 20} MiB are free",
+                hint="free space or choose another --prefix / --state-dir; nothing was changed",
+            )
 
 
 def _copy_member(archive: Path, name: str, expected: dict[str, Any], dest: Path, prefix: bytes = b"") -> None:
@@ -682,13 +718,13 @@ def _copy_member(archive: Path, name: str, expected: dict[str, Any], dest: Path,
 
 
 def _stage_wheels(archive: Path, report: VerifyReport, env: TargetEnvironment, stage: Path) -> tuple[Path, Path]:
-    lock = _read_lock(archive, [env])
+    lock = _read_lock(archive, report, [env])
     wheels = stage / "wheels"
     for art in lock.selection[env.name].values():
         name = f"wheels/{art.filename}"
         _copy_member(archive, name, report.targets_meta[name], wheels / art.filename)
     req = stage / "requirements.txt"
-    req.write_bytes(_member(archive, f"lock/requirements-{env.name}.txt"))
+    req.write_bytes(_member(archive, report, f"lock/requirements-{env.name}.txt"))
     return wheels, req
 
 
@@ -779,9 +815,12 @@ print(json.dumps(bad))
 def _health_check(hostspec: HostSection, slot: Path, distributions: list[str]) -> None:
     """Every distribution of the appliance importable, dependencies consistent, then the spec's hook."""
     py = str(slot / "venv" / "bin" / "python")
-    proc = subprocess.run(
-        [py, "-c", _IMPORT_CHECK, *distributions], capture_output=True, text=True, timeout=600, check=False
-    )
+    try:
+        proc = subprocess.run(
+            [py, "-c", _IMPORT_CHECK, *distributions], capture_output=True, text=True, timeout=600, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem("health check: importing the distributions took over 600 s") from None
     if proc.returncode != 0:
         raise EnvironmentProblem(f"health check: the new environment cannot run Python: {proc.stderr.strip()[-300:]}")
     bad = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -789,11 +828,7 @@ def _health_check(hostspec: HostSection, slot: Path, distributions: list[str]) -
         raise EnvironmentProblem(f"health check failed: {bad[0]}" + (f" (and {len(bad) - 1} more)" if bad[1:] else ""))
     uv = _uv()
     if uv is not None:
-        check = subprocess.run(
-            [*uv.argv, "pip", "check", "--python", py], capture_output=True, text=True, timeout=300, check=False
-        )
-        if check.returncode != 0:
-            raise EnvironmentProblem(f"health check: dependency check failed: {check.stdout.strip()[-300:]}")
+        _proc.run(uv, ["pip", "check", "--python", py], timeout=300, what="in the health check's dependency check")
     if hostspec.health_check:
         env = dict(os.environ, CHIRON_RELEASE=str(slot), PATH=f"{slot / 'venv' / 'bin'}:{os.environ.get('PATH', '')}")
         try:
@@ -836,16 +871,14 @@ def rollback(prefix: Path, state_dir: Path | None, wait: float = 0.0) -> HostRes
         _write_json(paths.state_file, state.as_dict())
         rel = state.releases[target]
         audit(paths, "rollback", "ok", from_release=old, to_release=target, to_version=rel["version"])
-    return HostResult(
-        op="rollback",
-        release=target,
-        name=rel["name"],
-        version=rel["version"],
-        previous=old,
-        installer=rel.get("installer", ""),
-        environment=rel.get("environment", ""),
-        seconds=time.monotonic() - started,
-    )
+    return _result("rollback", target, rel, old, time.monotonic() - started, [])
+
+
+def recover_only(prefix: Path, state_dir: Path | None, wait: float = 0.0) -> str | None:
+    """Finish or undo an interrupted operation and nothing else (``chiron recover``)."""
+    paths = Paths.make(prefix, state_dir)
+    with _locked(paths, "recover", wait):
+        return recover(paths)
 
 
 def status(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
@@ -854,12 +887,13 @@ def status(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
 
     paths = Paths.make(prefix, state_dir)
     state = load_state(paths)
-    if state is None:
+    if state is None and not paths.txn.exists():
         raise UsageError(f"{paths.prefix}: nothing is installed here (no {paths.state_file})")
+    state = state or HostState()
     now = _now()
     metadata: dict[str, Any] = {}
     warnings: list[str] = []
-    for name in TRUSTED_FILES:
+    for name in TRUSTED_FILES if state.metadata_digests else ():
         md = Metadata.from_bytes((paths.metadata / name).read_bytes())
         role = name.removesuffix(".json")
         expires = md.signed.expires

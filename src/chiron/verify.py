@@ -105,6 +105,7 @@ def verify(
     show_progress: bool = False,
     workers: int | None = None,
     host: HostTrust | None = None,
+    reference_time: datetime | None = None,
 ) -> VerifyReport:
     """Verify ``path``; the report's ``ok`` says whether it passed and ``problems`` why not."""
     started = time.monotonic()
@@ -119,7 +120,11 @@ def verify(
     if not path.is_file():
         raise UsageError(f"{path}: not a regular file")
     with _telemetry.span("chiron.verify", path=str(path), bytes=report.size) as sp:
-        _verify(path, report, anchor, root_sha256, show_progress, workers, host)
+        if host is None and reference_time is not None:
+            host_or_time: HostTrust | datetime | None = reference_time
+        else:
+            host_or_time = host
+        _verify(path, report, anchor, root_sha256, show_progress, workers, host_or_time)
         report.ok = not report.problems
         report.seconds = time.monotonic() - started
         _telemetry.set_attr(sp, ok=report.ok, members=report.members, bytes_hashed=report.bytes_hashed)
@@ -148,7 +153,7 @@ def _verify(
     root_sha256: str | None,
     show_progress: bool,
     workers: int | None,
-    host: HostTrust | None,
+    host: HostTrust | datetime | None,
 ) -> None:
     try:
         layout = read_layout(path)
@@ -208,7 +213,7 @@ def _check_tuf(
     report: VerifyReport,
     anchor: bytes | None,
     root_sha256: str | None,
-    host: HostTrust | None,
+    host_or_time: HostTrust | datetime | None,
 ) -> dict[str, dict[str, Any]] | None:
     """Run the TUF client over the archive's metadata; return the trusted targets, or None."""
     from tuf.api import exceptions as tuf_exc
@@ -217,6 +222,8 @@ def _check_tuf(
 
     from chiron import _trust
 
+    host = host_or_time if isinstance(host_or_time, HostTrust) else None
+    ref = host.reference_time if host is not None else host_or_time
     regions = layout.regions()
     meta_names = sorted(n for n in regions if n.startswith(METADATA_PREFIX))
     roots = sorted(
@@ -288,8 +295,8 @@ def _check_tuf(
                 config=config,
                 bootstrap=anchor,
             )
-            if host is not None and host.reference_time is not None:
-                _set_reference_time(updater, host.reference_time)
+            if isinstance(ref, datetime):
+                _set_reference_time(updater, ref)
             updater.refresh()
         except tuf_exc.ExpiredMetadataError as exc:
             report.problems.append(f"metadata: expired: {exc} (build a new appliance, or check this host's clock)")
