@@ -34,7 +34,7 @@ app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="The host's hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-_state: dict[str, Any] = {"verbose": False, "json": False}
+_state: dict[str, Any] = {"verbose": False, "json": False, "log_format": "human"}
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON report on stdout.")]
 
@@ -48,6 +48,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="Messages on stderr: human (default) or json (one object per line).")
+    ] = "human",
     trace_file: Annotated[
         Path | None, typer.Option(help="Write OpenTelemetry spans as JSON lines to this file.")
     ] = None,
@@ -56,11 +59,29 @@ def _main(
     ] = False,
 ) -> None:
     """Global options."""
+    from chiron.errors import UsageError
+
+    if log_format not in ("human", "json"):
+        raise UsageError(f"--log-format: '{log_format}' is not human or json")
+    _state["log_format"] = log_format
     _state["verbose"] = verbose
     if trace_file is not None or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("CHIRON_TRACE_FILE"):
         from chiron import _telemetry
 
         _telemetry.configure(trace_file)
+
+
+def _log(level: str, message: str, **fields: Any) -> None:
+    """A message for the operator on stderr: a plain line, or one JSON object with --log-format json."""
+    if _state["log_format"] == "json":
+        from datetime import UTC, datetime
+
+        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        record = {"time": when, "level": level, "message": message, **fields}
+        sys.stderr.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        return
+    prefix = {"error": "chiron: error: ", "notice": "notice: ", "warning": "warning: "}.get(level, "")
+    typer.echo(prefix + message, err=True)
 
 
 def _emit(data: dict[str, Any]) -> None:
@@ -119,16 +140,20 @@ def verify(
         _emit(report.as_dict())
     else:
         for notice in report.notices:
-            typer.echo(f"notice: {notice}", err=True)
+            _log("notice", notice)
         if report.ok:
             typer.echo(
                 f"verified {target}: {report.name} {report.version}, {report.targets} signed targets, "
                 f"{report.bytes_hashed} bytes hashed, every byte accounted for (anchor: {report.trust_anchor})"
             )
         else:
-            typer.echo(f"chiron: verification FAILED for {target}", err=True)
-            for p in report.problems:
-                typer.echo(f"  - {p}", err=True)
+            if _state["log_format"] == "json":
+                for p in report.problems:
+                    _log("error", p, path=str(target))
+            else:
+                typer.echo(f"chiron: verification FAILED for {target}", err=True)
+                for p in report.problems:
+                    typer.echo(f"  - {p}", err=True)
     raise typer.Exit(ExitCode.OK if report.ok else ExitCode.VERIFY_FAILED)
 
 
@@ -270,7 +295,7 @@ def _print_host_result(result: Any, as_json: bool) -> None:
         _emit(result.as_dict())
         return
     for notice in result.notices:
-        typer.echo(f"notice: {notice}", err=True)
+        _log("notice", notice)
     verb = {"install": "installed", "upgrade": "upgraded to", "rollback": "rolled back to"}[result.op]
     typer.echo(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
     if result.previous:
@@ -345,9 +370,7 @@ def _hand_over_to_installed(
     me, installed = self_archive(), prefix / "bin" / "chiron"
     if me is None or not installed.exists() or me == installed.resolve() or os.environ.get("CHIRON_HANDED_OVER"):
         return
-    typer.echo(
-        f"notice: handing over to the installed tool {installed} (the new archive does not verify itself)", err=True
-    )
+    _log("notice", f"handing over to the installed tool {installed} (the new archive does not verify itself)")
     argv = [
         str(installed),
         "upgrade",
@@ -429,6 +452,31 @@ def status(
         typer.echo(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
 
 
+@app.command()
+def doctor(
+    archive: Annotated[
+        Path | None, typer.Argument(help="The appliance to prepare for; default: the one running.")
+    ] = None,
+    prefix: Annotated[Path | None, typer.Option("--prefix", help="Where it will be installed.")] = None,
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this host can do the next operation; print what is missing and the fix. Exit 0 ready, 3 not."""
+    from chiron.doctor import doctor as run_doctor
+
+    _state["json"] = as_json
+    checks = run_doctor(archive or self_archive(), prefix, state_dir)
+    failed = [c for c in checks if not c.ok and c.severity == "error"]
+    if as_json:
+        _emit({"schema": "chiron.doctor/1", "ok": not failed, "checks": [c.as_dict() for c in checks]})
+    else:
+        for c in checks:
+            mark = "ok  " if c.ok else ("FAIL" if c.severity == "error" else "warn")
+            typer.echo(f"{mark} {c.name:<18} {c.detail}" + (f"\n     fix: {c.fix}" if not c.ok and c.fix else ""))
+        typer.echo("ready" if not failed else f"not ready: {len(failed)} problem(s)")
+    raise typer.Exit(ExitCode.OK if not failed else ExitCode.ENVIRONMENT)
+
+
 @audit_app.command("verify")
 def audit_verify(
     prefix: PrefixOpt = Path("/opt/chiron"),
@@ -445,7 +493,7 @@ def audit_verify(
         _emit(report.as_dict())
     else:
         for n in report.notices:
-            typer.echo(f"notice: {n}", err=True)
+            _log("notice", n)
         if report.ok:
             typer.echo(f"audit log intact: {report.entries} entries, chain and head agree ({report.path})")
         else:
@@ -502,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         if _state["json"]:
             _emit({"schema": "chiron.error/1", "error": exc.diagnostics(), "exit_code": int(exc.exit_code)})
-        typer.echo(f"chiron: error: {exc.diagnostics()}", err=True)
+        _log("error", exc.diagnostics(), exit_code=int(exc.exit_code))
         code = int(exc.exit_code)
     except typer.Abort:
         typer.echo("chiron: interrupted", err=True)
@@ -522,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         if _state["verbose"]:
             traceback.print_exc()
         where = f" {exc.filename}" if exc.filename else ""
-        typer.echo(f"chiron: error:{where} {exc.strerror or exc}", err=True)
+        _log("error", f"{where.strip() + ': ' if where else ''}{exc.strerror or exc}", exit_code=3)
         code = ExitCode.ENVIRONMENT
     except Exception as exc:  # a bug: never let it look like a verification result (exit 1)
         traceback.print_exc()

@@ -199,6 +199,8 @@ def build(opts: BuildOptions) -> BuildResult:
         _trust.write_atomic(sig_path, sig)
         size = opts.output.stat().st_size
         _telemetry.set_attr(sp, bytes=size, targets=len(targets), downloaded=cache.stats.downloaded)
+        _telemetry.count("chiron.build.downloads", cache.stats.downloaded)
+        _telemetry.observe("chiron.build.duration", time.monotonic() - started)
     return BuildResult(
         output=opts.output,
         signature=sig_path,

@@ -552,6 +552,7 @@ def _apply(
             targets_sha256=release["targets_sha256"],
         )
         _crash_point("committed")
+    _telemetry.observe(f"chiron.{op}.duration", time.monotonic() - started, release=rid)
     return _result(op, rid, release, previous, time.monotonic() - started, notices)
 
 
@@ -669,13 +670,18 @@ def _read_lock(archive: Path, report: VerifyReport, envs: list[TargetEnvironment
     return _lock.parse_pylock(text, envs, allow_sdists=True, where=f"{archive}:lock/pylock.toml")
 
 
+def space_needed(wheel_bytes: int, tool_bytes: int) -> int:
+    """Bytes a release needs: unpacked wheels take ~3x their compressed size plus bytecode, staging
+    holds them once more; the tool is copied in and unpacked by pex on first run."""
+    return 4 * wheel_bytes + 2 * tool_bytes + (32 << 20)
+
+
 def _check_space(paths: Paths, archive: Path, report: VerifyReport, env: TargetEnvironment) -> None:
     """Refuse before writing anything when the prefix's filesystem cannot hold the new release."""
     lock = _read_lock(archive, report, [env])
     wheel_bytes = sum(report.targets_meta[f"wheels/{a.filename}"]["length"] for a in lock.selection[env.name].values())
     tool = report.targets_meta[TOOL_TARGET]["length"]
-    # Unpacked wheels take ~3x their compressed size, plus bytecode; staging holds the wheels once more.
-    need = 4 * wheel_bytes + 2 * tool + (32 << 20)
+    need = space_needed(wheel_bytes, tool)
     # The release goes under the prefix, the staged wheels under the state directory: they may be on
     # different filesystems, and on the same one they add up.
     needs: dict[int, tuple[Path, int]] = {}

@@ -128,6 +128,8 @@ def verify(
         report.ok = not report.problems
         report.seconds = time.monotonic() - started
         _telemetry.set_attr(sp, ok=report.ok, members=report.members, bytes_hashed=report.bytes_hashed)
+        _telemetry.count("chiron.verify.bytes", report.bytes_hashed, "By", ok=report.ok)
+        _telemetry.observe("chiron.verify.duration", report.seconds, ok=report.ok)
     return report
 
 
