@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from chiron import __version__
-from chiron.errors import ChironError, ExitCode
+from chiron.errors import ChironError, ExitCode, VerificationError
 
 if TYPE_CHECKING:
     from chiron._tool import ToolFormat
@@ -133,7 +133,6 @@ def verify(
     """Verify every byte of an appliance against its TUF metadata. Exit 0 verified, 1 failed."""
     from chiron.verify import verify as run_verify
 
-    _state["json"] = as_json
     target = _archive_arg(path, "verify")
     report = run_verify(target, root_file=root, root_sha256=root_sha256, show_progress=not as_json)
     if as_json:
@@ -165,7 +164,6 @@ def inspect(
     """Describe an appliance: packages, platforms, targets, TUF roles (does not verify)."""
     from chiron.inspect import inspect_archive, render
 
-    _state["json"] = as_json
     info = inspect_archive(_archive_arg(path, "inspect"))
     if as_json:
         _emit(info)
@@ -206,7 +204,6 @@ def build(
     from chiron.build import build as run_build
     from chiron.errors import UsageError
 
-    _state["json"] = as_json
     if fmt not in ("pex", "shiv"):
         raise UsageError(f"--format: '{fmt}' is not pex or shiv")
     wheels = tool_wheels or (Path(os.environ["CHIRON_TOOL_WHEELS"]) if os.environ.get("CHIRON_TOOL_WHEELS") else None)
@@ -249,7 +246,6 @@ def lock(
     from chiron._spec import load_spec
     from chiron.errors import UsageError
 
-    _state["json"] = as_json
     loaded = load_spec(spec)
     out = output or loaded.lock_path
     if out is None:
@@ -316,7 +312,6 @@ def install(
     """First install on a host: verify, then create the release offline and switch to it."""
     from chiron.host import install as run_install
 
-    _state["json"] = as_json
     opts = _host_opts(
         archive,
         "install",
@@ -346,7 +341,6 @@ def upgrade(
     """Verify against the host's trusted metadata, install beside the current release, health-check, switch."""
     from chiron.host import upgrade as run_upgrade
 
-    _state["json"] = as_json
     target = _archive_arg(archive, "upgrade").absolute()
     _hand_over_to_installed(prefix, target, state_dir, allow_downgrade, installer, wait, as_json)
     opts = _host_opts(
@@ -400,7 +394,6 @@ def recover(
     """Finish or undo an interrupted install/upgrade, and nothing else."""
     from chiron.host import recover_only
 
-    _state["json"] = as_json
     outcome = recover_only(prefix, state_dir, wait)
     if as_json:
         _emit({"schema": "chiron.recover/1", "prefix": str(prefix), "outcome": outcome})
@@ -418,7 +411,6 @@ def rollback(
     """Switch back to the previous release (logged)."""
     from chiron.host import rollback as run_rollback
 
-    _state["json"] = as_json
     _print_host_result(run_rollback(prefix, state_dir, wait), as_json)
 
 
@@ -431,7 +423,6 @@ def status(
     """Releases, the current one, trusted metadata versions and expiry, last operations."""
     from chiron.host import status as run_status
 
-    _state["json"] = as_json
     info = run_status(prefix, state_dir)
     if as_json:
         _emit(info)
@@ -464,7 +455,6 @@ def doctor(
     """Check this host can do the next operation; print what is missing and the fix. Exit 0 ready, 3 not."""
     from chiron.doctor import doctor as run_doctor
 
-    _state["json"] = as_json
     checks = run_doctor(archive or self_archive(), prefix, state_dir)
     failed = [c for c in checks if not c.ok and c.severity == "error"]
     if as_json:
@@ -487,7 +477,6 @@ def audit_verify(
     from chiron import _audit
     from chiron.host import Paths
 
-    _state["json"] = as_json
     report = _audit.verify_log(Paths.make(prefix, state_dir).audit)
     if as_json:
         _emit(report.as_dict())
@@ -501,6 +490,121 @@ def audit_verify(
             for problem in report.problems:
                 typer.echo(f"  - {problem}", err=True)
     raise typer.Exit(ExitCode.OK if report.ok else ExitCode.VERIFY_FAILED)
+
+
+def _role_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
+    from chiron.errors import UsageError
+
+    out = []
+    for item in items:
+        role, sep, value = item.partition("=")
+        if not sep or role not in ("root", "targets", "snapshot", "timestamp") or not value:
+            raise UsageError(f"{what}: '{item}' is not ROLE=VALUE with ROLE one of root, targets, snapshot, timestamp")
+        out.append((role, value))
+    return out
+
+
+def _print_status(path: Path, status: Any, as_json: bool) -> None:
+    if as_json:
+        _emit(
+            {
+                "schema": "chiron.root-status/1",
+                "file": str(path),
+                "version": status.version,
+                "complete": status.complete,
+                "thresholds": {k: {"signed": v[0], "threshold": v[1]} for k, v in status.thresholds.items()},
+                "missing": status.missing,
+            }
+        )
+        return
+    typer.echo(f"{path}: root v{status.version}: {status.describe()}")
+    typer.echo("complete: ready to publish" if status.complete else "NOT complete: more signatures are needed")
+
+
+@app.command()
+def sign(
+    file: Annotated[Path, typer.Argument(help="A pending N.root.json (carried on removable media).")],
+    key: Annotated[str, typer.Option("--key", help="Private-key URI of the signer (file2:, hsm:, secret:, ...).")],
+    keyid: Annotated[str | None, typer.Option(help="Which root key this is (for remote backends).")] = None,
+    secret_env: Annotated[str | None, typer.Option(help="Variable holding the passphrase or PIN.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add ONE signature to a pending root metadata file (offline ceremony step)."""
+    from chiron._keys import sign_file
+
+    status = sign_file(file, key, keyid, secret_env)
+    assert status is not None
+    _print_status(file, status, as_json)
+
+
+@keys_app.command("status")
+def keys_status(
+    file: Annotated[Path, typer.Argument(help="An N.root.json (N-1.root.json must be beside it for N > 1).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Who has signed a root file and who is missing. Exit 0 complete, 1 threshold not met."""
+    from chiron._keys import _previous_root, signature_status
+    from chiron._trust import parse_root
+
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        from chiron.errors import UsageError
+
+        raise UsageError(f"{file}: cannot read: {exc.strerror}") from None
+    md = parse_root(data, str(file))
+    status = signature_status(md, _previous_root(file, md.signed.version))
+    _print_status(file, status, as_json)
+    raise typer.Exit(ExitCode.OK if status.complete else ExitCode.VERIFY_FAILED)
+
+
+@keys_app.command("new-root")
+def keys_new_root(
+    directory: Annotated[Path, typer.Argument(help="Root directory (N.root.json files); v1 if empty.")],
+    key: Annotated[list[str], typer.Option("--key", help="ROLE=PUBLIC_KEY_FILE (PEM or TUF key JSON); repeat.")],
+    threshold: Annotated[list[str], typer.Option("--threshold", help="ROLE=N (default 1).")] = [],  # noqa: B006
+    expires: Annotated[str, typer.Option(help="Validity, e.g. 365d.")] = "365d",
+) -> None:
+    """Write an UNSIGNED root for a signing ceremony; then each holder runs 'chiron sign'."""
+    from datetime import UTC, datetime, timedelta
+
+    from chiron._keys import key_from_file, new_root
+    from chiron.models import parse_duration
+
+    role_keys: dict[str, list[Any]] = {r: [] for r in ("root", "targets", "snapshot", "timestamp")}
+    for role, value in _role_pairs(key, "--key"):
+        role_keys[role].append(key_from_file(Path(value)))
+    empty = [r for r, ks in role_keys.items() if not ks]
+    if empty:
+        from chiron.errors import UsageError
+
+        raise UsageError(f"--key: no key given for role(s) {', '.join(empty)}")
+    thresholds = {role: int(value) for role, value in _role_pairs(threshold, "--threshold")}
+    out = new_root(directory, role_keys, thresholds, timedelta(seconds=parse_duration(expires)), datetime.now(UTC))
+    typer.echo(f"wrote unsigned {out}; sign it with: chiron sign {out} --key URI (each root key holder)")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    role: Annotated[str, typer.Argument(help="The role whose keys change: root, targets, snapshot or timestamp.")],
+    root_dir: Annotated[Path, typer.Option("--root-dir", help="Directory of N.root.json files.")],
+    add: Annotated[list[Path], typer.Option("--add", help="Public key file to add; repeat.")] = [],  # noqa: B006
+    revoke: Annotated[list[str], typer.Option("--revoke", help="Keyid to remove; repeat.")] = [],  # noqa: B006
+    threshold: Annotated[int | None, typer.Option(help="New threshold for the role.")] = None,
+    expires: Annotated[str, typer.Option(help="Validity of the new root, e.g. 365d.")] = "365d",
+) -> None:
+    """Write root N+1 with ROLE's keys changed; it needs signatures of the old AND new root thresholds."""
+    from datetime import UTC, datetime, timedelta
+
+    from chiron._keys import key_from_file, rotate
+    from chiron.models import parse_duration
+
+    keys = [key_from_file(p) for p in add]
+    out = rotate(root_dir, role, keys, revoke, threshold, timedelta(seconds=parse_duration(expires)), datetime.now(UTC))
+    typer.echo(
+        f"wrote unsigned {out}: it needs the root threshold of the previous AND of this root; "
+        f"sign with: chiron sign {out} --key URI"
+    )
 
 
 @keys_app.command("init")
@@ -543,13 +647,23 @@ def keys_init(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, print ChironErrors as one line, exit with the documented code."""
+    args = sys.argv[1:] if argv is None else argv
+    # Known before parsing, so that errors from global options and every command honour --json.
+    _state.update(verbose=False, json="--json" in args, log_format="human")
     try:
-        code = app(args=argv, standalone_mode=False, prog_name="chiron")
+        code = app(args=args, standalone_mode=False, prog_name="chiron")
     except ChironError as exc:
         if _state["verbose"]:
             traceback.print_exc()
         if _state["json"]:
-            _emit({"schema": "chiron.error/1", "error": exc.diagnostics(), "exit_code": int(exc.exit_code)})
+            error: dict[str, Any] = {
+                "schema": "chiron.error/1",
+                "error": exc.diagnostics(),
+                "exit_code": int(exc.exit_code),
+            }
+            if isinstance(exc, VerificationError):
+                error["problems"] = exc.problems
+            _emit(error)
         _log("error", exc.diagnostics(), exit_code=int(exc.exit_code))
         code = int(exc.exit_code)
     except typer.Abort:

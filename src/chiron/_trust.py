@@ -125,49 +125,6 @@ def _expiry(now: datetime, delta: timedelta) -> datetime:
     return (now + delta).replace(microsecond=0)
 
 
-def load_signer(uri: str, role: str, root: Root, keyid: str | None) -> Signer:
-    """A securesystemslib Signer for a private-key URI, tied to a key that root lists for ``role``."""
-    scheme = uri.partition(":")[0]
-    allowed = root.roles[role].keyids
-    if scheme == "file2":
-        public = _file2_public(uri)
-        if public.keyid not in allowed:
-            raise SigningKeyError(
-                f"key {uri} is not a {role} key of the root metadata (its keyid {public.keyid[:16]}... is not listed)",
-                hint="use the key made for this role, or rotate the root to include it",
-            )
-        key: Key = public
-    else:
-        if keyid is None:
-            raise SigningKeyError(f'key {uri}: give keyid = "..." (which {role} key of the root this is)')
-        if keyid not in allowed:
-            raise SigningKeyError(f"key {uri}: keyid {keyid[:16]}... is not a {role} key of the root metadata")
-        key = root.keys[keyid]
-    try:
-        return Signer.from_priv_key_uri(uri, key)
-    except ValueError as exc:
-        raise SigningKeyError(f"key {uri}: {exc}") from None
-    except OSError as exc:
-        raise SigningKeyError(f"key {uri}: cannot open: {exc.strerror or exc}") from None
-
-
-def _file2_public(uri: str) -> SSlibKey:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    path = Path(uri.partition(":")[2])
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SigningKeyError(f"key {uri}: cannot read {path}: {exc.strerror}") from None
-    try:
-        priv = load_pem_private_key(data, password=None)
-    except TypeError:
-        raise SigningKeyError(f"key {uri}: the PEM file is encrypted; encrypted keys need a passphrase") from None
-    except ValueError:
-        raise SigningKeyError(f"key {uri}: {path} is not a PEM private key") from None
-    return SSlibKey.from_crypto(priv.public_key())
-
-
 # ---------------------------------------------------------------- repository
 
 
@@ -217,16 +174,12 @@ def check_root_chain(chain: list[bytes]) -> list[str]:
     for prev, cur in itertools.pairwise(mds):
         if cur.signed.version != prev.signed.version + 1:
             problems.append(f"root chain: version {cur.signed.version} follows {prev.signed.version}")
+    from chiron._keys import signature_status
+
     for i, md in enumerate(mds):
-        signers = [mds[i - 1], md] if i > 0 else [md]
-        for s in signers:
-            try:
-                s.verify_delegate(Root.type, md)
-            except Exception:
-                problems.append(
-                    f"root v{md.signed.version}: not signed by the threshold of root v{s.signed.version} keys"
-                )
-                break
+        status = signature_status(md, mds[i - 1] if i > 0 else None)
+        if not status.complete:
+            problems.append(f"root v{md.signed.version}: threshold not met: {status.describe()}")
     return problems
 
 
@@ -270,8 +223,11 @@ def _sign(md: Metadata[Any], signers: list[Signer]) -> bytes:
         try:
             md.sign(s, append=True)
         except Exception as exc:
+            cause = getattr(exc, "__cause__", None) or exc
             raise SigningKeyError(
-                f"signing {md.signed.type} failed with key {s.public_key.keyid[:16]}...: {exc}"
+                f"signing {md.signed.type} with key {s.public_key.keyid[:16]}... failed: "
+                f"{type(cause).__name__}: {cause}".rstrip(": "),
+                hint="check the key's PIN or passphrase (secret_env) and that its token or KMS is reachable",
             ) from None
     return to_bytes(md)
 

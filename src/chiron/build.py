@@ -14,7 +14,7 @@ from typing import Any
 
 from tuf.api.metadata import TargetFile
 
-from chiron import __version__, _lock, _progress, _telemetry, _trust
+from chiron import __version__, _keys, _lock, _progress, _telemetry, _trust
 from chiron._archive import (
     FORMAT,
     PIECE,
@@ -115,7 +115,9 @@ def build(opts: BuildOptions) -> BuildResult:
         root = _trust.parse_root(root_chain[-1], "root").signed
         signers = {
             role: [
-                _trust.load_signer(loaded.resolve_key_uri(k, f"trust.roles.{role}.keys[{i}]"), role, root, k.keyid)
+                _keys.load_signer(
+                    loaded.resolve_key_uri(k, f"trust.roles.{role}.keys[{i}]"), role, root, k.keyid, k.secret_env
+                )
                 for i, k in enumerate(spec.trust.roles[role].keys)
             ]
             for role in _trust.ONLINE_ROLES
@@ -131,11 +133,12 @@ def build(opts: BuildOptions) -> BuildResult:
         detached = (
             signers["targets"][0]
             if spec.trust.detached.key is None
-            else _trust.load_signer(
+            else _keys.load_signer(
                 loaded.resolve_key_uri(detached_ref, "trust.detached.key"),
                 "targets",
                 root,
                 detached_ref.keyid,
+                detached_ref.secret_env,
             )
         )
 
@@ -166,6 +169,11 @@ def build(opts: BuildOptions) -> BuildResult:
                 "tool_format": opts.tool_format,
                 "environments": [e.model_dump() for e in spec.environments],
                 "images": [],
+                # Which kind of key signed each role (file2, hsm, awskms, ...), for inspect.
+                "signers": {
+                    role: sorted({k.uri.partition(":")[0] for k in spec.trust.roles[role].keys})
+                    for role in _trust.ONLINE_ROLES
+                },
             }
             written: list[tuple[Written, str]] = []
             writer = ArchiveWriter(opts.output, shebang)

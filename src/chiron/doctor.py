@@ -258,5 +258,6 @@ def _state_checks(prefix: Path, state_dir: Path | None) -> list[Check]:
             )
         )
     else:
-        checks.append(Check("clock", True, f"the clock is at or after the time floor ({floor or 'none yet'})"))
+        shown = f"{floor:%Y-%m-%dT%H:%M:%SZ}" if floor else "none yet"
+        checks.append(Check("clock", True, f"the clock is at or after the time floor ({shown})"))
     return checks

@@ -920,8 +920,11 @@ def status(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
         }
     ops: list[dict[str, Any]] = []
     if paths.audit.is_file():
-        lines = paths.audit.read_text().splitlines()[-10:]
-        ops = [json.loads(line) for line in lines if line.strip()]
+        for line in paths.audit.read_text(errors="replace").splitlines()[-10:]:
+            try:
+                ops.append(json.loads(line))
+            except ValueError:
+                warnings.append("the audit log has a damaged line: run 'chiron audit verify'")
     floor = _read_floor(paths)
     return {
         "schema": "chiron.status/1",

@@ -60,6 +60,9 @@ def inspect_archive(path: Path) -> dict[str, Any]:
                 "threshold": r.threshold,
             }
         roles["root"].update(version=root.version, expires=_ts(root.expires))
+    for role, schemes in manifest.get("signers", {}).items():
+        if role in roles:
+            roles[role]["signed_by"] = schemes
     for name in ("targets", "snapshot", "timestamp"):
         if f"{name}.json" in md and name in roles:
             signed = md[f"{name}.json"].signed
@@ -128,7 +131,8 @@ def render(info: dict[str, Any]) -> str:
         ids = ", ".join(k[:12] for k in r["keyids"])
         out.append(
             f"  {role:<10} v{r.get('version', '?'):<4} threshold {r['threshold']} of {len(r['keyids'])} "
-            f"[{ids}] ({'/'.join(r['key_types'])}) expires {r.get('expires', '?')}"
+            f"[{ids}] ({'/'.join(r['key_types'])}{', via ' + '/'.join(r['signed_by']) if r.get('signed_by') else ''}) "
+            f"expires {r.get('expires', '?')}"
         )
     t = info["targets"]
     out += ["", f"targets: {t['count']} signed, {_size(t['bytes'])}"]

@@ -125,6 +125,7 @@ class KeyRef(_Strict):
 
     uri: str
     keyid: str | None = None
+    secret_env: str | None = None  # environment variable holding the passphrase (file2:) or PIN (hsm:)
 
     @field_validator("uri")
     @classmethod

@@ -1,0 +1,405 @@
+"""Every --json output validates against its published JSON Schema (docs/schemas/*.schema.json).
+
+Each schema file is tested by ``test_output_matches_schema[<file>]``, which asks for the fixture
+``out_<name>`` (``out_host_result`` for host-result.schema.json): the outputs of real commands run
+in-process through ``chiron._cli.main``. A schema file without such a fixture fails, and so does an
+output whose "schema" field is not the file's const.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from chiron import _cli
+from chiron._archive import read_layout
+from chiron._cli import main
+
+from conftest import REPO, do_build
+from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec
+
+SCHEMA_DIR = REPO / "docs" / "schemas"
+SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.schema.json"))
+ID_BASE = "https://chiron.invalid/schemas/"
+
+Output = tuple[str, int, dict[str, Any]]  # (what was run, exit code, the parsed stdout)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _const(schema: dict[str, Any]) -> str:
+    return str(schema["properties"]["schema"]["const"])
+
+
+SCHEMAS = {_const(_load(p)): p for p in SCHEMA_FILES}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cli_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    # _cli._state is module-global and main() never resets it: a --json run would leak into the next one.
+    monkeypatch.setattr(_cli, "_state", {"verbose": False, "json": False, "log_format": "human"})
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(monkeypatch: pytest.MonkeyPatch, session_cache: Path) -> None:
+    # lock (and build without --cache-dir) use $CHIRON_CACHE_DIR: never the user's ~/.cache.
+    monkeypatch.setenv("CHIRON_CACHE_DIR", str(session_cache))
+
+
+def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> Output:
+    """Run one command with --json in-process; its whole stdout must be one JSON document."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr().out
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        pytest.fail(f"chiron {' '.join(argv)}: stdout is not one JSON document: {out!r}")
+    return " ".join(argv), int(exc.value.code or 0), doc
+
+
+def _errors(schema: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    found = Draft202012Validator(schema).iter_errors(doc)
+    return sorted(f"/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in found)
+
+
+def _install(capsys: pytest.CaptureFixture[str], archive: Path, prefix: Path, keys: Path) -> Output:
+    return run(
+        capsys, ["install", str(archive), "--prefix", str(prefix), "--root", str(keys / "1.root.json"), "--json"]
+    )
+
+
+def _fake_txn(prefix: Path, rid: str) -> None:
+    """An interrupted upgrade to ``rid`` that never switched (what a crash before the switch leaves)."""
+    state = json.loads((prefix / "state" / "state.json").read_text())
+    release = {**state["releases"][state["current"]], "version": "9.9.9"}
+    txn = {
+        "op": "upgrade",
+        "id": rid,
+        "release": release,
+        "reference_time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "keep_releases": 2,
+    }
+    (prefix / "state" / "txn.json").write_text(json.dumps(txn))
+    (prefix / "releases" / rid).mkdir()
+
+
+# ---------------------------------------------------------------- the schema files themselves
+
+
+@pytest.mark.parametrize("path", SCHEMA_FILES, ids=lambda p: p.name)
+def test_schema_file_is_a_valid_schema(path: Path) -> None:
+    schema = _load(path)
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    const = _const(schema)
+    assert schema["$id"] == ID_BASE + const
+    assert path.name == const.removeprefix("chiron.").split("/")[0] + ".schema.json"
+    assert schema["title"] and schema["description"]
+    assert schema["type"] == "object" and schema["additionalProperties"] is False
+    assert "schema" in schema["required"]
+
+
+def test_every_schema_id_in_the_code_has_a_file() -> None:
+    """A new output (a "chiron.NAME/N" literal in src/chiron) needs a schema file; chiron.host-state/1 is
+    the host's state.json, not command output."""
+    pattern = re.compile(r'"(chiron\.[a-z][a-z-]*/[0-9]+)"')
+    in_code = {m for f in (REPO / "src" / "chiron").rglob("*.py") for m in pattern.findall(f.read_text())}
+    assert "chiron.verify/1" in in_code
+    assert sorted(in_code - {"chiron.host-state/1"}) == sorted(SCHEMAS)
+
+
+def test_readme_lists_every_schema() -> None:
+    readme = (SCHEMA_DIR / "README.md").read_text()
+    for const, path in SCHEMAS.items():
+        assert f"`{const}`" in readme and f"({path.name})" in readme, const
+
+
+# ---------------------------------------------------------------- every output against its schema
+
+
+@pytest.mark.parametrize("path", SCHEMA_FILES, ids=lambda p: p.name)
+def test_output_matches_schema(path: Path, request: pytest.FixtureRequest) -> None:
+    schema = _load(path)
+    const = _const(schema)
+    fixture = "out_" + path.name.removesuffix(".schema.json").replace("-", "_")
+    try:
+        outputs: list[Output] = request.getfixturevalue(fixture)
+    except pytest.FixtureLookupError:
+        pytest.fail(f"{path.name}: no fixture {fixture} runs a command that prints {const}")
+    assert outputs
+    for what, _code, doc in outputs:
+        assert doc.get("schema") == const, f"chiron {what}"
+        problems = _errors(schema, doc)
+        assert not problems, f"chiron {what}:\n" + "\n".join(problems)
+    # The schema is strict where the output is fixed: an undocumented or a missing field is caught.
+    _what, _code, doc = outputs[0]
+    assert _errors(schema, {**doc, "undocumented": 1})
+    for key in schema["required"]:
+        assert _errors(schema, {k: v for k, v in doc.items() if k != key}), f"{key} is not required"
+
+
+@pytest.fixture()
+def out_verify(
+    capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, other_keys: Path, tmp_path: Path
+) -> list[Output]:
+    root = keys / "1.root.json"
+    outs = [
+        run(capsys, ["verify", str(appliance), "--root", str(root), "--json"]),
+        run(
+            capsys, ["verify", str(appliance), "--root-sha256", hashlib.sha256(root.read_bytes()).hexdigest(), "--json"]
+        ),
+        run(capsys, ["verify", str(appliance), "--json"]),
+    ]
+    assert [(code, doc["ok"]) for _w, code, doc in outs] == [(0, True)] * 3
+    assert [doc["trust_anchor"] for _w, _c, doc in outs] == [
+        "--root file",
+        "--root-sha256",
+        "embedded root (trust on first use)",
+    ]
+    assert outs[2][2]["notices"]  # trust on first use is pointed out
+    # Signed by keys the anchor does not trust: stops before the targets are trusted.
+    foreign = run(capsys, ["verify", str(appliance), "--root", str(other_keys / "1.root.json"), "--json"])
+    assert foreign[1] == 1 and not foreign[2]["ok"] and foreign[2]["roles"] == {}
+    # A modified wheel: the TUF chain is trusted, the bytes are not.
+    tampered = tmp_path / "tampered.pex"
+    shutil.copyfile(appliance, tampered)
+    wheel = next(m for m in read_layout(tampered).members if m.name.startswith("wheels/"))
+    with tampered.open("r+b") as f:
+        f.seek(wheel.offset + wheel.length // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    modified = run(capsys, ["verify", str(tampered), "--root", str(root), "--json"])
+    assert (
+        modified[1] == 1
+        and not modified[2]["ok"]
+        and set(modified[2]["roles"])
+        == {
+            "root",
+            "timestamp",
+            "snapshot",
+            "targets",
+        }
+    )
+    return [*outs, foreign, modified]
+
+
+@pytest.fixture()
+def out_inspect(capsys: pytest.CaptureFixture[str], appliance: Path) -> list[Output]:
+    out = run(capsys, ["inspect", str(appliance), "--json"])
+    assert out[1] == 0 and out[2]["verified"] is False
+    return [out]
+
+
+@pytest.fixture()
+def out_build(
+    capsys: pytest.CaptureFixture[str], good_spec: Path, tool_wheels: Path, session_cache: Path, tmp_path: Path
+) -> list[Output]:
+    dest = tmp_path / "built.pex"
+    out = run(
+        capsys,
+        [
+            "build",
+            str(good_spec),
+            "-o",
+            str(dest),
+            "--tool-wheels",
+            str(tool_wheels),
+            "--cache-dir",
+            str(session_cache),
+            "--json",
+        ],
+    )
+    assert out[1] == 0 and out[2]["output"] == str(dest) and dest.is_file()
+    return [out]
+
+
+@pytest.fixture()
+def out_lock(capsys: pytest.CaptureFixture[str], keys: Path, index: LocalIndex, tmp_path: Path) -> list[Output]:
+    spec = write_spec(
+        tmp_path / "spec",
+        keys=keys,
+        index_url=index.url,
+        requirements=["alpha==1.0", "gamma==2.0"],
+        environments=ENV_311 + ENV_312,
+    )
+    lock = tmp_path / "pylock.toml"
+    out = run(capsys, ["lock", str(spec), "-o", str(lock), "--json"])
+    assert out[1] == 0
+    assert out[2]["written"] == [str(lock), *(str(tmp_path / f"requirements-{e}.txt") for e in ("cp311", "cp312"))]
+    assert out[2]["packages"] == 3  # alpha, beta, gamma
+    return [out]
+
+
+@pytest.fixture()
+def out_keys_init(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> list[Output]:
+    out = run(capsys, ["keys", "init", str(tmp_path / "keys"), "--root-expires", "30d", "--json"])
+    assert out[1] == 0
+    assert out[2]["root_fingerprint"] == hashlib.sha256((tmp_path / "keys" / "1.root.json").read_bytes()).hexdigest()
+    return [out]
+
+
+@pytest.fixture(scope="module")
+def newer_appliance(
+    tmp_path_factory: pytest.TempPathFactory, keys: Path, index: LocalIndex, tool_wheels: Path, session_cache: Path
+) -> Path:
+    """The session appliance's successor (1.1.0): built later, so its TUF metadata versions are higher."""
+    base = tmp_path_factory.mktemp("newer")
+    spec = write_spec(
+        base / "spec",
+        keys=keys,
+        index_url=index.url,
+        requirements=["alpha==1.0", "gamma==2.0"],
+        environments=ENV_311 + ENV_312,
+        version="1.1.0",
+    )
+    out = base / "chiron-1.1.0.pex"
+    do_build(spec, out, tool_wheels, session_cache, epoch=int(time.time()) + 5)
+    return out
+
+
+@pytest.fixture()
+def out_host_result(
+    capsys: pytest.CaptureFixture[str], appliance: Path, newer_appliance: Path, keys: Path, tmp_path: Path
+) -> list[Output]:
+    prefix = tmp_path / "p"
+    installed = _install(capsys, appliance, prefix, keys)
+    upgraded = run(capsys, ["upgrade", str(newer_appliance), "--prefix", str(prefix), "--json"])
+    rolled_back = run(capsys, ["rollback", "--prefix", str(prefix), "--json"])
+    assert [(o[1], o[2]["op"], o[2]["appliance"]["version"]) for o in (installed, upgraded, rolled_back)] == [
+        (0, "install", "1.0.0"),
+        (0, "upgrade", "1.1.0"),
+        (0, "rollback", "1.0.0"),
+    ]
+    assert upgraded[2]["previous"] == installed[2]["release"] == rolled_back[2]["release"]
+    assert rolled_back[2]["previous"] == upgraded[2]["release"]
+    return [installed, upgraded, rolled_back]
+
+
+@pytest.fixture()
+def installed(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> Path:
+    prefix = tmp_path / "installed"
+    assert _install(capsys, appliance, prefix, keys)[1] == 0
+    return prefix
+
+
+@pytest.fixture()
+def out_status(capsys: pytest.CaptureFixture[str], installed: Path) -> list[Output]:
+    argv = ["status", "--prefix", str(installed), "--json"]
+    plain = run(capsys, argv)
+    assert plain[1] == 0 and plain[2]["current"]["version"] == "1.0.0" and plain[2]["pending_transaction"] is None
+    _fake_txn(installed, "demo-9.9.9-1")
+    pending = run(capsys, argv)
+    assert pending[1] == 0 and pending[2]["pending_transaction"]["id"] == "demo-9.9.9-1"
+    assert run(capsys, ["recover", "--prefix", str(installed), "--json"])[1] == 0
+    recovered = run(capsys, argv)
+    assert recovered[2]["last_operations"][-1]["op"] == "recover"
+    return [plain, pending, recovered]
+
+
+@pytest.fixture()
+def out_recover(capsys: pytest.CaptureFixture[str], installed: Path) -> list[Output]:
+    argv = ["recover", "--prefix", str(installed), "--json"]
+    nothing = run(capsys, argv)
+    assert nothing[1] == 0 and nothing[2]["outcome"] is None
+    _fake_txn(installed, "demo-9.9.9-1")
+    undone = run(capsys, argv)
+    assert undone[1] == 0 and undone[2]["outcome"].startswith("undid interrupted upgrade of demo-9.9.9-1")
+    return [nothing, undone]
+
+
+@pytest.fixture()
+def out_audit_verify(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Path) -> list[Output]:
+    intact = run(capsys, ["audit", "verify", "--prefix", str(installed), "--json"])
+    assert intact[1] == 0 and intact[2]["ok"] and intact[2]["entries"] == 1
+    log = installed / "state" / "audit.jsonl"
+    log.write_text(log.read_text().replace('"result": "ok"', '"result": "failed"'))
+    edited = run(capsys, ["audit", "verify", "--prefix", str(installed), "--json"])
+    assert edited[1] == 1 and not edited[2]["ok"]
+    missing = run(capsys, ["audit", "verify", "--prefix", str(tmp_path / "empty"), "--json"])
+    assert missing[1] == 1 and "missing" in missing[2]["problems"][0]
+    return [intact, edited, missing]
+
+
+@pytest.fixture()
+def out_doctor(capsys: pytest.CaptureFixture[str], appliance: Path, installed: Path, tmp_path: Path) -> list[Output]:
+    outs = [
+        run(capsys, ["doctor", "--json"]),
+        run(capsys, ["doctor", str(appliance), "--prefix", str(tmp_path / "fresh"), "--json"]),
+        run(capsys, ["doctor", str(appliance), "--prefix", str(installed), "--json"]),
+        run(capsys, ["doctor", str(tmp_path / "nope.pex"), "--json"]),
+    ]
+    for what, code, doc in outs:
+        assert code == (0 if doc["ok"] else 3), f"chiron {what}"
+    assert outs[-1][2]["ok"] is False  # the missing archive is an error
+    return outs
+
+
+@pytest.fixture()
+def out_error(
+    capsys: pytest.CaptureFixture[str], appliance: Path, installed: Path, keys: Path, tmp_path: Path
+) -> list[Output]:
+    garbage = tmp_path / "garbage.pex"
+    garbage.write_bytes(b"not an appliance" * 64)
+    wheels = tmp_path / "wheels"
+    make_wheel(wheels, "alpha", "1.0")
+    lying = LocalIndex(wheels)
+    lying.override["alpha-1.0-py3-none-any.whl"] = b"other bytes than the index's sha256 says"
+    try:
+        spec = write_spec(tmp_path / "spec", keys=keys, index_url=lying.url, requirements=["alpha==1.0"])
+        outs = [
+            (2, run(capsys, ["verify", str(tmp_path / "nope.pex"), "--json"])),
+            (1, run(capsys, ["inspect", str(garbage), "--json"])),
+            (2, run(capsys, ["status", "--prefix", str(tmp_path / "empty"), "--json"])),
+            (2, run(capsys, ["upgrade", str(appliance), "--prefix", str(tmp_path / "empty"), "--json"])),
+            (4, _install(capsys, appliance, installed, keys)),
+            (4, run(capsys, ["rollback", "--prefix", str(installed), "--json"])),
+            (3, run(capsys, ["lock", str(spec), "-o", str(tmp_path / "pylock.toml"), "--json"])),
+        ]
+    finally:
+        lying.close()
+    for want, (what, code, doc) in outs:
+        assert code == want == doc.get("exit_code"), f"chiron {what}: exit {code}, {doc}"
+    assert outs[0][1][2]["error"] == f"{tmp_path / 'nope.pex'}: no such file"
+    return [out for _want, out in outs]
+
+
+@pytest.fixture()
+def out_root_status(capsys: pytest.CaptureFixture[str], keys: Path, other_keys: Path, tmp_path: Path) -> list[Output]:
+    v1 = run(capsys, ["keys", "status", str(keys / "1.root.json"), "--json"])
+    assert v1[1] == 0 and v1[2]["complete"] and list(v1[2]["thresholds"]) == ["root v1"]
+    # A ceremony: root v2 with another timestamp key, unsigned, then one signature by the (unchanged) root key.
+    root_dir = tmp_path / "roots"
+    root_dir.mkdir()
+    shutil.copyfile(keys / "1.root.json", root_dir / "1.root.json")
+    with pytest.raises(SystemExit) as exc:
+        main(["keys", "rotate", "timestamp", "--root-dir", str(root_dir), "--add", str(other_keys / "timestamp.pem")])
+    assert exc.value.code in (0, None)
+    v2 = root_dir / "2.root.json"
+    unsigned = run(capsys, ["keys", "status", str(v2), "--json"])
+    assert unsigned[1] == 1 and not unsigned[2]["complete"]
+    assert unsigned[2]["thresholds"] == {
+        "root v2": {"signed": 0, "threshold": 1},
+        "root v1": {"signed": 0, "threshold": 1},
+    }
+    signed = run(capsys, ["sign", str(v2), "--key", f"file2:{keys / 'root.pem'}", "--json"])
+    assert signed[1] == 0 and signed[2]["complete"] and signed[2]["version"] == 2
+    return [v1, unsigned, signed]
+
+
+def test_keys_init_error_is_json(capsys: pytest.CaptureFixture[str], keys: Path) -> None:
+    _what, code, doc = run(capsys, ["keys", "init", str(keys), "--json"])
+    assert code == 2 and doc["schema"] == "chiron.error/1"
