@@ -321,3 +321,55 @@ def test_secret_store_scheme(
     spec.write_text(bad)
     with pytest.raises(SigningKeyError, match="unknown secret store 'vault'"):
         do_build(spec, tmp_path / "t.pex", tool_wheels, tmp_path / "cache")
+
+
+class FakeKMS:
+    """A TEST DOUBLE of the AWS KMS client: AWS cannot be reached from these machines, so this signs
+    digests with a local P-256 key the way KMS would (DER ECDSA over a SHA-256 digest). It exercises
+    chiron's awskms: URI handling and securesystemslib's AWSSigner, NOT a real KMS."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.calls: list[dict[str, object]] = []
+
+    def sign(self, **kw: object) -> dict[str, bytes]:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+        self.calls.append(kw)
+        assert kw["MessageType"] == "DIGEST" and kw["SigningAlgorithm"] == "ECDSA_SHA_256"
+        digest = kw["Message"]
+        assert isinstance(digest, bytes)
+        return {"Signature": self.key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))}
+
+
+def test_awskms_uri_with_a_test_double_of_the_kms_client(
+    keys: Path,
+    index,
+    tool_wheels: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    boto3 = pytest.importorskip("boto3")
+    from securesystemslib.signer import SSlibKey
+
+    kms = FakeKMS()
+    monkeypatch.setattr(boto3, "client", lambda service, *a, **k: kms)
+    public = SSlibKey.from_crypto(kms.key.public_key())
+    keyfile = tmp_path / "kms.json"
+    keyfile.write_text(json.dumps({"keyid": public.keyid, **public.to_dict()}))
+    root_dir = new_root_dir(tmp_path, keys, targets=[str(keyfile)])
+    assert run(["sign", str(root_dir / "1.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    spec = spec_for(
+        tmp_path / "s",
+        keys,
+        index.url,
+        root=root_dir,
+        targets=f'{{ uri = "awskms:alias/chiron-targets", keyid = "{public.keyid}" }}',
+    )
+    out = do_build(spec, tmp_path / "kms.pex", tool_wheels, tmp_path / "cache").output
+    assert kms.calls and all(c["KeyId"] == "alias/chiron-targets" for c in kms.calls)
+    assert verify(out, root_file=root_dir / "1.root.json").ok
+    assert inspect_archive(out)["roles"]["targets"]["signed_by"] == ["awskms"]

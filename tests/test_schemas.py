@@ -403,3 +403,22 @@ def out_root_status(capsys: pytest.CaptureFixture[str], keys: Path, other_keys: 
 def test_keys_init_error_is_json(capsys: pytest.CaptureFixture[str], keys: Path) -> None:
     _what, code, doc = run(capsys, ["keys", "init", str(keys), "--json"])
     assert code == 2 and doc["schema"] == "chiron.error/1"
+
+
+@pytest.fixture()
+def out_rebuild(capsys: pytest.CaptureFixture[str], appliance: Path, good_spec: Path, tmp_path: Path) -> list[Output]:
+    same = run(
+        capsys,
+        [
+            "rebuild",
+            str(appliance),
+            "-o",
+            str(tmp_path / "r.pex"),
+            "--base",
+            str(good_spec.parent),
+            "--check",
+            "--json",
+        ],
+    )
+    assert same[1] == 0 and same[2]["identical"] is True
+    return [same]

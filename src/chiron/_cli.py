@@ -233,6 +233,48 @@ def build(
 
 
 @app.command()
+def rebuild(
+    archive: Annotated[Path, typer.Argument(help="The appliance to rebuild from what it carries.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the rebuild.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Exit 0 only if byte-identical; else 1 with causes.")] = False,
+    online: Annotated[
+        bool, typer.Option("--online", help="Fetch wheels from the lock's URLs, not the archive.")
+    ] = False,
+    base: Annotated[
+        Path, typer.Option("--base", help="Folder the spec's relative key paths resolve against (e.g. bundle).")
+    ] = Path("."),
+    root: Annotated[Path | None, typer.Option("--root", help="Trusted root to verify the archive first.")] = None,
+    root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of a trusted root.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Artifact cache for --online.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild an appliance from its own spec, lock, wheels and tool code, and compare member by member."""
+    from chiron._fetch import default_cache_dir
+    from chiron.rebuild import rebuild as run_rebuild
+
+    out = output or archive.with_name(archive.name + ".rebuilt")
+    result = run_rebuild(
+        archive,
+        out,
+        base=base,
+        tool_wheels=None,
+        cache_dir=cache_dir or default_cache_dir(),
+        online=online,
+        root_file=root,
+        root_sha256=root_sha256,
+    )
+    if as_json:
+        _emit(result.as_dict())
+    elif result.identical:
+        typer.echo(f"rebuilt {out}: byte-identical to {archive}")
+    else:
+        typer.echo(f"rebuilt {out}: DIFFERS from {archive}")
+        for d in result.differences[:10]:
+            typer.echo(f"  - {d['member']}: {d['cause']}")
+    raise typer.Exit(ExitCode.VERIFY_FAILED if check and not result.identical else ExitCode.OK)
+
+
+@app.command()
 def lock(
     spec: Annotated[Path, typer.Argument(help="The appliance spec.")] = Path("bundle/appliance.toml"),
     output: Annotated[

@@ -44,6 +44,12 @@ class BuildOptions:
     metadata_version: int | None = None  # default: the build time in seconds (always increasing)
     shebang: str = "/usr/bin/env python3"
     show_progress: bool = True
+    # Rebuilds from an appliance (rebuild.py) take these from the archive instead of the spec's paths.
+    base_dir: Path | None = None  # where the spec's relative paths (keys) resolve; default: its folder
+    root_chain: Path | None = None  # instead of trust.root
+    lock_file: Path | None = None  # instead of python.lock / resolving
+    files_dir: Path | None = None  # [[files]] sources as files_dir/DEST
+    tool_zip: Path | None = None  # an already normalized tool zip, instead of building one
 
 
 @dataclass
@@ -89,9 +95,9 @@ def source_date_epoch(explicit: int | None) -> int | None:
         raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer number of seconds") from None
 
 
-def load_lock(loaded: LoadedSpec) -> _lock.Lock:
-    """The spec's lock file if it names one, else a fresh resolution."""
-    path = loaded.lock_path
+def load_lock(loaded: LoadedSpec, override: Path | None = None) -> _lock.Lock:
+    """The given lock, else the spec's lock file if it names one, else a fresh resolution."""
+    path = override or loaded.lock_path
     if path is not None:
         lock = _lock.read_pylock(path, loaded.spec)
         _lock.check_fits(lock, loaded.spec, str(path))
@@ -103,6 +109,8 @@ def build(opts: BuildOptions) -> BuildResult:
     """Build the appliance described by ``opts``; the output appears atomically or not at all."""
     started = time.monotonic()
     loaded = load_spec(opts.spec)
+    if opts.base_dir is not None:
+        loaded = LoadedSpec(spec=loaded.spec, path=(opts.base_dir / opts.spec.name).absolute(), raw=loaded.raw)
     spec = loaded.spec
     epoch = source_date_epoch(opts.source_date_epoch)
     now = _trust.utc_from_epoch(epoch if epoch is not None else int(time.time()))
@@ -111,7 +119,7 @@ def build(opts: BuildOptions) -> BuildResult:
     zip_time: ZipTime = (1980, 1, 1, 0, 0, 0)
 
     with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=spec.appliance.version) as sp:
-        root_chain = _trust.load_root_chain(loaded.resolve_path(spec.trust.root, "trust.root"))
+        root_chain = _trust.load_root_chain(opts.root_chain or loaded.resolve_path(spec.trust.root, "trust.root"))
         root = _trust.parse_root(root_chain[-1], "root").signed
         signers = {
             role: [
@@ -142,7 +150,7 @@ def build(opts: BuildOptions) -> BuildResult:
             )
         )
 
-        lock = load_lock(loaded)
+        lock = load_lock(loaded, opts.lock_file)
         cache = ArtifactCache(opts.cache_dir)
         measured: dict[str, tuple[str, int]] = {}
         paths: dict[str, Path] = {}
@@ -229,6 +237,8 @@ def _tool_zip(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path, l
 
     Building a pex takes seconds; a warm rebuild or a mirror refresh should not pay it again.
     """
+    if opts.tool_zip is not None:
+        return opts.tool_zip, tool_members_of(opts.tool_zip)
     wheels = sorted(opts.tool_wheels.glob("*.whl"))
     key_data = {
         "chiron": __version__,
@@ -253,6 +263,18 @@ def _tool_zip(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path, l
     os.replace(normalized, cached)
     _trust.write_atomic(record_file, canonical_json({"sha256": digest, "members": members}))
     return cached, members
+
+
+def tool_members_of(zip_path: Path) -> list[dict[str, Any]]:
+    """The signed tool-members list of an existing (normalized) tool zip."""
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as z:
+        return [
+            {"name": i.filename, "size": i.file_size, "sha256": hashlib.sha256(z.read(i)).hexdigest()}
+            for i in z.infolist()
+            if not i.is_dir()
+        ]
 
 
 def _metadata_order(name: str) -> tuple[int, int, str]:
@@ -304,7 +326,7 @@ def writer_targets(
             written.append((w, "wheel"))
             bar.advance(w.length)
     for i, extra in enumerate(sorted(spec.files, key=lambda f: f.dest)):
-        src = loaded.resolve_path(extra.src, f"files[{i}].src")
+        src = opts.files_dir / extra.dest if opts.files_dir else loaded.resolve_path(extra.src, f"files[{i}].src")
         if not src.is_file():
             raise SpecError(f"{loaded.path}: files[{i}].src: {src} is not a file")
         written.append((writer.add_file(f"files/{extra.dest}", src), "file"))
