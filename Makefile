@@ -8,7 +8,7 @@ TOOL_WHEELS := build/tool-wheels
 KEYS := build/dev-keys
 SPEC := bundle/appliance.toml
 OUT := dist/chiron.pex
-COV_MIN ?= 84
+COV_MIN ?= 85
 
 .PHONY: appliance test venv tool-wheels keys lint typecheck lock bench clean
 

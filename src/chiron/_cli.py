@@ -29,7 +29,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-keys_app = typer.Typer(help="Signing keys: throw-away development keys (keys init).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Signing keys: development keys, root ceremonies (new-root, status) and rotation.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="The host's hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -52,7 +54,7 @@ def _main(
         str, typer.Option("--log-format", help="Messages on stderr: human (default) or json (one object per line).")
     ] = "human",
     trace_file: Annotated[
-        Path | None, typer.Option(help="Write OpenTelemetry spans as JSON lines to this file.")
+        Path | None, typer.Option(help="Write OpenTelemetry spans and metrics as JSON lines to this file.")
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -334,6 +336,9 @@ def _print_host_result(result: Any, as_json: bool) -> None:
         return
     for notice in result.notices:
         _log("notice", notice)
+    if not result.changed:
+        typer.echo(f"already installed: {result.name} {result.version} is the live release {result.release}")
+        return
     verb = {"install": "installed", "upgrade": "upgraded to", "rollback": "rolled back to"}[result.op]
     typer.echo(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
     if result.previous:

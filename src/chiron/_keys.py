@@ -47,7 +47,7 @@ def _secret_handler(uri: str, secret_env: str | None) -> SecretsHandler:
             return getpass.getpass(f"{what} for {uri}: ")
         raise SigningKeyError(
             f"key {uri}: needs a {what} and no terminal is attached",
-            hint='set secret_env = "VAR" on the key in the spec and export VAR',
+            hint='export VAR and set secret_env = "VAR" on the key in the spec (or pass --secret-env VAR to sign)',
         )
 
     return handler
@@ -215,7 +215,7 @@ def signature_status(md: Metadata[Root], previous: Metadata[Root] | None) -> Sig
 
 
 def sign_file(path: Path, uri: str, keyid: str | None = None, secret_env: str | None = None) -> SignatureStatus | None:
-    """Add one signature to a metadata file (a pending root, or any role); written atomically."""
+    """Add one signature to a root metadata file (pending or not); written atomically."""
     try:
         md = Metadata.from_bytes(path.read_bytes())
     except OSError as exc:
@@ -236,11 +236,20 @@ def sign_file(path: Path, uri: str, keyid: str | None = None, secret_env: str | 
         raise SigningKeyError(
             f"key {uri} is not a root key of {path.name} or of the root before it", hint="check which key you hold"
         )
-    if uri.startswith("file2:") and local is not None:
-        signer: Signer = CryptoSigner(_load_pem(Path(uri[6:]).read_bytes(), uri, secret_env), local)
-    else:
-        signer = Signer.from_priv_key_uri(uri, keys[kid], _secret_handler(uri, secret_env))
-    md.sign(signer, append=True)
+    try:
+        if uri.startswith("file2:") and local is not None:
+            signer: Signer = CryptoSigner(_load_pem(Path(uri[6:]).read_bytes(), uri, secret_env), local)
+        else:
+            signer = Signer.from_priv_key_uri(uri, keys[kid], _secret_handler(uri, secret_env))
+        md.sign(signer, append=True)
+    except SigningKeyError:
+        raise
+    except Exception as exc:  # backend libraries raise their own types (PyKCS11, boto, ...)
+        cause = exc.__cause__ or exc
+        raise SigningKeyError(
+            f"key {uri}: signing failed: {type(cause).__name__}: {cause}",
+            hint="check the PIN or passphrase (--secret-env) and that the token or KMS is reachable",
+        ) from None
     write_atomic(path, to_bytes(md))
     return signature_status(md, previous) if isinstance(md.signed, Root) else None
 

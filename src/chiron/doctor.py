@@ -151,7 +151,7 @@ def _images_check(light: _Light) -> Check:
                 "images",
                 False,
                 f"{len(images)} image(s), but no Docker Engine at {path}: {exc.strerror}",
-                "start dockerd, or install with --registry URL to push into an enclave registry",
+                "start dockerd so the images can be loaded",
             )
     return Check("images", True, f"{len(images)} image(s); DOCKER_HOST={host} (not probed)", severity="warning")
 

@@ -381,11 +381,13 @@ class HostResult:
     environment: str
     seconds: float
     notices: list[str] = field(default_factory=list)
+    changed: bool = True  # False when the archive was already the live release (a re-run)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "schema": "chiron.host-result/1",
             "op": self.op,
+            "changed": self.changed,
             "release": self.release,
             "appliance": {"name": self.name, "version": self.version},
             "previous": self.previous,
@@ -455,7 +457,9 @@ def upgrade(opts: InstallOptions) -> HostResult:
         if report.ok and report.trusted and _targets_sha(report) == current.get("targets_sha256"):
             # Already the live release (e.g. an upgrade re-run after it had switched): nothing to do.
             audit(paths, "upgrade", "noop", archive=str(opts.archive), release=state.current)
-            return _result("upgrade", state.current, current, state.previous, 0.0, notices)
+            result = _result("upgrade", state.current, current, state.previous, 0.0, notices)
+            result.changed = False
+            return result
         if report.ok:
             _check_version(paths, opts, report, current)
         elif report.rollback:
