@@ -208,7 +208,7 @@ class ArchiveWriter:
         self._f.close()
         os.chmod(self._tmp, 0o755)  # noqa: S103 - an appliance is an executable meant to be run
         os.replace(self._tmp, self.out)
-        _fsync_dir(self.out.parent)
+        fsync_dir(self.out.parent)
         return self._whole.digest()
 
     def abort(self) -> None:
@@ -218,7 +218,8 @@ class ArchiveWriter:
             self._tmp.unlink()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

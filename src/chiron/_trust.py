@@ -46,14 +46,7 @@ def fingerprint(root_bytes: bytes) -> str:
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret file with mode 0600 from the start (never world-readable, even briefly)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from chiron import __version__, _audit, _lock, _proc, _telemetry
-from chiron._archive import CHUNK, TOOL_TARGET, read_layout
+from chiron._archive import CHUNK, TOOL_TARGET, fsync_dir, read_layout
 from chiron._trust import write_atomic
 from chiron.errors import ChironError, EnvironmentProblem, ExitCode, Refused, UsageError, VerificationError
 from chiron.models import HostSection, TargetEnvironment
@@ -100,17 +100,9 @@ class Paths:
 # ---------------------------------------------------------------- small durable primitives
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: Any) -> None:
     write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_json(path: Path) -> Any:
@@ -130,7 +122,7 @@ def _switch_link(link: Path, target: str) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)
 
 
 def _now() -> datetime:
@@ -299,7 +291,7 @@ def recover(paths: Paths) -> str | None:
             shutil.rmtree(paths.releases / rid, ignore_errors=True)
         shutil.rmtree(paths.staging / rid, ignore_errors=True)
         paths.txn.unlink(missing_ok=True)
-        _fsync_dir(paths.state)
+        fsync_dir(paths.state)
         outcome = f"undid interrupted {txn['op']} of {rid}; the host stays on {linked or 'nothing'}"
     audit(paths, "recover", "ok", detail=outcome, release=rid)
     _sweep(paths, None)
@@ -340,7 +332,7 @@ def _commit(paths: Paths, txn: dict[str, Any]) -> None:
         if src.is_file():
             write_atomic(paths.metadata / name, src.read_bytes())
         digests[name] = _digest(paths.metadata / name)
-    _fsync_dir(paths.metadata)
+    fsync_dir(paths.metadata)
     state = _read_json(paths.state_file) or {}
     releases = dict(state.get("releases", {}))
     releases[txn["id"]] = txn["release"]
@@ -357,7 +349,7 @@ def _commit(paths: Paths, txn: dict[str, Any]) -> None:
     _raise_floor(paths, _parse_iso(txn["reference_time"]), *(_created(txn["release"])))
     shutil.rmtree(paths.staging / txn["id"], ignore_errors=True)
     paths.txn.unlink(missing_ok=True)
-    _fsync_dir(paths.state)
+    fsync_dir(paths.state)
 
 
 def _created(release: dict[str, Any]) -> list[datetime]:
@@ -612,7 +604,7 @@ def _prepare_release(
     _write_json(slot / "release.json", release)
     _crash_point("tool")
     _health_check(spec.host, slot, sorted(_read_lock(opts.archive, report, [env]).selection[env.name]))
-    _fsync_dir(paths.releases)
+    fsync_dir(paths.releases)
     _crash_point("health")
     return txn
 

@@ -21,6 +21,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
 
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
 def parse_duration(text: str) -> int:
     """Seconds in a duration such as ``90d``, ``12h`` or ``2w``."""
     match = _DURATION.match(text)
@@ -39,12 +45,7 @@ class ApplianceInfo(_Strict):
     version: str
     description: str = ""
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
     @field_validator("version")
     @classmethod
@@ -67,12 +68,7 @@ class TargetEnvironment(_Strict):
     platforms: list[str] = Field(min_length=1)
     abis: list[str] = Field(default_factory=list)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
     @field_validator("python_version")
     @classmethod
