@@ -24,6 +24,7 @@ def _spec(tmp_path: Path) -> str:
 
 CASES = [
     ("missing name", lambda s: s.replace('name = "demo"\n', ""), "appliance.name: required field is missing"),
+    ("bad name", lambda s: s.replace('name = "demo"', 'name = "my demo!"'), "appliance.name: must be 1-64 characters"),
     (
         "bad version",
         lambda s: s.replace('version = "1.0.0"', 'version = "one"'),
