@@ -319,6 +319,7 @@ PrefixOpt = Annotated[Path, typer.Option("--prefix", help="Where releases live (
 StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Host state (default: PREFIX/state).")]
 WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for another operation's lock.")]
 InstallerOpt = Annotated[str, typer.Option("--installer", help="auto (uv if present, else pip), uv or pip.")]
+ImagesOpt = Annotated[str, typer.Option("--images", help="load (into the Docker Engine) or skip.")]
 
 
 def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> Any:
@@ -327,6 +328,8 @@ def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> A
 
     if kw.get("installer") not in ("auto", "uv", "pip"):
         raise UsageError(f"--installer: '{kw.get('installer')}' is not auto, uv or pip")
+    if kw.get("images", "load") not in ("load", "skip"):
+        raise UsageError(f"--images: '{kw.get('images')}' is not load or skip")
     return InstallOptions(archive=_archive_arg(archive, command).absolute(), prefix=prefix, **kw)
 
 
@@ -353,6 +356,7 @@ def install(
     root: Annotated[Path | None, typer.Option("--root", help="Trusted root metadata obtained out of band.")] = None,
     root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of the trusted root.")] = None,
     installer: InstallerOpt = "auto",
+    images: ImagesOpt = "load",
     wait: WaitOpt = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -367,6 +371,7 @@ def install(
         root_file=root,
         root_sha256=root_sha256,
         installer=installer,
+        images=images,
         wait=wait,
         show_progress=not as_json,
     )
@@ -382,6 +387,7 @@ def upgrade(
         bool, typer.Option("--allow-downgrade", help="Install an older release deliberately (logged).")
     ] = False,
     installer: InstallerOpt = "auto",
+    images: ImagesOpt = "load",
     wait: WaitOpt = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -389,7 +395,7 @@ def upgrade(
     from chiron.host import upgrade as run_upgrade
 
     target = _archive_arg(archive, "upgrade").absolute()
-    _hand_over_to_installed(prefix, target, state_dir, allow_downgrade, installer, wait, as_json)
+    _hand_over_to_installed(prefix, target, state_dir, allow_downgrade, installer, wait, as_json, images)
     opts = _host_opts(
         archive,
         "upgrade",
@@ -397,6 +403,7 @@ def upgrade(
         state_dir=state_dir,
         allow_downgrade=allow_downgrade,
         installer=installer,
+        images=images,
         wait=wait,
         show_progress=not as_json,
     )
@@ -404,7 +411,14 @@ def upgrade(
 
 
 def _hand_over_to_installed(
-    prefix: Path, archive: Path, state_dir: Path | None, allow_downgrade: bool, installer: str, wait: float, js: bool
+    prefix: Path,
+    archive: Path,
+    state_dir: Path | None,
+    allow_downgrade: bool,
+    installer: str,
+    wait: float,
+    js: bool,
+    images: str = "load",
 ) -> None:
     """Run the upgrade with the INSTALLED tool when invoked from another archive (``./new.pex upgrade``):
     a new archive's own code must not be what decides to trust it."""
@@ -425,6 +439,7 @@ def _hand_over_to_installed(
     ]
     argv += ["--state-dir", str(state_dir)] if state_dir else []
     argv += ["--allow-downgrade"] if allow_downgrade else []
+    argv += ["--images", images]
     argv += ["--json"] if js else []
     sys.stdout.flush()
     sys.stderr.flush()

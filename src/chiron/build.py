@@ -14,7 +14,7 @@ from typing import Any
 
 from tuf.api.metadata import TargetFile
 
-from chiron import __version__, _keys, _lock, _progress, _telemetry, _trust
+from chiron import __version__, _images, _keys, _lock, _progress, _telemetry, _trust
 from chiron._archive import (
     FORMAT,
     PIECE,
@@ -167,6 +167,9 @@ def build(opts: BuildOptions) -> BuildResult:
             tmp = Path(tmp_s)
             with _telemetry.span("chiron.build.tool", format=opts.tool_format):
                 tool_zip, tool_members = _tool_zip(opts, zip_time, tmp)
+            layout = tmp / "oci"
+            with _telemetry.span("chiron.build.images", images=len(spec.images)):
+                images = _images.fetch(spec.images, layout)
             manifest = {
                 "format": FORMAT,
                 "name": spec.appliance.name,
@@ -176,7 +179,8 @@ def build(opts: BuildOptions) -> BuildResult:
                 "chiron_version": __version__,
                 "tool_format": opts.tool_format,
                 "environments": [e.model_dump() for e in spec.environments],
-                "images": [],
+                "images": [i.as_dict() for i in images],
+                "images_shared_bytes": _shared_bytes(images, layout),
                 # Which kind of key signed each role (file2, hsm, awskms, ...), for inspect.
                 "signers": {
                     role: sorted({k.uri.partition(":")[0] for k in spec.trust.roles[role].keys})
@@ -187,6 +191,9 @@ def build(opts: BuildOptions) -> BuildResult:
             writer = ArchiveWriter(opts.output, shebang)
             try:
                 writer_targets(writer, written, manifest, loaded, pylock, lock, tool_members, paths, opts)
+                for name, source in _images.members(layout, images):
+                    w = writer.add_bytes(name, source) if isinstance(source, bytes) else writer.add_file(name, source)
+                    written.append((w, "image"))
                 targets = {w.name: _target(w, kind) for w, kind in written}
                 targets[SHEBANG_TARGET] = TargetFile.from_data(SHEBANG_TARGET, shebang, ["sha256"])
                 targets[SHEBANG_TARGET].unrecognized_fields["custom"] = {"kind": "shebang"}
@@ -263,6 +270,14 @@ def _tool_zip(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path, l
     os.replace(normalized, cached)
     _trust.write_atomic(record_file, canonical_json({"sha256": digest, "members": members}))
     return cached, members
+
+
+def _shared_bytes(images: list[_images.PackedImage], layout: Path) -> int:
+    """Bytes of blobs that more than one image uses (stored once in the appliance)."""
+    from collections import Counter
+
+    uses = Counter(d for i in images for d in i.layers)
+    return sum((layout / "blobs" / "sha256" / d.partition(":")[2]).stat().st_size for d, n in uses.items() if n > 1)
 
 
 def tool_members_of(zip_path: Path) -> list[dict[str, Any]]:

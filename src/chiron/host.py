@@ -399,6 +399,7 @@ class InstallOptions:
     root_sha256: str | None = None
     allow_downgrade: bool = False
     installer: str = "auto"
+    images: str = "load"  # load into the Docker Engine, or skip (leave them in the appliance)
     wait: float = 0.0
     show_progress: bool = False
 
@@ -521,7 +522,7 @@ def _apply(
     stage = paths.staging / rid
     with _telemetry.span(f"chiron.{op}", release=rid, version=str(report.version)):
         try:
-            txn = _prepare_release(paths, opts, op, report, rid, stage, ref)
+            txn = _prepare_release(paths, opts, op, report, rid, stage, ref, notices)
         except BaseException as exc:
             # Nothing outside the new slot and staging was touched: remove them and stay where we are.
             shutil.rmtree(paths.releases / rid, ignore_errors=True)
@@ -560,6 +561,7 @@ def _prepare_release(
     rid: str,
     stage: Path,
     ref: datetime,
+    notices: list[str],
 ) -> dict[str, Any]:
     """Build the new release in releases/<rid> (unreferenced until the switch) and health-check it."""
     from chiron._spec import load_spec_bytes
@@ -604,9 +606,36 @@ def _prepare_release(
     _write_json(slot / "release.json", release)
     _crash_point("tool")
     _health_check(spec.host, slot, sorted(_read_lock(opts.archive, report, [env]).selection[env.name]))
+    _load_images(opts, report, spec.host, notices)
     fsync_dir(paths.releases)
     _crash_point("health")
     return txn
+
+
+def _load_images(opts: InstallOptions, report: VerifyReport, hostspec: HostSection, notices: list[str]) -> None:
+    """The images seam: load the appliance's images (re-hashed) into the Docker Engine, or leave them.
+
+    Loading is idempotent (by digest), so it happens before the switch; a host without an engine
+    still gets its Python release unless the spec says images are required.
+    """
+    import platform
+
+    images = report.manifest.get("images") or []
+    if not images or opts.images == "skip":
+        if images:
+            notices.append(f"{len(images)} image(s) left in the appliance (--images skip)")
+        return
+    from chiron import _images
+
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    try:
+        loaded = _images.load_into_engine(lambda name: _member(opts.archive, report, name), images, f"linux/{arch}")
+    except EnvironmentProblem as exc:
+        if hostspec.images_required:
+            raise
+        notices.append(f"images not loaded: {exc.diagnostics()}; the Python release is installed anyway")
+        return
+    notices.append(f"loaded {len(loaded)} image(s) into the Docker Engine: {', '.join(loaded)}")
 
 
 def _newer(trusted: Path, candidate: bytes) -> bytes:

@@ -102,6 +102,7 @@ def inspect_archive(path: Path) -> dict[str, Any]:
         },
         "packages": packages,
         "images": manifest.get("images", []),
+        "images_shared_bytes": manifest.get("images_shared_bytes", 0),
         "roles": roles,
         "root_chain": [{"file": k, "sha256": hashlib.sha256(_bytes(path, regions, k)).hexdigest()} for k in roots],
         "root_fingerprint": hashlib.sha256(_bytes(path, regions, roots[0])).hexdigest() if roots else None,
@@ -140,6 +141,13 @@ def render(info: dict[str, Any]) -> str:
     out += ["", "environments:"]
     for e in info["environments"]:
         out.append(f"  {e['name']}: Python {e['python_version']} ({e['implementation']}), {', '.join(e['platforms'])}")
+    if info["images"]:
+        out += [
+            "",
+            f"images: {len(info['images'])} ({_size(info['images_shared_bytes'])} of layers shared, stored once)",
+        ]
+        for i in info["images"]:
+            out.append(f"  {i['ref']}  {i['digest'][:19]}  {', '.join(i['platforms'])}  {_size(i['size'])}")
     out += ["", f"python packages: {len(info['packages'])}"]
     for p in info["packages"]:
         out.append(f"  {p['name']:<28} {p['version']:<12} {_size(p['size']):>10}  {', '.join(p['environments'])}")

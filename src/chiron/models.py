@@ -200,10 +200,22 @@ class TrustSection(_Strict):
 
 
 class ImageRef(_Strict):
-    """``[[images]]``: a container image reference (filled in by the images feature)."""
+    """``[[images]]``: a container image, fetched at build time and pinned by digest."""
 
     ref: str
-    platforms: list[str] = Field(default_factory=list)
+    platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
+    source: Literal["registry", "docker", "oci"] = "registry"
+    path: str | None = None  # for source = "oci": an OCI layout directory or oci-archive file
+    insecure: bool = False  # plain http (loopback registries are always allowed plain http)
+    credentials_env: str | None = None  # variable holding USER:PASSWORD (or a token) for the registry
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+", p):
+                raise ValueError(f"'{p}' is not a platform like linux/amd64")
+        return v
 
 
 class ExtraFile(_Strict):
@@ -226,6 +238,7 @@ class HostSection(_Strict):
 
     health_check: list[str] = Field(default_factory=list)
     health_check_timeout: int = Field(default=300, ge=1)
+    images_required: bool = False  # if true, an install fails when the images cannot be loaded
     keep_releases: int = Field(default=2, ge=2)
 
 

@@ -1,0 +1,209 @@
+"""Container images: built here from images/, served by a real registry on 127.0.0.1 and a real
+Docker Engine (no bridge network; containers use host networking), packed as one OCI layout."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from chiron import host
+from chiron._archive import read_layout
+from chiron.inspect import inspect_archive
+from chiron.verify import verify
+
+from conftest import do_build
+from helpers import ENV_311, write_spec
+
+REPO = Path(__file__).resolve().parent.parent
+BASE, APP = "chiron-test/busybox:1", "chiron-test/app:1"
+
+
+@pytest.fixture(scope="session")
+def engine():  # type: ignore[no-untyped-def]
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(
+            f"NO DOCKER ENGINE ({exc.__class__.__name__}): start dockerd --bridge=none --iptables=false "
+            "(.ci/run does) to run the image tests"
+        )
+    if shutil.which("skopeo") is None:
+        pytest.skip("NO SKOPEO: .ci/run installs it")
+    return client
+
+
+@pytest.fixture(scope="session")
+def local_images(engine, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("img")
+    rootfs = tmp / "rootfs.tar"
+    subprocess.run([str(REPO / "images" / "busybox" / "rootfs.sh"), str(rootfs)], check=True)
+    subprocess.run(["docker", "import", str(rootfs), BASE], check=True, capture_output=True)
+    subprocess.run(
+        ["docker", "build", "-q", "-t", APP, str(REPO / "images" / "app")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    return BASE, APP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def registry(local_images, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    if shutil.which("docker-registry") is None:
+        pytest.skip("NO docker-registry: .ci/run installs the docker-registry package")
+    tmp = tmp_path_factory.mktemp("registry")
+    port = _free_port()
+    config = tmp / "config.yml"
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp}/data\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for _ in range(50):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    address = f"127.0.0.1:{port}"
+    for ref in local_images:
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"docker-daemon:{ref}",
+                f"docker://{address}/{ref.split('/', 1)[1]}",
+            ],
+            check=True,
+        )
+    yield address
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _spec(tmp: Path, keys: Path, index_url: str, images: str, name: str = "svc", version: str = "1.0.0") -> Path:
+    return write_spec(
+        tmp,
+        keys=keys,
+        index_url=index_url,
+        requirements=["beta==1.0"],
+        environments=ENV_311,
+        name=name,
+        version=version,
+        extra=images,
+    )
+
+
+def _images_toml(refs: list[str], source: str = "registry") -> str:
+    return "".join(f'[[images]]\nref = "{r}"\nsource = "{source}"\n' for r in refs)
+
+
+@pytest.fixture(scope="session")
+def image_appliance(registry: str, keys: Path, index, tool_wheels: Path, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("imgapp")
+    refs = [f"{registry}/busybox:1", f"{registry}/app:1"]
+    spec = _spec(tmp / "s", keys, index.url, _images_toml(refs))
+    return do_build(spec, tmp / "images.pex", tool_wheels, tmp / "cache").output
+
+
+def test_build_from_registry_stores_shared_layers_once(image_appliance: Path, registry: str) -> None:
+    report = verify(image_appliance)
+    assert report.ok, report.problems
+    info = inspect_archive(image_appliance)
+    images = {i["ref"]: i for i in info["images"]}
+    assert set(images) == {f"{registry}/busybox:1", f"{registry}/app:1"}
+    for image in images.values():
+        assert image["digest"].startswith("sha256:") and image["platforms"] == ["linux/amd64"]
+    layout = read_layout(image_appliance)
+    blobs = [m.name for m in layout.members if m.name.startswith("images/blobs/")]
+    assert len(blobs) == len(set(blobs))
+    # app = busybox base layer + one more: the base layer is one member, counted as shared bytes.
+    data = image_appliance.read_bytes()
+
+    def member_json(name: str) -> dict:  # type: ignore[type-arg]
+        m = layout.member(name)
+        assert m is not None
+        return json.loads(data[m.offset : m.offset + m.length])
+
+    layers = {}
+    for ref, image in images.items():
+        manifest = member_json("images/blobs/sha256/" + image["manifests"]["linux/amd64"].split(":")[1])
+        layers[ref] = [d["digest"] for d in manifest["layers"]]
+    base, app = layers[f"{registry}/busybox:1"], layers[f"{registry}/app:1"]
+    assert len(app) == len(base) + 1 and app[: len(base)] == base
+    assert info["images_shared_bytes"] > 0
+    # Every blob is a signed target: verify hashed them all.
+    assert all(n in report.targets_meta for n in blobs)
+
+
+def test_tampered_blob_is_rejected(image_appliance: Path, tmp_path: Path) -> None:
+    layout = read_layout(image_appliance)
+    blob = max((m for m in layout.members if m.name.startswith("images/blobs/")), key=lambda m: m.length)
+    data = bytearray(image_appliance.read_bytes())
+    data[blob.offset + blob.length // 2] ^= 0x01
+    bad = tmp_path / "bad.pex"
+    bad.write_bytes(bytes(data))
+    report = verify(bad)
+    assert report.problems == [f"member {blob.name}: sha256 does not match the signed targets (modified)"]
+
+
+def test_build_from_local_engine(local_images, keys: Path, index, tool_wheels: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = _spec(tmp_path / "s", keys, index.url, _images_toml([APP], source="docker"))
+    out = do_build(spec, tmp_path / "local.pex", tool_wheels, tmp_path / "cache").output
+    assert verify(out).ok
+    (image,) = inspect_archive(out)["images"]
+    assert image["ref"] == APP and image["size"] > 0
+
+
+def test_install_loads_images_and_they_run(
+    image_appliance: Path, engine, registry: str, keys: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ref = f"{registry}/app:1"
+    for r in (ref, f"{registry}/busybox:1"):
+        with contextlib.suppress(Exception):
+            engine.images.remove(r, force=True)
+    result = host.install(
+        host.InstallOptions(archive=image_appliance, prefix=tmp_path / "p", root_file=keys / "1.root.json")
+    )
+    assert any("loaded 2 image(s)" in n for n in result.notices), result.notices
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--network", "host", ref], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "hello from an air-gapped container"
+
+
+def test_no_engine_carries_on_unless_required(
+    image_appliance: Path, keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    result = host.install(
+        host.InstallOptions(archive=image_appliance, prefix=tmp_path / "p", root_file=keys / "1.root.json")
+    )
+    assert any("images not loaded: no Docker Engine is reachable" in n for n in result.notices)
+    assert host.status(tmp_path / "p", None)["current"]["version"] == "1.0.0"
+    skipped = host.install(
+        host.InstallOptions(
+            archive=image_appliance, prefix=tmp_path / "q", root_file=keys / "1.root.json", images="skip"
+        )
+    )
+    assert any("left in the appliance" in n for n in skipped.notices)
