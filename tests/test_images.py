@@ -207,3 +207,22 @@ def test_no_engine_carries_on_unless_required(
         )
     )
     assert any("left in the appliance" in n for n in skipped.notices)
+
+
+def test_appliance_with_images_rebuilds_byte_identical(image_appliance: Path, tmp_path: Path) -> None:
+    from chiron.rebuild import rebuild
+
+    spec_dir = image_appliance.parent / "s"
+    result = rebuild(image_appliance, tmp_path / "r.pex", base=spec_dir, tool_wheels=None, cache_dir=tmp_path / "c")
+    assert result.identical, result.differences
+
+
+def test_build_from_an_oci_layout(local_images, keys: Path, index, tool_wheels: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    layout = tmp_path / "layout"
+    subprocess.run(["skopeo", "copy", "--quiet", f"docker-daemon:{BASE}", f"oci:{layout}:{BASE}"], check=True)
+    images = f'[[images]]\nref = "{BASE}"\nsource = "oci"\npath = "{layout}"\n'
+    out = do_build(
+        _spec(tmp_path / "s", keys, index.url, images), tmp_path / "oci.pex", tool_wheels, tmp_path / "cache"
+    ).output
+    assert verify(out).ok
+    assert [i["ref"] for i in inspect_archive(out)["images"]] == [BASE]

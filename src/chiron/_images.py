@@ -108,6 +108,17 @@ def fetch(images: list[ImageRef], layout: Path, pinned: dict[str, str] | None = 
     return packed
 
 
+def from_layout(layout: Path, recorded: list[dict[str, Any]]) -> list[PackedImage]:
+    """Images already in an OCI layout (e.g. unpacked from an appliance for a rebuild), as recorded."""
+    check_layout(layout)
+    packed = []
+    for entry in recorded:
+        image = PackedImage(ref=entry["ref"], source_digest=entry["digest"], manifests=dict(entry["manifests"]))
+        image.layers, image.size = _layers(layout, image)
+        packed.append(image)
+    return packed
+
+
 def _has_tag(ref: str) -> bool:
     return ":" in ref.rsplit("/", 1)[-1]
 

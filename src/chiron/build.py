@@ -50,6 +50,7 @@ class BuildOptions:
     lock_file: Path | None = None  # instead of python.lock / resolving
     files_dir: Path | None = None  # [[files]] sources as files_dir/DEST
     tool_zip: Path | None = None  # an already normalized tool zip, instead of building one
+    images: tuple[Path, list[dict[str, Any]]] | None = None  # an OCI layout and its recorded images
 
 
 @dataclass
@@ -169,7 +170,11 @@ def build(opts: BuildOptions) -> BuildResult:
                 tool_zip, tool_members = _tool_zip(opts, zip_time, tmp)
             layout = tmp / "oci"
             with _telemetry.span("chiron.build.images", images=len(spec.images)):
-                images = _images.fetch(spec.images, layout)
+                if opts.images is not None:
+                    layout, recorded = opts.images
+                    images = _images.from_layout(layout, recorded)
+                else:
+                    images = _images.fetch(spec.images, layout)
             manifest = {
                 "format": FORMAT,
                 "name": spec.appliance.name,

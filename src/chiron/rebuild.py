@@ -90,6 +90,16 @@ def rebuild(
                     dest = cache / "sha256" / digest[:2] / digest
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     _copy(archive, m.offset, m.length, dest)
+        layout_dir = ws / "oci"
+        images = None
+        if manifest.get("images"):
+            # The archive's own OCI layout: blobs as packed; index.json as chiron wrote it.
+            for m in layout.members:
+                if m.name.startswith("images/"):
+                    dest = layout_dir / m.name.removeprefix("images/")
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    _copy(archive, m.offset, m.length, dest)
+            images = (layout_dir, list(manifest["images"]))
         tool = ws / "tool.zip"
         offset, length = layout.regions()[TOOL_TARGET]
         _copy(archive, offset, length, tool)
@@ -110,6 +120,7 @@ def rebuild(
                 lock_file=lock,
                 files_dir=files,
                 tool_zip=tool,
+                images=images,
             )
         )
     result = RebuildReport(original=str(archive), rebuilt=str(output))
