@@ -422,3 +422,10 @@ def out_rebuild(capsys: pytest.CaptureFixture[str], appliance: Path, good_spec: 
     )
     assert same[1] == 0 and same[2]["identical"] is True
     return [same]
+
+
+@pytest.fixture()
+def out_diff(capsys: pytest.CaptureFixture[str], appliance: Path) -> list[Output]:
+    same = run(capsys, ["diff", str(appliance), str(appliance), "--json"])
+    assert same[1] == 0 and same[2]["packages"]["changed"] == []
+    return [same]

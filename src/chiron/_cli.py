@@ -277,6 +277,20 @@ def rebuild(
 
 
 @app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="The older appliance.")],
+    new: Annotated[Path, typer.Argument(help="The newer appliance.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """What changed: packages added, removed, upgraded (versions, sizes, licences) and images."""
+    from chiron.diff import diff as run_diff
+    from chiron.diff import render
+
+    result = run_diff(old, new)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else render(result))
+
+
+@app.command()
 def lock(
     spec: Annotated[Path, typer.Argument(help="The appliance spec.")] = Path("bundle/appliance.toml"),
     output: Annotated[
