@@ -226,3 +226,33 @@ def test_build_from_an_oci_layout(local_images, keys: Path, index, tool_wheels: 
     ).output
     assert verify(out).ok
     assert [i["ref"] for i in inspect_archive(out)["images"]] == [BASE]
+
+
+def test_missing_platform_is_refused_not_mislabelled(
+    registry: str, keys: Path, index, tool_wheels: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from chiron.errors import ArtifactError
+
+    images = f'[[images]]\nref = "{registry}/busybox:1"\nplatforms = ["linux/arm64"]\n'
+    with pytest.raises(ArtifactError, match=r"has no linux/arm64 variant \(the source provides linux/amd64\)"):
+        do_build(_spec(tmp_path / "s", keys, index.url, images), tmp_path / "x.pex", tool_wheels, tmp_path / "c")
+    assert not (tmp_path / "x.pex").exists()
+
+
+def test_ref_pinned_by_digest(
+    image_appliance: Path, registry: str, keys: Path, index, tool_wheels: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    digest = {i["ref"]: i["digest"] for i in inspect_archive(image_appliance)["images"]}[f"{registry}/busybox:1"]
+    images = f'[[images]]\nref = "{registry}/busybox@{digest}"\n'
+    out = do_build(
+        _spec(tmp_path / "s", keys, index.url, images), tmp_path / "d.pex", tool_wheels, tmp_path / "c"
+    ).output
+    (image,) = inspect_archive(out)["images"]
+    assert image["digest"] == digest and verify(out).ok
+
+
+def test_only_exact_loopback_hosts_skip_tls() -> None:
+    from chiron._images import _is_loopback
+
+    assert _is_loopback("127.0.0.1:5000/x:1") and _is_loopback("localhost/x") and _is_loopback("[::1]:5000/x")
+    assert not _is_loopback("127.0.0.10:5000/x") and not _is_loopback("localhost.example.com/x")

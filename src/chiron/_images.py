@@ -15,14 +15,13 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chiron import _proc
-from chiron.errors import ArtifactError, EnvironmentProblem, UsageError
+from chiron.errors import ArtifactError, EnvironmentProblem, UsageError, VerificationError
 from chiron.models import ImageRef
 
 PREFIX = "images/"
@@ -37,6 +36,7 @@ class PackedImage:
     manifests: dict[str, str]  # platform -> stored OCI manifest digest
     size: int = 0
     layers: list[str] = field(default_factory=list)
+    sizes: list[tuple[str, int]] = field(default_factory=list)  # (digest, bytes) of each stored blob
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,7 +49,11 @@ class PackedImage:
 
 
 def _is_loopback(ref: str) -> bool:
-    return ref.startswith(("127.0.0.1", "localhost", "[::1]"))
+    """Whether the ref's registry host is exactly a loopback name (plain http is allowed there)."""
+    host = ref.split("/", 1)[0]
+    if host.startswith("["):
+        return host.split("]", 1)[0] == "[::1"
+    return host.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
 
 
 def _source(image: ImageRef) -> tuple[str, list[str]]:
@@ -82,7 +86,9 @@ def fetch(images: list[ImageRef], layout: Path, pinned: dict[str, str] | None = 
     for image in images:
         src, flags = _source(image)
         digest = (pinned or {}).get(image.ref)
-        if image.source == "registry":
+        if "@sha256:" in image.ref:
+            digest = image.ref.split("@", 1)[1]  # already pinned by the spec
+        elif image.source == "registry":
             if digest is None:
                 raw = _proc.run(
                     skopeo, ["inspect", "--raw", *_inspect_flags(flags), src], what=f"resolving {image.ref}"
@@ -99,6 +105,13 @@ def fetch(images: list[ImageRef], layout: Path, pinned: dict[str, str] | None = 
                 args = ["--override-os", os_, "--override-arch", arch, *args]
             _proc.run(skopeo, args, what=f"fetching image {image.ref} ({platform})", timeout=3600)
             result.manifests[platform] = _manifest_for(layout, name)
+            got = _platform_of(layout, result.manifests[platform])
+            if got != platform:
+                # skopeo falls back to the only image a single-platform source has: refuse, don't mislabel.
+                raise ArtifactError(
+                    f"image {image.ref}: has no {platform} variant (the source provides {got})",
+                    hint="list only platforms the image is built for in [[images]].platforms",
+                )
         packed.append(result)
     check_layout(layout)
     for p in packed:
@@ -117,6 +130,12 @@ def from_layout(layout: Path, recorded: list[dict[str, Any]]) -> list[PackedImag
         image.layers, image.size = _layers(layout, image)
         packed.append(image)
     return packed
+
+
+def _platform_of(layout: Path, manifest_digest: str) -> str:
+    manifest = json.loads(_blob(layout, manifest_digest).read_bytes())
+    config = json.loads(_blob(layout, manifest["config"]["digest"]).read_bytes())
+    return f"{config.get('os', '?')}/{config.get('architecture', '?')}"
 
 
 def _has_tag(ref: str) -> bool:
@@ -169,7 +188,8 @@ def _layers(layout: Path, image: PackedImage) -> tuple[list[str], int]:
         manifest = json.loads(_blob(layout, manifest_digest).read_bytes())
         digests += [manifest_digest, manifest["config"]["digest"], *(d["digest"] for d in manifest["layers"])]
     unique = list(dict.fromkeys(digests))
-    return unique, sum(_blob(layout, d).stat().st_size for d in unique)
+    image.sizes = [(d, _blob(layout, d).stat().st_size) for d in unique]
+    return unique, sum(s for _d, s in image.sizes)
 
 
 def canonical_index(images: list[PackedImage]) -> bytes:
@@ -182,6 +202,7 @@ def canonical_index(images: list[PackedImage]) -> bytes:
                 {
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "digest": digest,
+                    "size": next(s for d, s in image.sizes if d == digest),
                     "platform": {"os": os_, "architecture": arch},
                     "annotations": {REF_ANNOTATION: image.ref},
                 }
@@ -215,8 +236,10 @@ def docker_archive(read: Any, manifest_digest: str, ref: str) -> tuple[bytes, st
         name = f"{d['digest'].partition(':')[2]}/layer.tar"
         files[name] = read(f"{PREFIX}blobs/sha256/{d['digest'].partition(':')[2]}")
         layers.append(name)
+    # The Engine takes name:tag here; an image pinned only by digest is loaded by its ID, untagged.
+    tags = [ref] if "@" not in ref and _has_tag(ref) else ([f"{ref}:latest"] if "@" not in ref else [])
     files["manifest.json"] = json.dumps(
-        [{"Config": f"{config.partition(':')[2]}.json", "RepoTags": [ref], "Layers": layers}]
+        [{"Config": f"{config.partition(':')[2]}.json", "RepoTags": tags, "Layers": layers}]
     ).encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -247,12 +270,13 @@ def load_into_engine(read: Any, images: list[dict[str, Any]], platform: str) -> 
         if digest is None:
             raise EnvironmentProblem(f"image {image['ref']}: no manifest for this host's platform {platform}")
         data, config = docker_archive(read, digest, image["ref"])
-        with tempfile.TemporaryFile() as f:
-            f.write(data)
-            f.seek(0)
-            result = client.images.load(f)
+        try:
+            result = client.images.load(data)
+        except Exception as exc:  # the SDK's APIError / ImageLoadError: the engine refused it
+            raise EnvironmentProblem(f"image {image['ref']}: the Docker Engine refused to load it: {exc}") from None
         ids = {i.id for i in result}
         if config not in ids:
-            raise ArtifactError(f"image {image['ref']}: the Engine loaded {sorted(ids)}, expected {config}")
+            # Integrity, not environment: never downgraded to a notice.
+            raise VerificationError([f"image {image['ref']}: the Engine loaded {sorted(ids)}, expected {config}"])
         loaded.append(image["ref"])
     return loaded

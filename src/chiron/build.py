@@ -174,7 +174,13 @@ def build(opts: BuildOptions) -> BuildResult:
                     layout, recorded = opts.images
                     images = _images.from_layout(layout, recorded)
                 else:
-                    images = _images.fetch(spec.images, layout)
+                    refs = [
+                        i.model_copy(update={"path": str(loaded.resolve_path(i.path, f"images[{n}].path"))})
+                        if i.path
+                        else i
+                        for n, i in enumerate(spec.images)
+                    ]
+                    images = _images.fetch(refs, layout)
             manifest = {
                 "format": FORMAT,
                 "name": spec.appliance.name,

@@ -7,6 +7,7 @@ import shutil
 import socket
 import stat
 import sys
+import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +86,7 @@ class _Light:
     manifest: dict[str, Any]
     lengths: dict[str, int]
     lock_text: str
+    images_required: bool = False
 
 
 def _light_report(archive: Path) -> _Light:
@@ -102,7 +104,12 @@ def _light_report(archive: Path) -> _Light:
 
         manifest = json.loads(read("appliance.json")) if "appliance.json" in regions else {}
         lock_text = read("lock/pylock.toml").decode() if "lock/pylock.toml" in regions else ""
-    return _Light(manifest, {n: r[1] for n, r in regions.items()}, lock_text)
+        try:
+            spec = tomllib.loads(read("spec/appliance.toml").decode()) if "spec/appliance.toml" in regions else {}
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            spec = {}
+    required = bool(spec.get("host", {}).get("images_required", False))
+    return _Light(manifest, {n: r[1] for n, r in regions.items()}, lock_text, required)
 
 
 def _environment_check(archive: Path, light: _Light) -> Check:
@@ -150,8 +157,10 @@ def _images_check(light: _Light) -> Check:
             return Check(
                 "images",
                 False,
-                f"{len(images)} image(s), but no Docker Engine at {path}: {exc.strerror}",
+                f"{len(images)} image(s), but no Docker Engine at {path}: {exc.strerror}"
+                + ("" if light.images_required else " (images are optional: the Python release installs anyway)"),
                 "start dockerd so the images can be loaded",
+                severity="error" if light.images_required else "warning",
             )
     return Check("images", True, f"{len(images)} image(s); DOCKER_HOST={host} (not probed)", severity="warning")
 
