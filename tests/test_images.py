@@ -256,3 +256,28 @@ def test_only_exact_loopback_hosts_skip_tls() -> None:
 
     assert _is_loopback("127.0.0.1:5000/x:1") and _is_loopback("localhost/x") and _is_loopback("[::1]:5000/x")
     assert not _is_loopback("127.0.0.10:5000/x") and not _is_loopback("localhost.example.com/x")
+
+
+def test_install_pushes_images_into_an_enclave_registry(
+    image_appliance: Path, registry: str, keys: Path, tmp_path: Path
+) -> None:
+    # The same loopback registry stands in for the enclave one; the images go under another name.
+    result = host.install(
+        host.InstallOptions(
+            archive=image_appliance,
+            prefix=tmp_path / "p",
+            root_file=keys / "1.root.json",
+            images="push",
+            registry=f"{registry}/enclave",
+        )
+    )
+    assert any("pushed 2 image(s)" in n for n in result.notices), result.notices
+    stored = {i["ref"]: i["manifests"]["linux/amd64"] for i in inspect_archive(image_appliance)["images"]}
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry}/enclave/app:1"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    import hashlib
+
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == stored[f"{registry}/app:1"]

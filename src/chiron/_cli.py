@@ -333,7 +333,8 @@ PrefixOpt = Annotated[Path, typer.Option("--prefix", help="Where releases live (
 StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Host state (default: PREFIX/state).")]
 WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for another operation's lock.")]
 InstallerOpt = Annotated[str, typer.Option("--installer", help="auto (uv if present, else pip), uv or pip.")]
-ImagesOpt = Annotated[str, typer.Option("--images", help="load (into the Docker Engine) or skip.")]
+ImagesOpt = Annotated[str, typer.Option("--images", help="load (into the Docker Engine), push (--registry) or skip.")]
+RegistryOpt = Annotated[str | None, typer.Option("--registry", help="Enclave registry HOST[:PORT] for --images push.")]
 
 
 def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> Any:
@@ -342,8 +343,8 @@ def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> A
 
     if kw.get("installer") not in ("auto", "uv", "pip"):
         raise UsageError(f"--installer: '{kw.get('installer')}' is not auto, uv or pip")
-    if kw.get("images", "load") not in ("load", "skip"):
-        raise UsageError(f"--images: '{kw.get('images')}' is not load or skip")
+    if kw.get("images", "load") not in ("load", "push", "skip"):
+        raise UsageError(f"--images: '{kw.get('images')}' is not load, push or skip")
     return InstallOptions(archive=_archive_arg(archive, command).absolute(), prefix=prefix, **kw)
 
 
@@ -371,6 +372,7 @@ def install(
     root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of the trusted root.")] = None,
     installer: InstallerOpt = "auto",
     images: ImagesOpt = "load",
+    registry: RegistryOpt = None,
     wait: WaitOpt = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -386,6 +388,7 @@ def install(
         root_sha256=root_sha256,
         installer=installer,
         images=images,
+        registry=registry,
         wait=wait,
         show_progress=not as_json,
     )
@@ -402,6 +405,7 @@ def upgrade(
     ] = False,
     installer: InstallerOpt = "auto",
     images: ImagesOpt = "load",
+    registry: RegistryOpt = None,
     wait: WaitOpt = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -409,7 +413,7 @@ def upgrade(
     from chiron.host import upgrade as run_upgrade
 
     target = _archive_arg(archive, "upgrade").absolute()
-    _hand_over_to_installed(prefix, target, state_dir, allow_downgrade, installer, wait, as_json, images)
+    _hand_over_to_installed(prefix, target, state_dir, allow_downgrade, installer, wait, as_json, images, registry)
     opts = _host_opts(
         archive,
         "upgrade",
@@ -418,6 +422,7 @@ def upgrade(
         allow_downgrade=allow_downgrade,
         installer=installer,
         images=images,
+        registry=registry,
         wait=wait,
         show_progress=not as_json,
     )
@@ -433,6 +438,7 @@ def _hand_over_to_installed(
     wait: float,
     js: bool,
     images: str = "load",
+    registry: str | None = None,
 ) -> None:
     """Run the upgrade with the INSTALLED tool when invoked from another archive (``./new.pex upgrade``):
     a new archive's own code must not be what decides to trust it."""
@@ -453,7 +459,7 @@ def _hand_over_to_installed(
     ]
     argv += ["--state-dir", str(state_dir)] if state_dir else []
     argv += ["--allow-downgrade"] if allow_downgrade else []
-    argv += ["--images", images]
+    argv += ["--images", images] + (["--registry", registry] if registry else [])
     argv += ["--json"] if js else []
     sys.stdout.flush()
     sys.stderr.flush()

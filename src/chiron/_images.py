@@ -15,6 +15,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +249,64 @@ def docker_archive(read: Any, manifest_digest: str, ref: str) -> tuple[bytes, st
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue(), config
+
+
+def _repository(ref: str) -> str:
+    """The repository path and tag of a ref without its registry host (``team/app:1``)."""
+    first, _, rest = ref.partition("/")
+    has_host = rest and ("." in first or ":" in first or first == "localhost")
+    path = rest if has_host else ref
+    return path if "@" in path or _has_tag(path) else f"{path}:latest"
+
+
+def push_to_registry(read: Any, images: list[dict[str, Any]], platform: str, registry: str) -> list[str]:
+    """Push each image's ``platform`` manifest into an enclave registry (skopeo), checking the digest
+    the registry stored; returns the pushed references."""
+    skopeo = _proc.find_program("skopeo")
+    pushed = []
+    for image in images:
+        digest = image["manifests"].get(platform)
+        if digest is None:
+            raise EnvironmentProblem(f"image {image['ref']}: no manifest for platform {platform}")
+        with tempfile.TemporaryDirectory(prefix="chiron-push-") as tmp_s:
+            layout = Path(tmp_s)
+            (layout / "oci-layout").write_bytes(read(PREFIX + "oci-layout"))
+            blobs = layout / "blobs" / "sha256"
+            blobs.mkdir(parents=True)
+            manifest_bytes = read(f"{PREFIX}blobs/sha256/{digest.partition(':')[2]}")
+            manifest = json.loads(manifest_bytes)
+            for d in [digest, manifest["config"]["digest"], *(x["digest"] for x in manifest["layers"])]:
+                hexdigest = d.partition(":")[2]
+                (blobs / hexdigest).write_bytes(read(f"{PREFIX}blobs/sha256/{hexdigest}"))
+            entry = {
+                "mediaType": manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json"),
+                "digest": digest,
+                "size": len(manifest_bytes),
+                "annotations": {REF_ANNOTATION: "image"},
+            }
+            (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+            target = f"{registry.rstrip('/')}/{_repository(image['ref'])}"
+            flags = ["--dest-tls-verify=false"] if _is_loopback(registry) else []
+            digest_file = layout / "pushed.digest"
+            _proc.run(
+                skopeo,
+                [
+                    "copy",
+                    "--quiet",
+                    "--preserve-digests",
+                    *flags,
+                    "--digestfile",
+                    str(digest_file),
+                    f"oci:{layout}:image",
+                    f"docker://{target}",
+                ],
+                what=f"pushing {image['ref']}",
+            )
+            got = digest_file.read_text().strip()
+            if got != digest:
+                raise VerificationError([f"image {image['ref']}: the registry stored {got}, expected {digest}"])
+        pushed.append(target)
+    return pushed
 
 
 def load_into_engine(read: Any, images: list[dict[str, Any]], platform: str) -> list[str]:

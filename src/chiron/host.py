@@ -399,7 +399,8 @@ class InstallOptions:
     root_sha256: str | None = None
     allow_downgrade: bool = False
     installer: str = "auto"
-    images: str = "load"  # load into the Docker Engine, or skip (leave them in the appliance)
+    images: str = "load"  # load into the Docker Engine, push into ``registry``, or skip
+    registry: str | None = None  # for images = "push": the enclave registry (host[:port])
     wait: float = 0.0
     show_progress: bool = False
 
@@ -628,8 +629,18 @@ def _load_images(opts: InstallOptions, report: VerifyReport, hostspec: HostSecti
     from chiron import _images
 
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+    def read(name: str) -> bytes:  # every blob is re-hashed against the trusted targets as it is read
+        return _member(opts.archive, report, name)
+
     try:
-        loaded = _images.load_into_engine(lambda name: _member(opts.archive, report, name), images, f"linux/{arch}")
+        if opts.images == "push":
+            if not opts.registry:
+                raise UsageError("--images push needs --registry HOST[:PORT]")
+            pushed = _images.push_to_registry(read, images, f"linux/{arch}", opts.registry)
+            notices.append(f"pushed {len(pushed)} image(s) to {opts.registry}: {', '.join(pushed)}")
+            return
+        loaded = _images.load_into_engine(read, images, f"linux/{arch}")
     except EnvironmentProblem as exc:
         if hostspec.images_required:
             raise
