@@ -63,11 +63,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def registry(local_images, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def _start_registry(tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """Debian's docker-registry on a free loopback port, storing under ``tmp``."""
     if shutil.which("docker-registry") is None:
         pytest.skip("NO docker-registry: .ci/run installs the docker-registry package")
-    tmp = tmp_path_factory.mktemp("registry")
     port = _free_port()
     config = tmp / "config.yml"
     config.write_text(
@@ -83,7 +82,12 @@ def registry(local_images, tmp_path_factory: pytest.TempPathFactory):  # type: i
             break
         except OSError:
             time.sleep(0.1)
-    address = f"127.0.0.1:{port}"
+    return f"127.0.0.1:{port}", proc
+
+
+@pytest.fixture(scope="session")
+def registry(local_images, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    address, proc = _start_registry(tmp_path_factory.mktemp("registry"))
     for ref in local_images:
         subprocess.run(
             [
@@ -96,6 +100,15 @@ def registry(local_images, tmp_path_factory: pytest.TempPathFactory):  # type: i
             ],
             check=True,
         )
+    yield address
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def enclave_registry(engine, tmp_path: Path):  # type: ignore[no-untyped-def]
+    (tmp_path / "enclave").mkdir()
+    address, proc = _start_registry(tmp_path / "enclave")
     yield address
     proc.terminate()
     proc.wait(timeout=10)
@@ -258,26 +271,47 @@ def test_only_exact_loopback_hosts_skip_tls() -> None:
     assert not _is_loopback("127.0.0.10:5000/x") and not _is_loopback("localhost.example.com/x")
 
 
-def test_install_pushes_images_into_an_enclave_registry(
-    image_appliance: Path, registry: str, keys: Path, tmp_path: Path
-) -> None:
-    # The same loopback registry stands in for the enclave one; the images go under another name.
+def test_install_pushes_images_into_a_second_registry(
+    image_appliance: Path, registry: str, enclave_registry: str, engine, keys: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
     result = host.install(
         host.InstallOptions(
             archive=image_appliance,
             prefix=tmp_path / "p",
             root_file=keys / "1.root.json",
             images="push",
-            registry=f"{registry}/enclave",
+            registry=enclave_registry,
         )
     )
     assert any("pushed 2 image(s)" in n for n in result.notices), result.notices
     stored = {i["ref"]: i["manifests"]["linux/amd64"] for i in inspect_archive(image_appliance)["images"]}
     raw = subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry}/enclave/app:1"],
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{enclave_registry}/app:1"],
         capture_output=True,
         check=True,
     ).stdout
-    import hashlib
-
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == stored[f"{registry}/app:1"]
+    # Pulled back with the docker CLI (the Engine treats loopback registries as plain http) and run.
+    pulled = f"{enclave_registry}/app:1"
+    subprocess.run(["docker", "pull", "-q", pulled], check=True, capture_output=True, timeout=120)
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--network", "host", pulled], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "hello from an air-gapped container"
+
+
+def test_layout_in_the_appliance_is_read_by_skopeo(image_appliance: Path, registry: str, tmp_path: Path) -> None:
+    layout = read_layout(image_appliance)
+    data = image_appliance.read_bytes()
+    out = tmp_path / "layout"
+    for m in layout.members:
+        if m.name.startswith("images/"):
+            dest = out / m.name.removeprefix("images/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data[m.offset : m.offset + m.length])
+    info = subprocess.run(
+        ["skopeo", "inspect", f"oci:{out}:{registry}/app:1"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(info.stdout)["Architecture"] == "amd64"
