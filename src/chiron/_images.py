@@ -33,7 +33,7 @@ _INDEX = "application/vnd.oci.image.index.v1+json"
 @dataclass
 class PackedImage:
     ref: str
-    source_digest: str  # what the source served for the ref (pinned in the lock)
+    source_digest: str  # what the source served for the ref (recorded in appliance.json)
     manifests: dict[str, str]  # platform -> stored OCI manifest digest
     size: int = 0
     layers: list[str] = field(default_factory=list)
@@ -78,7 +78,7 @@ def _source(image: ImageRef) -> tuple[str, list[str]]:
     return f"{kind}:{path}:{image.ref}" if kind == "oci" else f"{kind}:{path}", flags
 
 
-def fetch(images: list[ImageRef], layout: Path, pinned: dict[str, str] | None = None) -> list[PackedImage]:
+def fetch(images: list[ImageRef], layout: Path) -> list[PackedImage]:
     """Copy every image (each requested platform) into the OCI layout ``layout``; re-check it all."""
     if not images:
         return []
@@ -86,7 +86,7 @@ def fetch(images: list[ImageRef], layout: Path, pinned: dict[str, str] | None = 
     packed: list[PackedImage] = []
     for image in images:
         src, flags = _source(image)
-        digest = (pinned or {}).get(image.ref)
+        digest: str | None = None
         if "@sha256:" in image.ref:
             digest = image.ref.split("@", 1)[1]  # already pinned by the spec
         elif image.source == "registry":

@@ -239,7 +239,6 @@ class ArchiveFetcher(FetcherInterface):
     def __init__(self, path: Path, regions: Mapping[str, tuple[int, int]]) -> None:
         self._path = path
         self._regions = regions
-        self.served: list[str] = []
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(self.BASE):
@@ -248,7 +247,6 @@ class ArchiveFetcher(FetcherInterface):
         region = self._regions.get(name)
         if region is None:
             raise DownloadHTTPError(f"{name}: not in this archive", 404)
-        self.served.append(name)
         return self._chunks(*region)
 
     def _chunks(self, offset: int, length: int) -> Iterator[bytes]:

@@ -36,7 +36,7 @@ from typing import Any
 from chiron import __version__, _audit, _lock, _proc, _telemetry
 from chiron._archive import CHUNK, TOOL_TARGET, fsync_dir, read_layout
 from chiron._trust import write_atomic
-from chiron.errors import ChironError, EnvironmentProblem, ExitCode, Refused, UsageError, VerificationError
+from chiron.errors import ChironError, EnvironmentProblem, Refused, UsageError, VerificationError
 from chiron.models import HostSection, TargetEnvironment
 from chiron.verify import TRUSTED_FILES, HostTrust, VerifyReport, verify
 
@@ -976,7 +976,3 @@ def status(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
         "last_operations": ops,
         "chiron_version": __version__,
     }
-
-
-def exit_code_for(exc: BaseException) -> int:
-    return int(exc.exit_code) if isinstance(exc, ChironError) else int(ExitCode.ENVIRONMENT)
