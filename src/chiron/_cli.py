@@ -345,6 +345,8 @@ def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> A
         raise UsageError(f"--installer: '{kw.get('installer')}' is not auto, uv or pip")
     if kw.get("images", "load") not in ("load", "push", "skip"):
         raise UsageError(f"--images: '{kw.get('images')}' is not load, push or skip")
+    if (kw.get("images") == "push") != bool(kw.get("registry")):
+        raise UsageError("--images push and --registry HOST[:PORT][/PREFIX] go together")
     return InstallOptions(archive=_archive_arg(archive, command).absolute(), prefix=prefix, **kw)
 
 

@@ -285,7 +285,10 @@ def push_to_registry(read: Any, images: list[dict[str, Any]], platform: str, reg
                 "annotations": {REF_ANNOTATION: "image"},
             }
             (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
-            target = f"{registry.rstrip('/')}/{_repository(image['ref'])}"
+            repository = _repository(image["ref"])
+            if "@" in repository:  # pinned by the source's digest: address the manifest actually pushed
+                repository = f"{repository.split('@', 1)[0]}@{digest}"
+            target = f"{registry.rstrip('/')}/{repository}"
             flags = ["--dest-tls-verify=false"] if _is_loopback(registry) else []
             digest_file = layout / "pushed.digest"
             _proc.run(
@@ -301,6 +304,7 @@ def push_to_registry(read: Any, images: list[dict[str, Any]], platform: str, reg
                     f"docker://{target}",
                 ],
                 what=f"pushing {image['ref']}",
+                timeout=3600,
             )
             got = digest_file.read_text().strip()
             if got != digest:

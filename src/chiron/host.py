@@ -644,7 +644,8 @@ def _load_images(opts: InstallOptions, report: VerifyReport, hostspec: HostSecti
     except EnvironmentProblem as exc:
         if hostspec.images_required:
             raise
-        notices.append(f"images not loaded: {exc.diagnostics()}; the Python release is installed anyway")
+        verb = "pushed" if opts.images == "push" else "loaded"
+        notices.append(f"images not {verb}: {exc.diagnostics()}; the Python release is installed anyway")
         return
     notices.append(f"loaded {len(loaded)} image(s) into the Docker Engine: {', '.join(loaded)}")
 
