@@ -256,17 +256,17 @@ class ApplianceSpec(_Strict):
     @field_validator("files")
     @classmethod
     def _unique_files(cls, v: list[ExtraFile]) -> list[ExtraFile]:
-        dests = [f.dest for f in v]
-        dupes = sorted({d for d in dests if dests.count(d) > 1})
-        if dupes:
-            raise ValueError(f"dest used twice: {', '.join(dupes)}")
+        _no_duplicates([f.dest for f in v], "dest")
         return v
 
     @field_validator("environments")
     @classmethod
     def _unique_envs(cls, v: list[TargetEnvironment]) -> list[TargetEnvironment]:
-        names = [e.name for e in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"environment name(s) used twice: {', '.join(dupes)}")
+        _no_duplicates([e.name for e in v], "environment name(s)")
         return v
+
+
+def _no_duplicates(values: list[str], what: str) -> None:
+    dupes = sorted({x for x in values if values.count(x) > 1})
+    if dupes:
+        raise ValueError(f"{what} used twice: {', '.join(dupes)}")
