@@ -74,6 +74,13 @@ def new_root_dir(
     return d
 
 
+def signed_root(tmp: Path, keys: Path, targets_keyfile: Path) -> Path:
+    """Root v1 naming the given public key as the targets key, signed by the dev root key."""
+    root_dir = new_root_dir(tmp, keys, targets=[str(targets_keyfile)])
+    assert run(["sign", str(root_dir / "1.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    return root_dir
+
+
 @pytest.fixture()
 def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, Path]:
     if not SOFTHSM.exists() or shutil.which("pkcs11-tool") is None:
@@ -120,8 +127,7 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, 
 
 def test_hsm_held_targets_key(softhsm, keys: Path, index, tool_wheels: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     uri, keyid, keyfile = softhsm
-    root_dir = new_root_dir(tmp_path, keys, targets=[str(keyfile)])
-    assert run(["sign", str(root_dir / "1.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    root_dir = signed_root(tmp_path, keys, keyfile)
     spec = spec_for(
         tmp_path / "s",
         keys,
@@ -168,8 +174,7 @@ def test_hsm_wrong_pin_is_a_clear_error(
     softhsm, keys: Path, index, tool_wheels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     uri, keyid, keyfile = softhsm
-    root_dir = new_root_dir(tmp_path, keys, targets=[str(keyfile)])
-    assert run(["sign", str(root_dir / "1.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    root_dir = signed_root(tmp_path, keys, keyfile)
     spec = spec_for(
         tmp_path / "s",
         keys,
@@ -288,8 +293,7 @@ def test_encrypted_file2_key(
     assert public is not None
     keyfile = tmp_path / "targets-enc.json"
     keyfile.write_text(json.dumps({"keyid": public.keyid, **public.to_dict()}))
-    root_dir = new_root_dir(tmp_path, keys, targets=[str(keyfile)])
-    assert run(["sign", str(root_dir / "1.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    root_dir = signed_root(tmp_path, keys, keyfile)
     spec = spec_for(
         tmp_path / "s", keys, index.url, root=root_dir, targets=f'{{ uri = "file2:{enc}", secret_env = "TGT_PASS" }}'
     )
@@ -360,8 +364,7 @@ def test_awskms_uri_with_a_test_double_of_the_kms_client(
     public = SSlibKey.from_crypto(kms.key.public_key())
     keyfile = tmp_path / "kms.json"
     keyfile.write_text(json.dumps({"keyid": public.keyid, **public.to_dict()}))
-    root_dir = new_root_dir(tmp_path, keys, targets=[str(keyfile)])
-    assert run(["sign", str(root_dir / "1.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    root_dir = signed_root(tmp_path, keys, keyfile)
     spec = spec_for(
         tmp_path / "s",
         keys,
