@@ -106,6 +106,17 @@ def appliance(
 
 
 @pytest.fixture()
+def seeded(appliance: Path, session_cache: Path):  # type: ignore[no-untyped-def]
+    """Make a new mirror store holding the session's cached tool zip (a pex costs ~10 s to build)."""
+
+    def make(store: Path) -> Path:
+        shutil.copytree(session_cache / "tool", store / "artifacts" / "tool", dirs_exist_ok=True)
+        return store
+
+    return make
+
+
+@pytest.fixture()
 def pex_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "pex-root"
     monkeypatch.setenv("PEX_ROOT", str(root))

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import threading
+import time
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -56,6 +57,12 @@ def make_wheel(
             info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
             z.writestr(info, data)
     return out
+
+
+def _wheel_metadata(wheel: Path) -> bytes:
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        return z.read(name)
 
 
 def _expand(tag: str) -> list[str]:
@@ -111,6 +118,9 @@ class LocalIndex:
         self.directory = directory
         self.requests: Counter[str] = Counter()
         self.override: dict[str, bytes] = {}
+        self.yanked: set[str] = set()  # filenames served with data-yanked (PEP 592)
+        self.slow: dict[str, float] = {}  # filename -> seconds to sleep per 64 KiB sent
+        self.started: set[str] = set()  # filenames whose download has begun
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -128,7 +138,16 @@ class LocalIndex:
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                name = self.path.removeprefix("/files/")
+                delay = index.slow.get(name)
+                if delay is None:
+                    self.wfile.write(body)
+                    return
+                for i in range(0, len(body), 1 << 16):
+                    self.wfile.write(body[i : i + (1 << 16)])
+                    self.wfile.flush()
+                    index.started.add(name)
+                    time.sleep(delay)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -139,7 +158,8 @@ class LocalIndex:
         return f"http://127.0.0.1:{self.server.server_address[1]}/simple"
 
     def file_requests(self) -> int:
-        return sum(n for p, n in self.requests.items() if p.startswith("/files/"))
+        """Artifact downloads (PEP 658 metadata files are index metadata, not artifacts)."""
+        return sum(n for p, n in self.requests.items() if p.startswith("/files/") and not p.endswith(".metadata"))
 
     def _projects(self) -> dict[str, list[Path]]:
         from packaging.utils import canonicalize_name
@@ -153,6 +173,9 @@ class LocalIndex:
         return out
 
     def _serve(self, path: str) -> tuple[bytes | None, str]:
+        if path.startswith("/files/") and path.endswith(".whl.metadata"):
+            wheel = self.directory / path.removeprefix("/files/").removesuffix(".metadata")
+            return (_wheel_metadata(wheel) if wheel.is_file() else None), "text/plain"
         if path.startswith("/files/"):
             name = path.removeprefix("/files/")
             if name in self.override:
@@ -167,10 +190,20 @@ class LocalIndex:
         if project not in projects:
             return None, ""
         links = "".join(
-            f'<a href="/files/{f.name}#sha256={hashlib.sha256(f.read_bytes()).hexdigest()}">{f.name}</a>\n'
+            f'<a href="/files/{f.name}#sha256={hashlib.sha256(f.read_bytes()).hexdigest()}"{self._attrs(f)}>'
+            f"{f.name}</a>\n"
             for f in projects[project]
         )
         return f"<html><body>{links}</body></html>".encode(), "text/html"
+
+    def _attrs(self, f: Path) -> str:
+        """PEP 658 metadata (as PyPI serves it, so resolving downloads no wheel) and PEP 592 yanking."""
+        out = ""
+        if f.suffix == ".whl":
+            out += f' data-core-metadata="sha256={hashlib.sha256(_wheel_metadata(f)).hexdigest()}"'
+        if f.name in self.yanked:
+            out += ' data-yanked="withdrawn by the tests"'
+        return out
 
     def close(self) -> None:
         self.server.shutdown()

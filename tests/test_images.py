@@ -169,6 +169,24 @@ def test_build_from_registry_stores_shared_layers_once(image_appliance: Path, re
     assert all(n in report.targets_meta for n in blobs)
 
 
+def test_sbom_lists_the_images(image_appliance: Path, registry: str) -> None:
+    info = inspect_archive(image_appliance)
+    m = read_layout(image_appliance).member("sbom/cyclonedx.json")
+    assert m is not None
+    doc = json.loads(image_appliance.read_bytes()[m.offset : m.offset + m.length])
+    containers = {c["name"]: c for c in doc["components"] if c["type"] == "container"}
+    assert sorted(containers) == sorted(i["ref"] for i in info["images"])
+    for image in info["images"]:
+        c = containers[image["ref"]]
+        repository = image["ref"].rsplit(":", 1)[0]
+        assert c["version"] == image["digest"] and c["purl"] == c["bom-ref"]
+        assert c["purl"].startswith(f"pkg:oci/{repository.rsplit('/', 1)[1]}@sha256")
+        assert f"repository_url={repository}" in c["purl"] and repository.startswith(registry)
+        manifests = {p["name"].removeprefix("chiron:manifest:"): p["value"] for p in c["properties"]}
+        assert manifests == image["manifests"]
+    assert info["sbom"]["components"] == {"container": 2, "library": 1}
+
+
 def test_tampered_blob_is_rejected(image_appliance: Path, tmp_path: Path) -> None:
     layout = read_layout(image_appliance)
     blob = max((m for m in layout.members if m.name.startswith("images/blobs/")), key=lambda m: m.length)
@@ -315,3 +333,48 @@ def test_layout_in_the_appliance_is_read_by_skopeo(image_appliance: Path, regist
         ["skopeo", "inspect", f"oci:{out}:{registry}/app:1"], capture_output=True, text=True, check=True
     )
     assert json.loads(info.stdout)["Architecture"] == "amd64"
+
+
+def test_mirror_refresh_picks_up_a_moved_tag(
+    registry: str, enclave_registry: str, keys: Path, index, tool_wheels: Path, seeded, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A tag that moves upstream is a change; an unmoved one is not (and its blobs are not fetched again)."""
+    from chiron import mirror
+
+    def push(src: str) -> None:
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{registry}/{src}", f"docker://{enclave_registry}/svc:1"],
+            check=True,
+        )
+
+    def refresh(epoch: int) -> mirror.RefreshResult:
+        opts = mirror.RefreshOptions(
+            store=store, spec=spec, tool_wheels=tool_wheels, source_date_epoch=epoch, show_progress=False
+        )
+        return mirror.refresh(opts)
+
+    push("busybox:1")
+    spec = _spec(tmp_path / "s", keys, index.url, _images_toml([f"{enclave_registry}/svc:1"]))
+    store = seeded(tmp_path / "store")
+    epoch = int(time.time()) - 600
+    first = refresh(epoch)
+
+    def layers() -> dict[str, int]:
+        # skopeo rewrites the small manifest and config on every copy; layers it already has it skips.
+        return {
+            p.name: p.stat().st_mtime_ns
+            for p in (store / "oci" / "blobs" / "sha256").iterdir()
+            if p.stat().st_size > 16384
+        }
+
+    before = layers()
+    assert before and not refresh(epoch + 60).changed
+    assert layers() == before
+
+    push("app:1")  # the tag moves to another image
+    moved = refresh(epoch + 120)
+    assert moved.changed and moved.metadata_version == first.metadata_version + 1
+    changed = moved.changelog["images"]["changed"]  # type: ignore[index]
+    assert [c["ref"] for c in changed] == [f"{enclave_registry}/svc:1"]
+    assert changed[0]["from_digest"] != changed[0]["to_digest"]
+    assert verify(moved.appliance, root_file=keys / "1.root.json").ok  # type: ignore[arg-type]

@@ -35,6 +35,11 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="The host's hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+mirror_app = typer.Typer(
+    help="The mirror store on the connected host: refresh it on a schedule, restore it from an appliance.",
+    no_args_is_help=True,
+)
+app.add_typer(mirror_app, name="mirror")
 
 _state: dict[str, Any] = {"verbose": False, "json": False, "log_format": "human"}
 
@@ -208,13 +213,10 @@ def build(
 
     if fmt not in ("pex", "shiv"):
         raise UsageError(f"--format: '{fmt}' is not pex or shiv")
-    wheels = tool_wheels or (Path(os.environ["CHIRON_TOOL_WHEELS"]) if os.environ.get("CHIRON_TOOL_WHEELS") else None)
-    if wheels is None:
-        raise UsageError("no --tool-wheels given", hint="pass the directory holding chiron's own wheels")
     opts = BuildOptions(
         spec=spec,
         output=output,
-        tool_wheels=wheels,
+        tool_wheels=_tool_wheels(tool_wheels),
         cache_dir=cache_dir or default_cache_dir(),
         tool_format=cast("ToolFormat", fmt),
         source_date_epoch=source_date_epoch,
@@ -729,6 +731,184 @@ def keys_init(
     typer.echo("These keys are for development only: use HSM/KMS keys and a signing ceremony in production.")
 
 
+StoreOpt = Annotated[Path, typer.Option("--store", help="The mirror store directory.")]
+
+
+def _tool_wheels(given: Path | None) -> Path:
+    from chiron.errors import UsageError
+
+    wheels = given or (Path(os.environ["CHIRON_TOOL_WHEELS"]) if os.environ.get("CHIRON_TOOL_WHEELS") else None)
+    if wheels is None:
+        raise UsageError("no --tool-wheels given", hint="pass the directory holding chiron's own wheels")
+    return wheels
+
+
+@mirror_app.command("refresh")
+def mirror_refresh(
+    spec: Annotated[
+        Path | None, typer.Argument(help="The appliance spec (default: the one the store was last refreshed from).")
+    ] = None,
+    store: StoreOpt = Path("mirror"),
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (default: policy.toml beside the spec, if any).")
+    ] = None,
+    delta_from: Annotated[
+        Path | None,
+        typer.Option("--delta-from", help="Also write a delta against this older appliance or host inventory."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Build and sign a new version even if nothing changed.")
+    ] = False,
+    fmt: Annotated[str, typer.Option("--format", help="Tool zip format: pex or shiv.")] = "pex",
+    tool_wheels: Annotated[
+        Path | None, typer.Option(help="Wheels of chiron and its dependencies (default: $CHIRON_TOOL_WHEELS).")
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option("--base", help="Folder the spec's relative paths resolve against.")
+    ] = None,
+    source_date_epoch: Annotated[
+        int | None, typer.Option(help="Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-resolve the spec, fetch only what the store lacks, apply the policy, sign version N+1 if anything
+    changed. Exit 0 built or up to date, 4 policy violation, 3 upstream or disk problem."""
+    from chiron.diff import render
+    from chiron.errors import UsageError
+    from chiron.mirror import RefreshOptions, refresh
+
+    if fmt not in ("pex", "shiv"):
+        raise UsageError(f"--format: '{fmt}' is not pex or shiv")
+    result = refresh(
+        RefreshOptions(
+            store=store,
+            spec=spec,
+            tool_wheels=_tool_wheels(tool_wheels),
+            base_dir=base,
+            tool_format=cast("ToolFormat", fmt),
+            policy=policy,
+            delta_from=delta_from,
+            force=force,
+            source_date_epoch=source_date_epoch,
+            show_progress=not as_json,
+        )
+    )
+    if as_json:
+        _emit(result.as_dict())
+        return
+    if not result.changed:
+        typer.echo(
+            f"up to date: nothing new upstream ({result.downloaded} artifacts downloaded); "
+            f"{result.name} {result.version} metadata version {result.metadata_version} stays the newest: "
+            f"{result.appliance}"
+        )
+        return
+    typer.echo(
+        f"built {result.appliance} ({result.name} {result.version}, metadata version {result.metadata_version}, "
+        f"{result.size} bytes; {result.downloaded} artifacts downloaded, {result.bytes_downloaded} bytes, "
+        f"{result.reused} from the store)"
+    )
+    if result.delta:
+        typer.echo(f"delta: {result.delta} ({result.delta_size} bytes)")
+    if result.changelog:
+        typer.echo(render(result.changelog))
+
+
+@mirror_app.command("restore")
+def mirror_restore(
+    archive: Annotated[Path, typer.Argument(help="The latest appliance (it carries the store's content).")],
+    store: StoreOpt = Path("mirror"),
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="The spec to refresh from (default: the copy the appliance carries).")
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option("--base", help="Folder the spec's relative key paths resolve against.")
+    ] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Trusted root to verify the appliance.")] = None,
+    root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of a trusted root.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild a mirror store from a verified appliance; the next refresh signs version N+1 with the same keys."""
+    from chiron.mirror import restore
+
+    info = restore(archive, store, spec=spec, base=base, root_file=root, root_sha256=root_sha256)
+    if as_json:
+        _emit(info)
+        return
+    for notice in info["notices"]:
+        _log("notice", notice)
+    typer.echo(
+        f"restored {info['store']} from {archive}: {info['name']} {info['version']} metadata version "
+        f"{info['metadata_version']} ({info['wheels']} wheels, {info['image_blobs']} image blobs); "
+        f"the next refresh signs version {info['next_version']} with spec {info['spec']}"
+    )
+    for role, uris in sorted(info["keys"].items()):
+        typer.echo(f"  {role}: {', '.join(uris)}")
+
+
+@mirror_app.command("status")
+def mirror_status(store: StoreOpt = Path("mirror"), as_json: JsonOpt = False) -> None:
+    """What a store holds: versions built, the latest appliance, artifacts on disk."""
+    from chiron.mirror import status as run_status
+
+    info = run_status(store)
+    if as_json:
+        _emit(info)
+        return
+    latest = info["latest"]
+    typer.echo(f"store {info['store']}: {info['name']} (spec {info['spec']})")
+    typer.echo(f"latest: metadata version {latest['metadata_version']}, {latest['version']}, {latest['file']}")
+    typer.echo(f"versions: {', '.join(str(v) for v in info['versions'])}")
+    typer.echo(
+        f"artifacts: {info['artifacts']} ({info['artifact_bytes']} bytes); "
+        f"image blobs: {info['image_blobs']} ({info['image_bytes']} bytes)"
+    )
+
+
+@app.command("delta")
+def make_delta(
+    base: Annotated[Path, typer.Argument(help="What the host already has: an older appliance or an inventory.")],
+    new: Annotated[Path, typer.Argument(help="The new appliance.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write the delta.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a delta holding only what BASE lacks; the host's `upgrade` rebuilds NEW from it and verifies it."""
+    from chiron.delta import make
+
+    out = output or new.with_suffix(".delta")
+    made = make(base, new, out)
+    if as_json:
+        _emit(
+            {
+                "schema": "chiron.delta/1",
+                "output": str(made.path),
+                "size": made.size,
+                "carried_bytes": made.carried,
+                "reused_bytes": made.reused,
+            }
+        )
+    else:
+        typer.echo(f"wrote {made.path}: {made.size} bytes ({made.carried} carried, {made.reused} from the base)")
+
+
+@app.command()
+def inventory(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the inventory to this file.")] = None,
+) -> None:
+    """List what this host holds (by sha256), for a mirror to make a delta that fits it."""
+    from chiron.delta import write_inventory
+    from chiron.host import inventory as run_inventory
+
+    info = run_inventory(prefix, state_dir)
+    if output is None:
+        _emit(info)
+    else:
+        write_inventory(info, output)
+        typer.echo(f"wrote {output}: {len(info['content'])} pieces from {len(info['releases'])} release(s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, print ChironErrors as one line, exit with the documented code."""
     args = sys.argv[1:] if argv is None else argv
@@ -747,6 +927,8 @@ def main(argv: list[str] | None = None) -> None:
             }
             if isinstance(exc, VerificationError):
                 error["problems"] = exc.problems
+            if getattr(exc, "details", None):
+                error["details"] = exc.details  # type: ignore[attr-defined]
             _emit(error)
         _log("error", exc.diagnostics(), exit_code=int(exc.exit_code))
         code = int(exc.exit_code)

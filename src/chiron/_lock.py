@@ -58,6 +58,7 @@ class LockedPackage:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     environments: set[str] = field(default_factory=set)
     marker: str | None = None
+    yanked: bool = False  # known only when resolved (pip's report); a lock file does not record it
 
 
 @dataclass
@@ -258,6 +259,7 @@ def _from_report(
         pkg = packages.setdefault((name, version), LockedPackage(name, version, index_url if "://" in url else None))
         pkg.artifacts.setdefault(filename, art)
         pkg.environments.add(env.name)
+        pkg.yanked = pkg.yanked or bool(item.get("is_yanked"))
         chosen[name] = pkg.artifacts[filename]
     return chosen
 

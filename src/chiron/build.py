@@ -14,7 +14,7 @@ from typing import Any
 
 from tuf.api.metadata import TargetFile
 
-from chiron import __version__, _images, _keys, _lock, _progress, _telemetry, _trust
+from chiron import __version__, _images, _keys, _lock, _progress, _sbom, _telemetry, _trust
 from chiron._archive import (
     FORMAT,
     PIECE,
@@ -31,6 +31,9 @@ from chiron._fetch import ArtifactCache
 from chiron._spec import LoadedSpec, load_spec
 from chiron._tool import ToolFormat, build_tool
 from chiron.errors import ArtifactError, SpecError, UsageError
+from chiron.models import ImageRef
+
+ZIP_TIME: ZipTime = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,14 @@ class BuildResult:
         }
 
 
+def image_refs(loaded: LoadedSpec) -> list[ImageRef]:
+    """The spec's images with OCI-layout paths resolved against the spec's folder."""
+    return [
+        i.model_copy(update={"path": str(loaded.resolve_path(i.path, f"images[{n}].path"))}) if i.path else i
+        for n, i in enumerate(loaded.spec.images)
+    ]
+
+
 def source_date_epoch(explicit: int | None) -> int | None:
     if explicit is not None:
         return explicit
@@ -117,7 +128,7 @@ def build(opts: BuildOptions) -> BuildResult:
     now = _trust.utc_from_epoch(epoch if epoch is not None else int(time.time()))
     # Fixed zip entry times (as pex does): the tool zip then depends only on the tool's wheels, so it
     # is reproducible and cacheable; the build time lives in appliance.json and the metadata.
-    zip_time: ZipTime = (1980, 1, 1, 0, 0, 0)
+    zip_time = ZIP_TIME
 
     with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=spec.appliance.version) as sp:
         root_chain = _trust.load_root_chain(opts.root_chain or loaded.resolve_path(spec.trust.root, "trust.root"))
@@ -167,20 +178,14 @@ def build(opts: BuildOptions) -> BuildResult:
         with tempfile.TemporaryDirectory(prefix="chiron-build-") as tmp_s:
             tmp = Path(tmp_s)
             with _telemetry.span("chiron.build.tool", format=opts.tool_format):
-                tool_zip, tool_members = _tool_zip(opts, zip_time, tmp)
+                tool_zip, tool_members = tool_zip_for(opts, zip_time, tmp)
             layout = tmp / "oci"
             with _telemetry.span("chiron.build.images", images=len(spec.images)):
                 if opts.images is not None:
                     layout, recorded = opts.images
                     images = _images.from_layout(layout, recorded)
                 else:
-                    refs = [
-                        i.model_copy(update={"path": str(loaded.resolve_path(i.path, f"images[{n}].path"))})
-                        if i.path
-                        else i
-                        for n, i in enumerate(spec.images)
-                    ]
-                    images = _images.fetch(refs, layout)
+                    images = _images.fetch(image_refs(loaded), layout)
             manifest = {
                 "format": FORMAT,
                 "name": spec.appliance.name,
@@ -201,7 +206,9 @@ def build(opts: BuildOptions) -> BuildResult:
             written: list[tuple[Written, str]] = []
             writer = ArchiveWriter(opts.output, shebang)
             try:
-                writer_targets(writer, written, manifest, loaded, pylock, lock, tool_members, paths, opts)
+                writer_targets(
+                    writer, written, manifest, loaded, pylock, lock, tool_members, paths, opts, images=images
+                )
                 for name, source in _images.members(layout, images):
                     w = writer.add_bytes(name, source) if isinstance(source, bytes) else writer.add_file(name, source)
                     written.append((w, "image"))
@@ -250,7 +257,7 @@ def build(opts: BuildOptions) -> BuildResult:
     )
 
 
-def _tool_zip(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path, list[dict[str, Any]]]:
+def tool_zip_for(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path, list[dict[str, Any]]]:
     """The normalized tool zip, from the cache when the same wheels, format, shebang and time built it.
 
     Building a pex takes seconds; a warm rebuild or a mirror refresh should not pay it again.
@@ -329,8 +336,11 @@ def writer_targets(
     tool_members: list[dict[str, Any]],
     paths: dict[str, Path],
     opts: BuildOptions,
+    *,
+    images: list[_images.PackedImage],
 ) -> None:
-    """Write every payload member that is a signed target, in a fixed order."""
+    """Write every payload member that is a signed target, in a fixed order (the image layout comes
+    after these; ``images`` is only described here, in the SBOM)."""
     spec = loaded.spec
     written.append((writer.add_bytes("appliance.json", canonical_json(manifest)), "manifest"))
     written.append((writer.add_bytes("spec/appliance.toml", loaded.raw), "spec"))
@@ -338,6 +348,7 @@ def writer_targets(
     for env in spec.environments:
         data = _lock.requirements_txt(lock, env.name)
         written.append((writer.add_bytes(f"lock/requirements-{env.name}.txt", data), "lock"))
+    written.append((writer.add_bytes(_sbom.MEMBER, _sbom.make(manifest, lock, paths, images)), "sbom"))
     written.append((writer.add_bytes(TOOL_MEMBERS_TARGET, canonical_json(tool_members)), "tool-members"))
     total = sum(p.stat().st_size for p in paths.values())
     with _progress.bar(total, "packing wheels", enabled=opts.show_progress) as bar:

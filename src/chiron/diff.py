@@ -3,16 +3,14 @@ upgraded (versions, sizes, licences from each wheel's own metadata) and containe
 
 from __future__ import annotations
 
-import email.parser
-import io
 import os
 import tomllib
-import zipfile
 from pathlib import Path
 from typing import Any
 
+from chiron import _wheelmeta
 from chiron._archive import FormatError, Layout, read_layout
-from chiron.errors import UsageError
+from chiron.errors import ArtifactError, UsageError
 
 
 def _member(path: Path, layout: Layout, name: str) -> bytes:
@@ -21,22 +19,12 @@ def _member(path: Path, layout: Layout, name: str) -> bytes:
         return os.pread(f.fileno(), length, offset)
 
 
-def _licence(wheel: bytes) -> str:
-    """The licence a wheel declares: License-Expression, else License, else the licence classifiers."""
+def _licence(wheel: bytes, where: str) -> str:
+    """The licence a wheel declares, or "" when it cannot be read (diff reports, it does not judge)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(wheel)) as z:
-            name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-            meta = email.parser.BytesParser().parsebytes(z.read(name), headersonly=True)
-    except (zipfile.BadZipFile, StopIteration, KeyError):
+        return _wheelmeta.licence(_wheelmeta.read_metadata(wheel, where))
+    except ArtifactError:
         return ""
-    expression = meta.get("License-Expression") or ""
-    if expression:
-        return str(expression)
-    text = str(meta.get("License") or "").strip()
-    if text and "\n" not in text and len(text) < 80:
-        return text
-    classifiers = [c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
-    return ", ".join(classifiers)
 
 
 def _packages(path: Path, layout: Layout) -> dict[str, dict[str, Any]]:
@@ -51,7 +39,9 @@ def _packages(path: Path, layout: Layout) -> dict[str, dict[str, Any]]:
         out[pkg["name"]] = {
             "version": pkg["version"],
             "size": sum(int(w.get("size") or 0) for w in wheels),
-            "licence": _licence(_member(path, layout, f"wheels/{first}")) if first and first.endswith(".whl") else "",
+            "licence": _licence(_member(path, layout, f"wheels/{first}"), first)
+            if first and first.endswith(".whl")
+            else "",
         }
     return out
 

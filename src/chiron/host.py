@@ -17,7 +17,7 @@ untouched; after it, recovery only completes the bookkeeping. docs/host.md has t
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -33,13 +33,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from chiron import __version__, _audit, _lock, _proc, _telemetry
+from chiron import __version__, _audit, _lock, _lockfile, _proc, _telemetry, delta
 from chiron._archive import CHUNK, TOOL_TARGET, fsync_dir, read_layout
 from chiron._trust import write_atomic
 from chiron.errors import ChironError, EnvironmentProblem, Refused, UsageError, VerificationError
 from chiron.models import HostSection, TargetEnvironment
 from chiron.verify import TRUSTED_FILES, HostTrust, VerifyReport, verify
 
+KEPT_APPLIANCE = "appliance"  # releases/<id>/appliance: the verified file the release was installed from
 STEPS = ("verified", "staged", "venv", "tool", "health", "switched", "committed")
 _EXPIRY_WARNING = timedelta(days=7)
 
@@ -148,26 +149,8 @@ def _digest(path: Path) -> str:
 def _locked(paths: Paths, op: str, wait: float) -> Iterator[None]:
     """Hold the host's exclusive lock; wait up to ``wait`` seconds for another operation to end."""
     paths.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(paths.state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
-                    raise Refused(
-                        f"another chiron operation holds {paths.state / 'lock'} ({holder})",
-                        hint="wait for it to finish, or pass --wait SECONDS",
-                    ) from None
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, {op} since {_iso(_now())}".encode(), 0)
+    with _lockfile.hold(paths.state / "lock", op, wait):
         yield
-    finally:
-        os.close(fd)  # closing releases the flock
 
 
 def _user() -> str:
@@ -443,23 +426,43 @@ def upgrade(opts: InstallOptions) -> HostResult:
             raise UsageError(
                 "upgrade verifies against the host's trusted metadata; --root/--root-sha256 are for install"
             )
-        ref, notices = _reference_time(paths)
-        trust = HostTrust(paths.metadata, reference_time=ref, allow_rollback=opts.allow_downgrade)
-        report = verify(opts.archive, host=trust, show_progress=opts.show_progress)
-        notices += report.notices
-        current = state.releases[state.current]
-        if report.ok and report.trusted and _targets_sha(report) == current.get("targets_sha256"):
-            # Already the live release (e.g. an upgrade re-run after it had switched): nothing to do.
-            audit(paths, "upgrade", "noop", archive=str(opts.archive), release=state.current)
-            result = _result("upgrade", state.current, current, state.previous, 0.0, notices)
-            result.changed = False
-            return result
-        if report.ok:
-            _check_version(paths, opts, report, current)
-        elif report.rollback:
-            audit(paths, "upgrade", "refused", archive=str(opts.archive), reason=report.problems[0])
-            raise Refused(report.problems[0], hint="pass --allow-downgrade to install an older release deliberately")
-        return _apply(paths, opts, "upgrade", report, state, ref, notices)
+        if delta.is_delta(opts.archive):
+            # Rebuild the full appliance from the delta and the appliances kept with the releases;
+            # from here on it is upgraded like any full appliance (verified completely first).
+            rebuilt = paths.staging / "delta" / (opts.archive.name.removesuffix(".delta") + ".pex")
+            sources = [p / KEPT_APPLIANCE for p in sorted(paths.releases.iterdir()) if (p / KEPT_APPLIANCE).is_file()]
+            try:
+                delta.apply(opts.archive, sources, rebuilt)
+            except Refused as exc:
+                audit(paths, "upgrade", "refused", archive=str(opts.archive), reason=exc.message)
+                raise
+            try:
+                return _upgrade(paths, dataclasses.replace(opts, archive=rebuilt), state)
+            finally:
+                rebuilt.unlink(missing_ok=True)  # the new release keeps its own copy
+        return _upgrade(paths, opts, state)
+
+
+def _upgrade(paths: Paths, opts: InstallOptions, state: HostState) -> HostResult:
+    """Upgrade to a full appliance (under the lock, after recovery, with a release installed)."""
+    assert state.current is not None
+    ref, notices = _reference_time(paths)
+    trust = HostTrust(paths.metadata, reference_time=ref, allow_rollback=opts.allow_downgrade)
+    report = verify(opts.archive, host=trust, show_progress=opts.show_progress)
+    notices += report.notices
+    current = state.releases[state.current]
+    if report.ok and report.trusted and _targets_sha(report) == current.get("targets_sha256"):
+        # Already the live release (e.g. an upgrade re-run after it had switched): nothing to do.
+        audit(paths, "upgrade", "noop", archive=str(opts.archive), release=state.current)
+        result = _result("upgrade", state.current, current, state.previous, 0.0, notices)
+        result.changed = False
+        return result
+    if report.ok:
+        _check_version(paths, opts, report, current)
+    elif report.rollback:
+        audit(paths, "upgrade", "refused", archive=str(opts.archive), reason=report.problems[0])
+        raise Refused(report.problems[0], hint="pass --allow-downgrade to install an older release deliberately")
+    return _apply(paths, opts, "upgrade", report, state, ref, notices)
 
 
 def _targets_sha(report: VerifyReport) -> str:
@@ -604,6 +607,8 @@ def _prepare_release(
     _write_json(paths.txn, txn)
     _crash_point("venv")
     _place_tool(opts.archive, report, slot / "bin" / "chiron")
+    # The appliance itself stays with its release: the base that later deltas are rebuilt from.
+    _copy_file(opts.archive, slot / KEPT_APPLIANCE)
     _write_json(slot / "release.json", release)
     _crash_point("tool")
     _health_check(spec.host, slot, sorted(_read_lock(opts.archive, report, [env]).selection[env.name]))
@@ -718,7 +723,7 @@ def _check_space(paths: Paths, archive: Path, report: VerifyReport, env: TargetE
     lock = _read_lock(archive, report, [env])
     wheel_bytes = sum(report.targets_meta[f"wheels/{a.filename}"]["length"] for a in lock.selection[env.name].values())
     tool = report.targets_meta[TOOL_TARGET]["length"]
-    need = space_needed(wheel_bytes, tool)
+    need = space_needed(wheel_bytes, tool) + archive.stat().st_size
     # The release goes under the prefix, the staged wheels under the state directory: they may be on
     # different filesystems, and on the same one they add up.
     needs: dict[int, tuple[Path, int]] = {}
@@ -734,6 +739,13 @@ def _check_space(paths: Paths, archive: Path, report: VerifyReport, env: TargetE
                 f"{free >> 20} MiB are free",
                 hint="free space or choose another --prefix / --state-dir; nothing was changed",
             )
+
+
+def _copy_file(src: Path, dest: Path) -> None:
+    with src.open("rb") as f, dest.open("wb") as out:
+        shutil.copyfileobj(f, out, CHUNK)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _copy_member(archive: Path, name: str, expected: dict[str, Any], dest: Path, prefix: bytes = b"") -> None:
@@ -977,3 +989,22 @@ def status(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
         "last_operations": ops,
         "chiron_version": __version__,
     }
+
+
+def inventory(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
+    """What this host holds, for a delta made to fit it (``chiron inventory``; carried to the mirror)."""
+    paths = Paths.make(prefix, state_dir)
+    state = load_state(paths)
+    if state is None or state.current is None:
+        raise UsageError(f"{paths.prefix}: nothing is installed here")
+    kept = [rid for rid in sorted(state.releases) if (paths.releases / rid / KEPT_APPLIANCE).is_file()]
+    releases = [
+        {
+            "release": rid,
+            "version": state.releases[rid]["version"],
+            "metadata_versions": state.releases[rid].get("metadata_versions", {}),
+        }
+        for rid in kept
+    ]
+    name = str(state.releases[state.current]["name"])
+    return delta.inventory(name, releases, [paths.releases / rid / KEPT_APPLIANCE for rid in kept])

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from chiron import _sbom
 from chiron._archive import METADATA_PREFIX, FormatError, read_layout
 from chiron.errors import UsageError, VerificationError
 
@@ -40,6 +41,8 @@ def inspect_archive(path: Path) -> dict[str, Any]:
                 if n.startswith(METADATA_PREFIX)
             }
             lock = tomllib.loads(read("lock/pylock.toml").decode()) if "lock/pylock.toml" in regions else {}
+            # Archives built before chiron carried an SBOM have none: null, not an error.
+            sbom = _sbom.summary(read(_sbom.MEMBER)) if _sbom.MEMBER in regions else None
         except Exception as exc:
             raise VerificationError([f"cannot read the archive's metadata: {exc}"]) from None
     targets = md["targets.json"].signed.targets if "targets.json" in md else {}
@@ -103,6 +106,7 @@ def inspect_archive(path: Path) -> dict[str, Any]:
         "packages": packages,
         "images": manifest.get("images", []),
         "images_shared_bytes": manifest.get("images_shared_bytes", 0),
+        "sbom": sbom,
         "roles": roles,
         "root_chain": [{"file": k, "sha256": hashlib.sha256(_bytes(path, regions, k)).hexdigest()} for k in roots],
         "root_fingerprint": hashlib.sha256(_bytes(path, regions, roots[0])).hexdigest() if roots else None,
@@ -151,6 +155,16 @@ def render(info: dict[str, Any]) -> str:
     out += ["", f"python packages: {len(info['packages'])}"]
     for p in info["packages"]:
         out.append(f"  {p['name']:<28} {p['version']:<12} {_size(p['size']):>10}  {', '.join(p['environments'])}")
+    sbom = info.get("sbom")
+    if sbom:
+        kinds = ", ".join(f"{n} {t}" for t, n in sbom["components"].items()) or "no components"
+        licences = ", ".join(f"{name} ({n})" for name, n in sbom["licences"].items()) or "none"
+        out += [
+            "",
+            f"SBOM: {_sbom.MEMBER} (CycloneDX {sbom['spec_version']}), components: {kinds}",
+            f"  sha256 {sbom['sha256']}",
+            f"  package licences: {licences}",
+        ]
     return "\n".join(out)
 
 

@@ -1,0 +1,42 @@
+"""An exclusive advisory lock on a file (flock), naming its holder, for the host and the mirror store."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from chiron.errors import Refused
+
+
+@contextlib.contextmanager
+def hold(
+    path: Path, op: str, wait: float = 0.0, hint: str = "wait for it to finish, or pass --wait SECONDS"
+) -> Iterator[None]:
+    """Hold ``path``'s lock for ``op``; wait up to ``wait`` seconds, then refuse naming the holder.
+
+    flock is released by the kernel when the holder dies (even by SIGKILL), so a crashed run never
+    leaves the lock stuck; the text in the file only says who holds it.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+                    raise Refused(f"another chiron operation holds {path} ({holder})", hint=hint) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        os.pwrite(fd, f"pid {os.getpid()}, {op} since {since}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

@@ -1,0 +1,569 @@
+"""The mirror store on the connected host: refresh it on a schedule, and restore it from an appliance.
+
+A store is one directory (docs/mirror.md)::
+
+    state.json                   what the store holds: the appliance, spec, key URIs, every version built
+    .lock                        held by a refresh or restore (flock: a killed run never leaves it stuck)
+    artifacts/sha256/xx/<sha>    wheels (and sdists), content-addressed; artifacts/tool/ caches tool zips
+    oci/                         one OCI layout with every image blob fetched so far
+    locks/<N>.pylock.toml        the lock of metadata version N
+    tuf/root/<V>.root.json       the root chain signed with; tuf/{targets,snapshot,timestamp}.json: latest
+    appliances/<name>-<version>-<N>.pex (+ .sig, + .delta)
+
+A refresh re-resolves the spec, fetches only what the store lacks, applies the policy, and builds
+version N+1 only when something changed (``--force`` builds anyway, e.g. to renew expiring metadata).
+Every file is written atomically and ``state.json`` is written last, so a killed run leaves the store
+at version N; the next run reuses every artifact that finished downloading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chiron import _images, _lock, _lockfile, _progress, _telemetry, _trust, diff, policy
+from chiron._archive import METADATA_PREFIX, TOOL_TARGET, canonical_json, read_layout
+from chiron._fetch import ArtifactCache
+from chiron._spec import LoadedSpec, load_spec
+from chiron._tool import ToolFormat
+from chiron.build import ZIP_TIME, BuildOptions, build, image_refs, load_lock, source_date_epoch, tool_zip_for
+from chiron.errors import Refused, UsageError, VerificationError
+
+STORE_FORMAT = "chiron-mirror/1"
+
+
+class PolicyViolation(Refused):
+    """The resolved content breaks the policy; ``details`` lists every violation."""
+
+    def __init__(self, violations: list[policy.Violation], where: str) -> None:
+        first = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        super().__init__(
+            f"policy {where}: {first}{more}",
+            hint="fix the spec's constraints or the policy; the previous appliance stays the newest",
+        )
+        self.details = [v.as_dict() for v in violations]
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def oci(self) -> Path:
+        return self.root / "oci"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def tuf(self) -> Path:
+        return self.root / "tuf"
+
+    @property
+    def appliances(self) -> Path:
+        return self.root / "appliances"
+
+    def state(self) -> dict[str, Any] | None:
+        if not self.state_file.is_file():
+            return None
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{self.state_file}: unreadable store state: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != STORE_FORMAT or not data.get("versions"):
+            raise UsageError(f"{self.state_file}: not a {STORE_FORMAT} store state")
+        return data
+
+    def write_state(self, data: dict[str, Any]) -> None:
+        _trust.write_atomic(self.state_file, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+
+    def locked(self, op: str) -> Any:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return _lockfile.hold(
+            self.root / ".lock", op, hint="another refresh or restore is running on this store; let it finish"
+        )
+
+    def sweep(self) -> int:
+        """Remove what killed runs left: partial downloads and temporary files (under the lock only)."""
+        removed = 0
+        for d in (self.artifacts, self.appliances, self.locks, self.root):
+            if d.is_dir():
+                for p in d.iterdir():
+                    if p.is_file() and p.name.startswith("."):
+                        if p.name == ".lock":
+                            continue
+                        p.unlink()
+                        removed += 1
+        return removed
+
+
+@dataclass(frozen=True)
+class RefreshOptions:
+    store: Path
+    tool_wheels: Path
+    spec: Path | None = None  # default: the spec the store was last refreshed from
+    base_dir: Path | None = None  # where the spec's relative paths resolve (default: its folder)
+    tool_format: ToolFormat = "pex"
+    policy: Path | None = None  # default: policy.toml beside the spec, if there is one
+    delta_from: Path | None = None  # an older appliance or a host inventory (chiron inventory)
+    force: bool = False
+    source_date_epoch: int | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class RefreshResult:
+    store: Path
+    changed: bool
+    name: str
+    version: str
+    metadata_version: int
+    appliance: Path | None
+    downloaded: int
+    bytes_downloaded: int
+    reused: int
+    seconds: float
+    delta: Path | None = None
+    delta_size: int | None = None
+    size: int | None = None
+    changelog: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "chiron.mirror-refresh/1",
+            "store": str(self.store),
+            "changed": self.changed,
+            "name": self.name,
+            "version": self.version,
+            "metadata_version": self.metadata_version,
+            "appliance": str(self.appliance) if self.appliance else None,
+            "size": self.size,
+            "delta": str(self.delta) if self.delta else None,
+            "delta_size": self.delta_size,
+            "downloaded": self.downloaded,
+            "bytes_downloaded": self.bytes_downloaded,
+            "reused": self.reused,
+            "seconds": round(self.seconds, 3),
+            "changelog": self.changelog,
+            "notes": self.notes,
+        }
+
+
+def content_key(
+    *, spec: bytes, pylock: bytes, images: list[dict[str, Any]], files: dict[str, str], root: bytes, tool_sha256: str
+) -> str:
+    """What an appliance is made of; equal keys mean a new build would only re-sign the same content."""
+    return hashlib.sha256(
+        canonical_json(
+            {
+                "spec": hashlib.sha256(spec).hexdigest(),
+                "lock": hashlib.sha256(pylock).hexdigest(),
+                "images": images,
+                "files": files,
+                "root": hashlib.sha256(root).hexdigest(),
+                "tool": tool_sha256,
+            }
+        )
+    ).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load(spec_path: Path, base: Path | None) -> LoadedSpec:
+    loaded = load_spec(spec_path)
+    if base is not None:
+        loaded = LoadedSpec(spec=loaded.spec, path=(base / spec_path.name).absolute(), raw=loaded.raw)
+    return loaded
+
+
+def _files(loaded: LoadedSpec, files_dir: Path | None) -> dict[str, str]:
+    out = {}
+    for i, f in enumerate(loaded.spec.files):
+        src = files_dir / f.dest if files_dir else loaded.resolve_path(f.src, f"files[{i}].src")
+        out[f.dest] = _sha256_file(src) if src.is_file() else ""
+    return out
+
+
+def refresh(opts: RefreshOptions) -> RefreshResult:
+    """One refresh run (see the module docstring); raises PolicyViolation before building anything."""
+    started = time.monotonic()
+    store = Store(opts.store.absolute())
+    with store.locked("mirror refresh"), _telemetry.span("chiron.mirror.refresh", store=str(store.root)) as sp:
+        store.sweep()
+        state = store.state()
+        spec_path = opts.spec or (Path(state["spec"]) if state else None)
+        if spec_path is None:
+            raise UsageError(f"{store.root}: a new store needs the SPEC argument (later runs remember it)")
+        base = opts.base_dir or (Path(state["base"]) if state and state.get("base") else None)
+        files_dir = Path(state["files_dir"]) if state and state.get("files_dir") and opts.spec is None else None
+        loaded = _load(spec_path.absolute(), base)
+        spec = loaded.spec
+        if state and state["name"] != spec.appliance.name:
+            raise UsageError(
+                f"{store.root} holds appliance '{state['name']}', {spec_path} builds '{spec.appliance.name}'",
+                hint="use one store per appliance",
+            )
+        policy_path = opts.policy or (loaded.base / "policy.toml" if (loaded.base / "policy.toml").is_file() else None)
+        rules = policy.load(policy_path)
+        if policy_path is None:
+            # No policy file: only what the spec itself asks for (no yanked releases; sdists if allowed).
+            rules = policy.LoadedPolicy(
+                policy.Policy(sources=policy.SourceRules(sdists=spec.python.allow_sdists)), None, {}
+            )
+
+        lock = load_lock(loaded)
+        cache = ArtifactCache(store.artifacts)
+        measured: dict[str, tuple[str, int]] = {}
+        paths: dict[str, Path] = {}
+        arts = lock.artifacts()
+        total = sum(a.size or 0 for a in arts)
+        with _progress.bar(total, "fetching", enabled=opts.show_progress) as bar:
+            for art in arts:
+                path, sha, size = cache.fetch(art.url, art.sha256, art.filename, progress=bar.advance)
+                measured[art.filename] = (sha, size)
+                paths[art.filename] = path
+        _lock.fill_hashes(lock, measured)
+        packed = _images.fetch(image_refs(loaded), store.oci)
+        recorded = [i.as_dict() for i in packed]
+
+        violations = policy.check(rules, lock, paths)
+        if violations:
+            _telemetry.set_attr(sp, result="policy")
+            raise PolicyViolation(violations, str(policy_path or "(defaults)"))
+
+        pylock = _lock.write_pylock(lock, spec)
+        root_chain = _trust.load_root_chain(loaded.resolve_path(spec.trust.root, "trust.root"))
+        _check_same_trust(store, root_chain)
+        latest = state["versions"][-1] if state else None
+        epoch = source_date_epoch(opts.source_date_epoch)
+        number = latest["metadata_version"] + 1 if latest else (epoch if epoch is not None else int(time.time()))
+        ext = "pex" if opts.tool_format == "pex" else "pyz"
+        out = store.appliances / f"{spec.appliance.name}-{spec.appliance.version}-{number}.{ext}"
+        pending = store.locks / ".pending.pylock.toml"
+        _trust.write_atomic(pending, pylock)
+        bopts = BuildOptions(
+            spec=spec_path,
+            output=out,
+            tool_wheels=opts.tool_wheels,
+            cache_dir=store.artifacts,
+            tool_format=opts.tool_format,
+            source_date_epoch=epoch,
+            metadata_version=number,
+            show_progress=opts.show_progress,
+            base_dir=base,
+            lock_file=pending,
+            files_dir=files_dir,
+            images=(store.oci, recorded) if packed else None,
+        )
+        with tempfile.TemporaryDirectory(prefix="tool-", dir=store.root) as tmp:
+            tool, _members = tool_zip_for(bopts, ZIP_TIME, Path(tmp))
+            tool_sha = _sha256_file(tool)
+        key = content_key(
+            spec=loaded.raw,
+            pylock=pylock,
+            images=recorded,
+            files=_files(loaded, files_dir),
+            root=root_chain[-1],
+            tool_sha256=tool_sha,
+        )
+        stats = cache.stats
+        if latest and key == latest["content_key"] and not opts.force:
+            pending.unlink()
+            _telemetry.set_attr(sp, result="unchanged", downloaded=stats.downloaded)
+            return RefreshResult(
+                store=store.root,
+                changed=False,
+                name=spec.appliance.name,
+                version=latest["version"],
+                metadata_version=latest["metadata_version"],
+                appliance=store.root / latest["file"],
+                downloaded=stats.downloaded,
+                bytes_downloaded=stats.bytes_downloaded,
+                reused=stats.reused,
+                seconds=time.monotonic() - started,
+                notes=[f"nothing changed upstream: version {latest['metadata_version']} stays the newest"],
+            )
+
+        built = build(bopts)
+        os.replace(pending, store.locks / f"{number}.pylock.toml")
+        _save_tuf(store, out, root_chain)
+        result = RefreshResult(
+            store=store.root,
+            changed=True,
+            name=spec.appliance.name,
+            version=spec.appliance.version,
+            metadata_version=number,
+            appliance=out,
+            size=built.size,
+            downloaded=stats.downloaded,
+            bytes_downloaded=stats.bytes_downloaded,
+            reused=stats.reused,
+            seconds=0.0,
+        )
+        previous = store.root / latest["file"] if latest else None
+        if previous is not None and previous.is_file():
+            result.changelog = diff.diff(previous, out)
+        if opts.delta_from is not None:
+            from chiron import delta
+
+            made = delta.make(opts.delta_from, out, out.with_suffix(".delta"))
+            result.delta, result.delta_size = made.path, made.size
+        entry = {
+            "metadata_version": number,
+            "version": spec.appliance.version,
+            "created": built_created(out),
+            "file": str(out.relative_to(store.root)),
+            "sha256": _sha256_file(out),
+            "size": built.size,
+            "content_key": key,
+            "lock": f"locks/{number}.pylock.toml",
+            "downloaded": stats.downloaded,
+            "bytes_downloaded": stats.bytes_downloaded,
+        }
+        store.write_state(
+            {
+                "format": STORE_FORMAT,
+                "name": spec.appliance.name,
+                "spec": str(spec_path.absolute()),
+                "base": str(base.absolute()) if base else None,
+                "files_dir": str(files_dir) if files_dir else None,
+                "keys": _key_uris(loaded),
+                "versions": [*(state["versions"] if state else []), entry],
+            }
+        )
+        result.seconds = time.monotonic() - started
+        _telemetry.set_attr(sp, result="built", version=number, downloaded=stats.downloaded)
+        _telemetry.count("chiron.mirror.downloads", stats.downloaded)
+        return result
+
+
+def built_created(archive: Path) -> str:
+    layout = read_layout(archive)
+    offset, length = layout.regions()["appliance.json"]
+    with archive.open("rb") as f:
+        return str(json.loads(os.pread(f.fileno(), length, offset))["created"])
+
+
+def _key_uris(loaded: LoadedSpec) -> dict[str, list[str]]:
+    """Which keys sign each role, by URI as the spec gives them (never key material)."""
+    return {role: [k.uri for k in r.keys] for role, r in loaded.spec.trust.roles.items()}
+
+
+def _check_same_trust(store: Store, chain: list[bytes]) -> None:
+    """The spec's root chain must extend the store's: same first root, no versions dropped."""
+    stored = sorted(store.tuf.glob("root/*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+    if not stored:
+        return
+    if stored[0].read_bytes() != chain[0]:
+        raise Refused(
+            f"the spec's trust.root is a different root of trust than {store.root} was signed with",
+            hint="point trust.root at the store's root chain (tuf/root/) or its successors",
+        )
+    if len(chain) < len(stored):
+        raise Refused(
+            f"the spec's trust.root has {len(chain)} root versions, the store already signed with {len(stored)}",
+            hint=f"use the full chain: {store.tuf / 'root'}",
+        )
+
+
+def _save_tuf(store: Store, archive: Path, chain: list[bytes]) -> None:
+    """Record the root chain and the latest targets/snapshot/timestamp (public metadata only)."""
+    for i, data in enumerate(chain, start=1):
+        _trust.write_atomic(store.tuf / "root" / f"{i}.root.json", data)
+    layout = read_layout(archive)
+    with archive.open("rb") as f:
+        for m in layout.members:
+            base = m.name.removeprefix(METADATA_PREFIX)
+            if m.name.startswith(METADATA_PREFIX) and not base.split(".")[0].isdigit():
+                _trust.write_atomic(store.tuf / base, os.pread(f.fileno(), m.length, m.offset))
+
+
+# ---------------------------------------------------------------- restore (disaster recovery)
+
+
+def _copy_region(archive: Path, offset: int, length: int, dest: Path, sha256: str | None = None) -> None:
+    """Copy bytes out of the archive through a temporary file, checking their hash when given."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    h = hashlib.sha256()
+    with archive.open("rb") as src, tmp.open("wb") as out:
+        src.seek(offset)
+        left = length
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    if left or (sha256 and h.hexdigest() != sha256):
+        tmp.unlink()
+        raise VerificationError([f"{archive}: a member changed while it was copied to {dest}"])
+    os.replace(tmp, dest)
+
+
+def restore(
+    archive: Path,
+    store_dir: Path,
+    *,
+    spec: Path | None = None,
+    base: Path | None = None,
+    root_file: Path | None = None,
+    root_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Reconstitute a mirror store from a verified appliance, so the next refresh signs version N+1.
+
+    Without ``spec`` the appliance's own spec (and [[files]]) is written into STORE/spec/, and its
+    relative key paths resolve against ``base`` (default: that folder).
+    """
+    from chiron.verify import verify
+
+    report = verify(archive, root_file=root_file, root_sha256=root_sha256)
+    if not report.ok:
+        raise VerificationError(report.problems, hint="restore only from an appliance that verifies")
+    store = Store(store_dir.absolute())
+    with store.locked("mirror restore"):
+        if store.state_file.exists():
+            raise Refused(
+                f"{store.root} already holds a mirror store",
+                hint="restore into a new, empty directory (a store is never overwritten)",
+            )
+        store.sweep()
+        layout = read_layout(archive)
+        targets = report.targets_meta
+        number = int(report.roles["targets"]["version"])
+        cache = ArtifactCache(store.artifacts)
+        chain: list[bytes] = []
+        spec_raw = b""
+        pylock = b""
+        files: dict[str, str] = {}
+        extracted = store.root / "spec"
+        with archive.open("rb") as f:
+            for m in layout.members:
+                sha = targets.get(m.name, {}).get("sha256")
+                if m.name.startswith("wheels/"):
+                    _copy_region(archive, m.offset, m.length, cache.path_for(str(sha)), sha)
+                elif m.name.startswith(_images.PREFIX):
+                    _copy_region(archive, m.offset, m.length, store.oci / m.name.removeprefix(_images.PREFIX), sha)
+                elif m.name.startswith("files/"):
+                    files[m.name.removeprefix("files/")] = str(sha)
+                    if spec is None:
+                        dest = extracted / "files" / m.name.removeprefix("files/")
+                        _copy_region(archive, m.offset, m.length, dest, sha)
+                elif m.name == "spec/appliance.toml":
+                    spec_raw = os.pread(f.fileno(), m.length, m.offset)
+                elif m.name == "lock/pylock.toml":
+                    pylock = os.pread(f.fileno(), m.length, m.offset)
+                elif m.name.startswith(METADATA_PREFIX) and m.name.removeprefix(METADATA_PREFIX)[0].isdigit():
+                    chain.append(os.pread(f.fileno(), m.length, m.offset))
+        chain.sort(key=lambda data: _trust.parse_root(data, "root").signed.version)
+        _trust.write_atomic(store.locks / f"{number}.pylock.toml", pylock)
+        if spec is None:
+            _trust.write_atomic(extracted / "appliance.toml", spec_raw)
+            spec_path = extracted / "appliance.toml"
+            base = base or extracted
+        else:
+            spec_path = spec.absolute()
+        dest = store.appliances / f"{report.name}-{report.version}-{number}{archive.suffix or '.pex'}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _copy_region(archive, 0, archive.stat().st_size, dest)
+        sig = archive.with_name(archive.name + ".sig")
+        if sig.is_file():
+            shutil.copyfile(sig, dest.with_name(dest.name + ".sig"))
+        _save_tuf(store, dest, chain)
+        manifest = report.manifest
+        key = content_key(
+            spec=spec_raw,
+            pylock=pylock,
+            images=list(manifest.get("images", [])),
+            files=files,
+            root=chain[-1],
+            tool_sha256=str(targets[TOOL_TARGET]["sha256"]),
+        )
+        loaded = _load(spec_path, base)
+        state = {
+            "format": STORE_FORMAT,
+            "name": report.name,
+            "spec": str(spec_path),
+            "base": str(base.absolute()) if base else None,
+            "files_dir": str(extracted / "files") if spec is None and files else None,
+            "keys": _key_uris(loaded),
+            "versions": [
+                {
+                    "metadata_version": number,
+                    "version": report.version,
+                    "created": manifest.get("created"),
+                    "file": str(dest.relative_to(store.root)),
+                    "sha256": _sha256_file(dest),
+                    "size": dest.stat().st_size,
+                    "content_key": key,
+                    "lock": f"locks/{number}.pylock.toml",
+                    "downloaded": 0,
+                    "bytes_downloaded": 0,
+                    "restored_from": str(archive.absolute()),
+                }
+            ],
+        }
+        store.write_state(state)
+    return {
+        "schema": "chiron.mirror-restore/1",
+        "store": str(store.root),
+        "name": report.name,
+        "version": report.version,
+        "metadata_version": number,
+        "next_version": number + 1,
+        "wheels": sum(1 for m in layout.members if m.name.startswith("wheels/")),
+        "image_blobs": sum(1 for m in layout.members if m.name.startswith(f"{_images.PREFIX}blobs/")),
+        "spec": str(spec_path),
+        "keys": state["keys"],
+        "notices": report.notices,
+    }
+
+
+def status(store_dir: Path) -> dict[str, Any]:
+    """What a store holds: the appliance, its versions, and the artifacts on disk."""
+    store = Store(store_dir.absolute())
+    state = store.state()
+    if state is None:
+        raise UsageError(f"{store.root}: not a mirror store (no state.json)", hint="run chiron mirror refresh first")
+    wheels = list(store.artifacts.glob("sha256/*/*"))
+    blobs = list(store.oci.glob("blobs/sha256/*"))
+    return {
+        "schema": "chiron.mirror-status/1",
+        "store": str(store.root),
+        "name": state["name"],
+        "spec": state["spec"],
+        "keys": state["keys"],
+        "latest": state["versions"][-1],
+        "versions": [v["metadata_version"] for v in state["versions"]],
+        "artifacts": len(wheels),
+        "artifact_bytes": sum(p.stat().st_size for p in wheels),
+        "image_blobs": len(blobs),
+        "image_bytes": sum(p.stat().st_size for p in blobs),
+    }
