@@ -378,3 +378,10 @@ def test_mirror_refresh_picks_up_a_moved_tag(
     assert [c["ref"] for c in changed] == [f"{enclave_registry}/svc:1"]
     assert changed[0]["from_digest"] != changed[0]["to_digest"]
     assert verify(moved.appliance, root_file=keys / "1.root.json").ok  # type: ignore[arg-type]
+
+    # A store restored from that appliance holds its image blobs: refreshing it fetches no layer again.
+    restored = seeded(tmp_path / "restored")
+    mirror.restore(moved.appliance, restored, spec=spec, root_file=keys / "1.root.json")  # type: ignore[arg-type]
+    store = restored
+    again = refresh(epoch + 180)
+    assert not again.changed and again.metadata_version == moved.metadata_version

@@ -141,8 +141,10 @@ def test_damaged_delta_is_refused_before_anything_changes(
     data[-100] ^= 1  # a flipped bit in the carried bytes (the tail of the tool-members or a wheel)
     bad = tmp_path / "bad.delta"
     bad.write_bytes(bytes(data))
-    from chiron.errors import VerificationError
+    from chiron.errors import UsageError, VerificationError
 
+    with pytest.raises(UsageError, match="is a chiron delta, not a whole appliance"):
+        verify(second.delta)
     with pytest.raises(VerificationError, match="do not match"):
         host.upgrade(_opts(bad, prefix))
     truncated = tmp_path / "short.delta"

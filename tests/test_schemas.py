@@ -350,7 +350,13 @@ def out_doctor(capsys: pytest.CaptureFixture[str], appliance: Path, installed: P
 
 @pytest.fixture()
 def out_error(
-    capsys: pytest.CaptureFixture[str], appliance: Path, installed: Path, keys: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str],
+    appliance: Path,
+    installed: Path,
+    keys: Path,
+    upstream: LocalIndex,
+    tool_wheels: Path,
+    tmp_path: Path,
 ) -> list[Output]:
     garbage = tmp_path / "garbage.pex"
     garbage.write_bytes(b"not an appliance" * 64)
@@ -371,9 +377,17 @@ def out_error(
         ]
     finally:
         lying.close()
+    # A policy violation (policy.toml beside the spec): refused before anything is built, with details.
+    denied = write_spec(tmp_path / "denied", keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"])
+    (denied.parent / "policy.toml").write_text('[packages]\ndeny = ["beta"]\n')
+    refresh = ["mirror", "refresh", str(denied), "--store", str(tmp_path / "store"), "--tool-wheels", str(tool_wheels)]
+    outs.append((4, run(capsys, [*refresh, "--json"])))
     for want, (what, code, doc) in outs:
         assert code == want == doc.get("exit_code"), f"chiron {what}: exit {code}, {doc}"
     assert outs[0][1][2]["error"] == f"{tmp_path / 'nope.pex'}: no such file"
+    assert outs[-1][1][2]["details"] == [
+        {"package": "beta", "version": "1.0", "rule": "packages.deny", "detail": "matches 'beta'"}
+    ]
     return [out for _want, out in outs]
 
 
@@ -429,3 +443,162 @@ def out_diff(capsys: pytest.CaptureFixture[str], appliance: Path) -> list[Output
     same = run(capsys, ["diff", str(appliance), str(appliance), "--json"])
     assert same[1] == 0 and same[2]["packages"]["changed"] == []
     return [same]
+
+
+# ---------------------------------------------------------------- the mirror store, deltas and inventories
+
+MIRROR_EPOCH = int(time.time()) - 3600  # recent: the metadata must still be valid when it is verified
+
+
+@pytest.fixture()
+def upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A loopback index the fixtures add releases to: alpha 1.0 (needs beta>=1) and beta 1.0."""
+    wheels = tmp_path / "upstream"
+    make_wheel(wheels, "alpha", "1.0", deps=("beta>=1",))
+    make_wheel(wheels, "beta", "1.0")
+    idx = LocalIndex(wheels)
+    yield idx
+    idx.close()
+
+
+@pytest.fixture()
+def mirror_spec(tmp_path: Path, keys: Path, upstream: LocalIndex) -> Path:
+    return write_spec(tmp_path / "mirror-spec", keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"])
+
+
+def _mirror_refresh(
+    capsys: pytest.CaptureFixture[str], store: Path, tool_wheels: Path, epoch: int, *extra: str
+) -> Output:
+    return run(
+        capsys,
+        [
+            "mirror",
+            "refresh",
+            *extra,
+            "--store",
+            str(store),
+            "--tool-wheels",
+            str(tool_wheels),
+            "--source-date-epoch",
+            str(epoch),
+            "--json",
+        ],
+    )
+
+
+@pytest.fixture()
+def refreshed(
+    capsys: pytest.CaptureFixture[str],
+    appliance: Path,
+    session_cache: Path,
+    tool_wheels: Path,
+    mirror_spec: Path,
+    tmp_path: Path,
+) -> tuple[Path, Output]:
+    """A store after its first refresh. Its tool zips are copied from the session cache, which the
+    session appliance filled (building a tool zip costs ~10 s)."""
+    store = tmp_path / "store"
+    shutil.copytree(session_cache / "tool", store / "artifacts" / "tool")
+    first = _mirror_refresh(capsys, store, tool_wheels, MIRROR_EPOCH, str(mirror_spec))
+    assert first[1] == 0 and first[2]["changed"] and first[2]["metadata_version"] == MIRROR_EPOCH
+    assert first[2]["downloaded"] == 2 and first[2]["changelog"] is None  # alpha and beta; nothing to compare with
+    return store, first
+
+
+@pytest.fixture()
+def out_mirror_refresh(
+    capsys: pytest.CaptureFixture[str], refreshed: tuple[Path, Output], upstream: LocalIndex, tool_wheels: Path
+) -> list[Output]:
+    store, first = refreshed
+    same = _mirror_refresh(capsys, store, tool_wheels, MIRROR_EPOCH + 60)  # the store remembers its spec
+    assert same[1] == 0 and not same[2]["changed"] and same[2]["downloaded"] == 0
+    assert same[2]["appliance"] == first[2]["appliance"] and same[2]["size"] is None
+    make_wheel(upstream.directory, "beta", "1.1")
+    newer = _mirror_refresh(capsys, store, tool_wheels, MIRROR_EPOCH + 120, "--delta-from", first[2]["appliance"])
+    assert newer[1] == 0 and newer[2]["changed"] and newer[2]["metadata_version"] == MIRROR_EPOCH + 1
+    assert newer[2]["delta"] == str(Path(newer[2]["appliance"]).with_suffix(".delta"))
+    assert 0 < newer[2]["delta_size"] < newer[2]["size"]
+    changelog = newer[2]["changelog"]
+    assert not _errors(_load(SCHEMA_DIR / "diff.schema.json"), changelog)  # the changelog is a chiron.diff/1
+    assert [(p["name"], p["to_version"]) for p in changelog["packages"]["changed"]] == [("beta", "1.1")]
+    return [first, same, newer]
+
+
+@pytest.fixture()
+def restored(
+    capsys: pytest.CaptureFixture[str], appliance: Path, good_spec: Path, keys: Path, tmp_path: Path
+) -> tuple[Path, Output]:
+    """A store restored from the session appliance, with its spec and a trusted root."""
+    store = tmp_path / "restored"
+    argv = ["mirror", "restore", str(appliance), "--store", str(store), "--spec", str(good_spec)]
+    out = run(capsys, [*argv, "--root", str(keys / "1.root.json"), "--json"])
+    assert out[1] == 0 and out[2]["spec"] == str(good_spec) and out[2]["notices"] == []
+    assert out[2]["next_version"] == out[2]["metadata_version"] + 1 and out[2]["wheels"] > 0
+    return store, out
+
+
+@pytest.fixture()
+def out_mirror_restore(
+    capsys: pytest.CaptureFixture[str], restored: tuple[Path, Output], appliance: Path, tmp_path: Path
+) -> list[Output]:
+    _store, with_spec = restored
+    # Without --spec the appliance's own copy is written into the store; without --root, trust on first use.
+    own = run(capsys, ["mirror", "restore", str(appliance), "--store", str(tmp_path / "own"), "--json"])
+    assert own[1] == 0 and own[2]["spec"] == str(tmp_path / "own" / "spec" / "appliance.toml")
+    assert own[2]["notices"] and own[2]["keys"] == with_spec[2]["keys"]
+    return [with_spec, own]
+
+
+@pytest.fixture()
+def out_mirror_status(
+    capsys: pytest.CaptureFixture[str], refreshed: tuple[Path, Output], restored: tuple[Path, Output]
+) -> list[Output]:
+    built, rest = (run(capsys, ["mirror", "status", "--store", str(s), "--json"]) for s, _out in (refreshed, restored))
+    assert built[1] == 0 and built[2]["versions"] == [MIRROR_EPOCH] and built[2]["artifacts"] == 2
+    assert built[2]["latest"]["file"] == str(Path(refreshed[1][2]["appliance"]).relative_to(refreshed[0]))
+    assert rest[1] == 0 and rest[2]["versions"] == [restored[1][2]["metadata_version"]]
+    assert "restored_from" in rest[2]["latest"] and "restored_from" not in built[2]["latest"]
+    return [built, rest]
+
+
+def _inventory_file(capsys: pytest.CaptureFixture[str], prefix: Path, dest: Path) -> Output:
+    """``chiron inventory -o FILE``: it prints one line on stdout; the output is the file."""
+    capsys.readouterr()
+    argv = ["inventory", "--prefix", str(prefix), "-o", str(dest)]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert capsys.readouterr().out.startswith(f"wrote {dest}: ")
+    return " ".join(argv), int(exc.value.code or 0), json.loads(dest.read_text())
+
+
+@pytest.fixture()
+def out_delta(
+    capsys: pytest.CaptureFixture[str], appliance: Path, newer_appliance: Path, installed: Path, tmp_path: Path
+) -> list[Output]:
+    size = newer_appliance.stat().st_size
+    from_appliance = run(
+        capsys, ["delta", str(appliance), str(newer_appliance), "-o", str(tmp_path / "a.delta"), "--json"]
+    )
+    inventory = tmp_path / "inventory.json"
+    assert _inventory_file(capsys, installed, inventory)[1] == 0
+    from_inventory = run(
+        capsys, ["delta", str(inventory), str(newer_appliance), "-o", str(tmp_path / "i.delta"), "--json"]
+    )
+    for out, name in ((from_appliance, "a.delta"), (from_inventory, "i.delta")):
+        assert out[1] == 0 and out[2]["output"] == str(tmp_path / name)
+        assert out[2]["size"] == (tmp_path / name).stat().st_size < size
+        assert out[2]["carried_bytes"] + out[2]["reused_bytes"] == size and out[2]["reused_bytes"] > 0
+    return [from_appliance, from_inventory]
+
+
+@pytest.fixture()
+def out_inventory(
+    capsys: pytest.CaptureFixture[str], installed: Path, newer_appliance: Path, tmp_path: Path
+) -> list[Output]:
+    printed = run(capsys, ["inventory", "--prefix", str(installed)])  # JSON on stdout without --json
+    assert printed[1] == 0 and [r["version"] for r in printed[2]["releases"]] == ["1.0.0"]
+    assert run(capsys, ["upgrade", str(newer_appliance), "--prefix", str(installed), "--json"])[1] == 0
+    written = _inventory_file(capsys, installed, tmp_path / "inventory.json")
+    assert written[1] == 0 and [r["version"] for r in written[2]["releases"]] == ["1.0.0", "1.1.0"]
+    assert set(printed[2]["content"]) < set(written[2]["content"])
+    return [printed, written]

@@ -119,6 +119,13 @@ def verify(
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
     if not path.is_file():
         raise UsageError(f"{path}: not a regular file")
+    from chiron.delta import is_delta
+
+    if is_delta(path):
+        raise UsageError(
+            f"{path} is a chiron delta, not a whole appliance: it is verified when a host rebuilds it",
+            hint=f"on a host that runs an earlier release: PREFIX/bin/chiron upgrade {path} --prefix PREFIX",
+        )
     with _telemetry.span("chiron.verify", path=str(path), bytes=report.size) as sp:
         if host is None and reference_time is not None:
             host_or_time: HostTrust | datetime | None = reference_time
