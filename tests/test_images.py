@@ -343,7 +343,15 @@ def test_mirror_refresh_picks_up_a_moved_tag(
 
     def push(src: str) -> None:
         subprocess.run(
-            ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{registry}/{src}", f"docker://{enclave_registry}/svc:1"],
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                f"docker://{registry}/{src}",
+                f"docker://{enclave_registry}/svc:1",
+            ],
             check=True,
         )
 
