@@ -6,21 +6,30 @@ Sections (all by default; choose with --only):
   verify   chiron verify of a large payload vs hashlib (1 and all cores), openssl, sha256sum
   startup  ./chiron.pex --help and verify (small archive) vs the venv entry point; build cold/warm
   memory   peak RSS of verify and install of a 5 GiB appliance
+  refresh  chiron mirror refresh (80 wheels): cold, no change, one changed wheel, one changed image
+           layer (needs docker-registry and skopeo), each against a cold chiron build; delta sizes
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
+import io
+import json
 import os
+import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -34,6 +43,7 @@ BIN = Path(sys.executable).parent
 CHIRON = str(BIN / "chiron")
 UV = shutil.which("uv", path=str(BIN)) or "uv"
 RESULTS: list[tuple[str, str, str]] = []
+SECTIONS = ("install", "startup", "verify", "memory", "refresh")
 
 
 def timed(cmd: list[str], *, env: dict[str, str] | None = None, repeat: int = 3, setup=None) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -61,17 +71,20 @@ def record(section: str, what: str, value: str) -> None:
 
 def make_wheelhouse(directory: Path, count: int = 80) -> list[str]:
     """``count`` wheels shaped like real ones: many modules of source, a data file, a few dependencies."""
-    import random
-
     rng = random.Random(42)
     names = [f"pkg{i:02d}" for i in range(count)]
     for i, name in enumerate(names):
         deps = tuple(names[j] for j in rng.sample(range(i + 1, count), min(3, count - i - 1)))
-        source = "".join(f"def f{k}(x):\n    return x * {k} + {rng.random()!r}\n\n" for k in range(60))
-        extra = {f"mod{m}.py": source for m in range(40)}
-        make_wheel(directory, name, "1.0", deps=deps, payload=b"# " + rng.randbytes(50 << 10).hex().encode(),
-                   extra_files=extra)  # fmt: skip
+        _bench_wheel(directory, name, "1.0", deps, rng)
     return names
+
+
+def _bench_wheel(directory: Path, name: str, version: str, deps: tuple[str, ...], rng: random.Random) -> Path:
+    """One wheel of the wheelhouse's shape: 40 modules of source and a 100 KiB module."""
+    source = "".join(f"def f{k}(x):\n    return x * {k} + {rng.random()!r}\n\n" for k in range(60))
+    extra = {f"mod{m}.py": source for m in range(40)}
+    return make_wheel(directory, name, version, deps=deps, payload=b"# " + rng.randbytes(50 << 10).hex().encode(),
+                      extra_files=extra)  # fmt: skip
 
 
 def bench_install(work: Path, keys: Path) -> None:
@@ -249,15 +262,230 @@ def _build_time(spec: Path, out: Path, cache: Path) -> float:
     return time.perf_counter() - start
 
 
+PAYLOAD_PREFIXES = ("wheels/", "files/", "images/blobs/", "_archive/tool.zip")
+
+
+def bench_refresh(work: Path, keys: Path) -> None:
+    wheels = work / "rwheels"
+    names = make_wheelhouse(wheels)
+    index = LocalIndex(wheels)
+    registry: subprocess.Popen[bytes] | None = None
+    try:
+        spec = write_spec(work / "rspec", keys=keys, index_url=index.url, requirements=[f"{n}>=1.0" for n in names],
+                          environments=ENV_311)  # fmt: skip
+        cache = work / "rcache"
+        build_t, _ = timed([CHIRON, "build", str(spec), "-o", str(work / "rbuild.pex"), "--tool-wheels",
+                            str(REPO / "build/tool-wheels"), "--cache-dir", str(cache)],
+                           setup=lambda: shutil.rmtree(cache, ignore_errors=True))  # fmt: skip
+        record("refresh", f"cold chiron build, {len(names)} wheels, tool zip built (median of 3)", f"{build_t:.2f} s")
+
+        store = work / "store"
+        index.requests.clear()
+        cold_t, cold = _refresh(store, str(spec))
+        record("refresh", "first refresh, empty store (tool zip built)", f"{cold_t:.2f} s")
+        record("refresh", "  fetched (artifacts, bytes, index file requests)", _fetched(cold, index))
+
+        same_t: list[float] = []
+        for _ in range(3):
+            index.requests.clear()
+            t, same = _refresh(store)
+            if same["changed"]:
+                raise SystemExit("a refresh with nothing new upstream built a new version")
+            same_t.append(t)
+        no_change = statistics.median(same_t)
+        pages = sum(n for p, n in index.requests.items() if p.startswith("/simple"))
+        record("refresh", "no-change refresh (median of 3)", f"{no_change:.2f} s")
+        record("refresh", "  fetched (artifacts, bytes, index file requests)", _fetched(same, index))
+        record("refresh", "  index page / PEP 658 metadata requests", f"{pages} / {len(index.requests) - pages}")
+        verdict = "met" if no_change < 0.1 * build_t else "NOT met"
+        record("refresh", f"no-change / cold build (target < 10%: {verdict})", f"{no_change / build_t:.1%}")
+        for step, seconds in _refresh_profile(store).items():
+            if not step.startswith("skopeo"):  # no images yet
+                record("refresh", f"  profile: {step}", f"{seconds:.2f} s")
+
+        # One changed wheel: a new release of a package the spec allows (pkgNN>=1.0); pkg79 has no deps.
+        new = _bench_wheel(wheels, names[-1], "1.1", (), random.Random(7))
+        previous = Path(cold["appliance"])
+        index.requests.clear()
+        wheel_t, changed = _refresh(store, "--delta-from", str(previous))
+        record("refresh", "one changed wheel, refresh + delta", f"{wheel_t:.2f} s")
+        record("refresh", "  fetched (artifacts, bytes, index file requests)", _fetched(changed, index))
+        _delta_report(changed, {f"wheels/{new.name}": new.stat().st_size}, "the new wheel")
+
+        if shutil.which("docker-registry") is None or shutil.which("skopeo") is None:
+            record("refresh", "one changed image layer", "skipped: needs docker-registry and skopeo")
+            return
+        address, registry = _start_registry(work / "registry")
+        ref = f"{address}/bench/app:1"
+        base = _layer(1)
+        _push(_oci_image(work / "oci-v1", [base, _layer(2)]), ref)
+        spec.write_text(spec.read_text() + f'\n[[images]]\nref = "{ref}"\n')
+        img_t, first = _refresh(store)
+        record("refresh", "spec gains a 2-layer image (whole image fetched)", f"{img_t:.2f} s")
+        same_img_t, _same = _refresh(store)
+        record("refresh", "no-change refresh with the image", f"{same_img_t:.2f} s")
+        step = "skopeo (_images.fetch: inspect, copy to the store's oci/)"
+        record("refresh", f"  profile: {step}", f"{_refresh_profile(store)[step]:.2f} s")
+        _push(_oci_image(work / "oci-v2", [base, _layer(3)]), ref)  # same tag, second layer changed
+        before = _blobs(store)
+        index.requests.clear()
+        layer_t, relayered = _refresh(store, "--delta-from", first["appliance"])
+        added = {f"images/blobs/sha256/{d}": n for d, n in _blobs(store).items() if d not in before}
+        record("refresh", "one changed image layer, refresh + delta", f"{layer_t:.2f} s")
+        record("refresh", "  wheels fetched (artifacts, bytes, index file requests)", _fetched(relayered, index))
+        record("refresh", "  image blobs fetched (new in the store's oci/)",
+               f"{len(added)} blobs, {sum(added.values()):,} bytes")  # fmt: skip
+        _delta_report(relayered, added, "the new layer, config and manifest")
+    finally:
+        index.close()
+        if registry is not None:
+            registry.terminate()
+            registry.wait(timeout=10)
+
+
+def _refresh(store: Path, *args: str) -> tuple[float, dict[str, Any]]:
+    """Wall time and JSON report of one whole `chiron mirror refresh --json` command."""
+    env = dict(os.environ, CHIRON_TOOL_WHEELS=str(REPO / "build/tool-wheels"))
+    start = time.perf_counter()
+    proc = subprocess.run([CHIRON, "mirror", "refresh", "--store", str(store), "--json", *args], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"chiron mirror refresh failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    return elapsed, json.loads(proc.stdout)
+
+
+def _fetched(report: dict[str, Any], index: LocalIndex) -> str:
+    return f"{report['downloaded']}, {report['bytes_downloaded']:,} B, {index.file_requests()}"
+
+
+def _refresh_profile(store: Path) -> dict[str, float]:
+    """Where one more no-change refresh spends its time: cProfile's cumulative seconds per step."""
+    import pstats
+
+    prof = store.parent / "refresh.prof"
+    env = dict(os.environ, CHIRON_TOOL_WHEELS=str(REPO / "build/tool-wheels"))
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "chiron", "mirror", "refresh", "--store",
+                    str(store), "--json"], env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    total = time.perf_counter() - start
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+
+    def cum(module: str, func: str) -> float:
+        return float(sum(v[3] for (f, _line, fn), v in stats.items() if f.endswith(f"chiron/{module}") and fn == func))
+
+    steps = {
+        "pip resolution (_lock.resolve, a pip subprocess)": cum("_lock.py", "resolve"),
+        "tool zip lookup: hash tool wheels, re-hash cached zip": cum("build.py", "tool_zip_for"),
+        "hash the tool zip again for the content key": cum("mirror.py", "_sha256_file"),
+        "skopeo (_images.fetch: inspect, copy to the store's oci/)": cum("_images.py", "fetch"),
+    }
+    refresh = cum("mirror.py", "refresh")
+    return {
+        "whole command under cProfile": total,
+        "interpreter start, imports, CLI (outside refresh())": total - refresh,
+        **steps,
+        "rest of refresh() (spec, policy, trust, lock, store I/O)": refresh - sum(steps.values()),
+    }
+
+
+def _delta_report(report: dict[str, Any], expected: dict[str, int], what: str) -> None:
+    """Full appliance vs delta, and whether the delta carries only ``expected`` plus metadata members."""
+    from chiron import delta
+
+    d = delta.read(Path(report["delta"]))
+    carried = [e for e in d.extents if e.carried]
+    payload = {e.name: e.length for e in carried if e.name.startswith(PAYLOAD_PREFIXES)}
+    meta = sum(e.length for e in carried if e.name not in payload)
+    changed = sum(expected.values())
+    record("refresh", "  full appliance / delta", f"{report['size']:,} B / {report['delta_size']:,} B "
+           f"({report['delta_size'] / report['size']:.2%})")  # fmt: skip
+    record("refresh", f"  changed content ({what}) + metadata members", f"{changed:,} B + {meta:,} B")
+    only = "yes" if payload == expected else f"NO, also {sorted(set(payload) - set(expected))}"
+    record("refresh", f"  carries only the changed payload: {only}; delta header", f"{d.data_offset:,} B")
+    ratio = report["delta_size"] / (changed + meta)
+    record("refresh", "  delta / (changed content + metadata members)", f"{ratio:.3f}x")
+    for e in carried:
+        if e.name not in payload:
+            record("refresh", f"    metadata member {e.name}", f"{e.length:,} B")
+
+
+def _blobs(store: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (store / "oci" / "blobs" / "sha256").iterdir()}
+
+
+def _start_registry(directory: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """Debian's docker-registry on a free loopback port (as tests/test_images.py runs it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    directory.mkdir(parents=True)
+    config = directory / "config.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
+                      f"{directory}/data\nhttp:\n  addr: 127.0.0.1:{port}\n")  # fmt: skip
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return f"127.0.0.1:{port}", proc
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit("docker-registry did not start listening")
+
+
+def _layer(seed: int, kib: int = 8) -> tuple[bytes, str]:
+    """A gzipped layer tar holding ``kib`` KiB of random bytes, and its diff_id (sha256 of the tar)."""
+    data = random.Random(seed).randbytes(kib << 10)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(f"data/layer-{seed}.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), mtime=0), f"sha256:{hashlib.sha256(buf.getvalue()).hexdigest()}"
+
+
+def _oci_image(layout: Path, layers: list[tuple[bytes, str]]) -> Path:
+    """A linux/amd64 OCI image layout with tag "1", written by hand (no docker needed)."""
+
+    def blob(data: bytes, media_type: str) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (layout / "blobs" / "sha256" / digest).write_bytes(data)
+        return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [d for _b, d in layers]}}
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": manifest_type,
+        "config": blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"),
+        "layers": [blob(b, "application/vnd.oci.image.layer.v1.tar+gzip") for b, _d in layers],
+    }
+    entry = blob(json.dumps(manifest).encode(), manifest_type)
+    entry["annotations"] = {"org.opencontainers.image.ref.name": "1"}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return layout
+
+
+def _push(layout: Path, ref: str) -> None:
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:1", f"docker://{ref}"],
+                   check=True)  # fmt: skip
+
+
 def main() -> None:
     from datetime import UTC, datetime, timedelta
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="install,startup,verify,memory", help="comma-separated sections")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--gib", type=float, default=2.0, help="payload size for the verify section")
     parser.add_argument("--memory-gib", type=float, default=5.0, help="payload size for the memory section")
     args = parser.parse_args()
     sections = set(args.only.split(","))
+    if unknown := sections - set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (choose from {', '.join(SECTIONS)})")
     with tempfile.TemporaryDirectory(prefix="chiron-bench-") as tmp:
         work = Path(tmp)
         keys = work / "keys"
@@ -271,6 +499,8 @@ def main() -> None:
             bench_verify(work, keys, args.gib)
         if "memory" in sections:
             bench_memory(work, keys, args.memory_gib)
+        if "refresh" in sections:
+            bench_refresh(work, keys)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,17 @@ def appliance(
 
 
 @pytest.fixture()
+def upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A loopback index a test adds releases to: alpha 1.0 (needs beta>=1) and beta 1.0."""
+    wheels = tmp_path / "upstream"
+    make_wheel(wheels, "alpha", "1.0", deps=("beta>=1",))
+    make_wheel(wheels, "beta", "1.0")
+    idx = LocalIndex(wheels)
+    yield idx
+    idx.close()
+
+
+@pytest.fixture()
 def seeded(appliance: Path, session_cache: Path):  # type: ignore[no-untyped-def]
     """Make a new mirror store holding the session's cached tool zip (a pex costs ~10 s to build)."""
 

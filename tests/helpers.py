@@ -121,6 +121,7 @@ class LocalIndex:
         self.yanked: set[str] = set()  # filenames served with data-yanked (PEP 592)
         self.slow: dict[str, float] = {}  # filename -> seconds to sleep per 64 KiB sent
         self.started: set[str] = set()  # filenames whose download has begun
+        self._hashes: dict[tuple[str, int, int], tuple[str, str]] = {}
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -149,7 +150,10 @@ class LocalIndex:
                     index.started.add(name)
                     time.sleep(delay)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 drops concurrent connects (a 1 s SYN retry each)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -190,17 +194,26 @@ class LocalIndex:
         if project not in projects:
             return None, ""
         links = "".join(
-            f'<a href="/files/{f.name}#sha256={hashlib.sha256(f.read_bytes()).hexdigest()}"{self._attrs(f)}>'
-            f"{f.name}</a>\n"
+            f'<a href="/files/{f.name}#sha256={self._digests(f)[0]}"{self._attrs(f)}>{f.name}</a>\n'
             for f in projects[project]
         )
         return f"<html><body>{links}</body></html>".encode(), "text/html"
+
+    def _digests(self, f: Path) -> tuple[str, str]:
+        """sha256 of a file and of its wheel METADATA, computed once per file version (a real index
+        serves static pages; hashing on every request would make the index the bottleneck)."""
+        st = f.stat()
+        key = (f.name, st.st_mtime_ns, st.st_size)
+        if key not in self._hashes:
+            meta = hashlib.sha256(_wheel_metadata(f)).hexdigest() if f.suffix == ".whl" else ""
+            self._hashes[key] = (hashlib.sha256(f.read_bytes()).hexdigest(), meta)
+        return self._hashes[key]
 
     def _attrs(self, f: Path) -> str:
         """PEP 658 metadata (as PyPI serves it, so resolving downloads no wheel) and PEP 592 yanking."""
         out = ""
         if f.suffix == ".whl":
-            out += f' data-core-metadata="sha256={hashlib.sha256(_wheel_metadata(f)).hexdigest()}"'
+            out += f' data-core-metadata="sha256={self._digests(f)[1]}"'
         if f.name in self.yanked:
             out += ' data-yanked="withdrawn by the tests"'
         return out

@@ -374,7 +374,7 @@ def test_crash_during_first_install(apps: Appliances, tmp_path: Path, step: str)
 def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=250m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip()}); CI runs as root and can")
     yield mnt

@@ -24,17 +24,6 @@ EPOCH = int(time.time()) - 3600  # recent: the metadata must still be valid when
 
 
 @pytest.fixture()
-def upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A loopback index the test adds releases to: alpha 1.0 (needs beta>=1) and beta 1.0."""
-    wheels = tmp_path / "upstream"
-    make_wheel(wheels, "alpha", "1.0", deps=("beta>=1",))
-    make_wheel(wheels, "beta", "1.0")
-    idx = LocalIndex(wheels)
-    yield idx
-    idx.close()
-
-
-@pytest.fixture()
 def spec(tmp_path: Path, keys: Path, upstream: LocalIndex) -> Path:
     return write_spec(tmp_path / "spec", keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"])
 
@@ -72,6 +61,8 @@ def test_refresh_cycle_no_op_new_release_and_delta(
     upstream.requests.clear()
     same = _refresh(store, None, tool_wheels, EPOCH + 60)  # the store remembers its spec
     assert not same.changed and same.downloaded == 0 and upstream.file_requests() == 0
+    # Every locked project's page is unchanged, so pip was not even run (no PEP 658 metadata read).
+    assert not [p for p in upstream.requests if p.endswith(".metadata")]
     assert "stays the newest" in same.notes[0]
     assert mirror.status(store)["versions"] == [EPOCH]
 
@@ -98,6 +89,7 @@ def test_refresh_cycle_no_op_new_release_and_delta(
     carried = {e.name for e in d.extents if e.carried}
     assert "wheels/beta-1.1-py3-none-any.whl" in carried
     assert not {"_archive/tool.zip", "wheels/alpha-1.1-py3-none-any.whl", "wheels/zeta-1.0-py3-none-any.whl"} & carried
+    assert "metadata/1.root.json" not in carried  # unchanged metadata files come from the base too
     # No larger than the changed content plus metadata (the header is the only overhead).
     assert third.delta_size == d.data_offset + sum(e.length for e in d.extents if e.carried)
     assert d.data_offset < 16 << 10 and third.delta_size < third.size / 10

@@ -451,17 +451,6 @@ MIRROR_EPOCH = int(time.time()) - 3600  # recent: the metadata must still be val
 
 
 @pytest.fixture()
-def upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A loopback index the fixtures add releases to: alpha 1.0 (needs beta>=1) and beta 1.0."""
-    wheels = tmp_path / "upstream"
-    make_wheel(wheels, "alpha", "1.0", deps=("beta>=1",))
-    make_wheel(wheels, "beta", "1.0")
-    idx = LocalIndex(wheels)
-    yield idx
-    idx.close()
-
-
-@pytest.fixture()
 def mirror_spec(tmp_path: Path, keys: Path, upstream: LocalIndex) -> Path:
     return write_spec(tmp_path / "mirror-spec", keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"])
 
@@ -489,16 +478,14 @@ def _mirror_refresh(
 @pytest.fixture()
 def refreshed(
     capsys: pytest.CaptureFixture[str],
-    appliance: Path,
-    session_cache: Path,
+    seeded: Any,
     tool_wheels: Path,
     mirror_spec: Path,
     tmp_path: Path,
 ) -> tuple[Path, Output]:
     """A store after its first refresh. Its tool zips are copied from the session cache, which the
     session appliance filled (building a tool zip costs ~10 s)."""
-    store = tmp_path / "store"
-    shutil.copytree(session_cache / "tool", store / "artifacts" / "tool")
+    store = seeded(tmp_path / "store")
     first = _mirror_refresh(capsys, store, tool_wheels, MIRROR_EPOCH, str(mirror_spec))
     assert first[1] == 0 and first[2]["changed"] and first[2]["metadata_version"] == MIRROR_EPOCH
     assert first[2]["downloaded"] == 2 and first[2]["changelog"] is None  # alpha and beta; nothing to compare with

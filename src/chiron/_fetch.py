@@ -54,6 +54,13 @@ class ArtifactCache:
         if sha256:
             cached = self.path_for(sha256)
             if cached.is_file():
+                # Re-hashed on reuse: what comes out of the cache is parsed (SBOM, policy) and signed.
+                got = sha256_file(cached)
+                if got != sha256:
+                    raise ArtifactError(
+                        f"{what}: cached copy {cached} has sha256 {got}, the lock pins {sha256}",
+                        hint="the cache was modified; delete that file and run again",
+                    )
                 self.stats.reused += 1
                 return cached, sha256, cached.stat().st_size
         self.root.mkdir(parents=True, exist_ok=True)
@@ -86,6 +93,14 @@ class ArtifactCache:
         self.stats.downloaded += 1
         self.stats.bytes_downloaded += size
         return dest, got, size
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class _Response:

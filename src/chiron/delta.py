@@ -97,7 +97,8 @@ def base_content(base: Path) -> set[str]:
             raise UsageError(f"{base}: not a {INVENTORY_SCHEMA} file (from chiron inventory)")
         return {str(c) for c in inv["content"]}
     try:
-        return set(_targets(base).values())
+        # Every region, including metadata files that are not targets (the root chain rarely changes).
+        return {sha for name, _off, _len, sha in _extents(base) if name != INDEX_EXTENT}
     except FormatError as exc:
         raise UsageError(f"{base}: neither an appliance nor an inventory ({exc})") from None
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from chiron import _images, _lock, _lockfile, _progress, _telemetry, _trust, diff, policy
 from chiron._archive import METADATA_PREFIX, TOOL_TARGET, canonical_json, read_layout
-from chiron._fetch import ArtifactCache
+from chiron._fetch import ArtifactCache, sha256_file
 from chiron._spec import LoadedSpec, load_spec
 from chiron._tool import ToolFormat
 from chiron.build import ZIP_TIME, BuildOptions, build, image_refs, load_lock, source_date_epoch, tool_zip_for
@@ -103,13 +103,14 @@ class Store:
     def sweep(self) -> int:
         """Remove what killed runs left: partial downloads and temporary files (under the lock only)."""
         removed = 0
-        for d in (self.artifacts, self.appliances, self.locks, self.root):
+        for d in (self.artifacts, self.appliances, self.locks, self.tuf, self.root):
             if d.is_dir():
                 for p in d.iterdir():
-                    if p.is_file() and p.name.startswith("."):
-                        if p.name == ".lock":
-                            continue
-                        p.unlink()
+                    if p.name.startswith(".") and p.name != ".lock":
+                        if p.is_dir():
+                            shutil.rmtree(p)
+                        else:
+                            p.unlink()
                         removed += 1
         return removed
 
@@ -185,14 +186,6 @@ def content_key(
     ).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load(spec_path: Path, base: Path | None) -> LoadedSpec:
     loaded = load_spec(spec_path)
     if base is not None:
@@ -204,7 +197,7 @@ def _files(loaded: LoadedSpec, files_dir: Path | None) -> dict[str, str]:
     out = {}
     for i, f in enumerate(loaded.spec.files):
         src = files_dir / f.dest if files_dir else loaded.resolve_path(f.src, f"files[{i}].src")
-        out[f.dest] = _sha256_file(src) if src.is_file() else ""
+        out[f.dest] = sha256_file(src) if src.is_file() else ""
     return out
 
 
@@ -235,7 +228,7 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
                 policy.Policy(sources=policy.SourceRules(sdists=spec.python.allow_sdists)), None, {}
             )
 
-        lock = load_lock(loaded)
+        lock, pages = _resolve(store, loaded, latest := state["versions"][-1] if state else None)
         cache = ArtifactCache(store.artifacts)
         measured: dict[str, tuple[str, int]] = {}
         paths: dict[str, Path] = {}
@@ -258,7 +251,6 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         pylock = _lock.write_pylock(lock, spec)
         root_chain = _trust.load_root_chain(loaded.resolve_path(spec.trust.root, "trust.root"))
         _check_same_trust(store, root_chain)
-        latest = state["versions"][-1] if state else None
         epoch = source_date_epoch(opts.source_date_epoch)
         number = latest["metadata_version"] + 1 if latest else (epoch if epoch is not None else int(time.time()))
         ext = "pex" if opts.tool_format == "pex" else "pyz"
@@ -279,9 +271,9 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
             files_dir=files_dir,
             images=(store.oci, recorded) if packed else None,
         )
-        with tempfile.TemporaryDirectory(prefix="tool-", dir=store.root) as tmp:
+        with tempfile.TemporaryDirectory(prefix=".tool-", dir=store.root) as tmp:
             tool, _members = tool_zip_for(bopts, ZIP_TIME, Path(tmp))
-            tool_sha = _sha256_file(tool)
+            tool_sha = sha256_file(tool)
         key = content_key(
             spec=loaded.raw,
             pylock=pylock,
@@ -335,14 +327,15 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         entry = {
             "metadata_version": number,
             "version": spec.appliance.version,
-            "created": built_created(out),
+            "created": _created(out),
             "file": str(out.relative_to(store.root)),
-            "sha256": _sha256_file(out),
+            "sha256": sha256_file(out),
             "size": built.size,
             "content_key": key,
             "lock": f"locks/{number}.pylock.toml",
             "downloaded": stats.downloaded,
             "bytes_downloaded": stats.bytes_downloaded,
+            "resolved_from": pages,
         }
         store.write_state(
             {
@@ -361,7 +354,57 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         return result
 
 
-def built_created(archive: Path) -> str:
+def _resolve(store: Store, loaded: LoadedSpec, latest: dict[str, Any] | None) -> tuple[_lock.Lock, dict[str, Any]]:
+    """The lock, re-resolved with pip unless nothing it could depend on has changed.
+
+    pip reads every locked project's index page on each run (~15 ms each): most of a no-change
+    refresh. So the store records the sha256 of those pages; when the spec is the same and every page
+    is byte-identical, the previous lock is the answer pip would give, and pip is not run. Any
+    change, an unreachable page, or a spec that uses find_links or a fixed lock runs pip.
+    """
+    spec = loaded.spec
+    key = hashlib.sha256(loaded.raw).hexdigest()
+    index = spec.python.index_url
+    usable = bool(index and spec.python.requirements and not spec.python.find_links and loaded.lock_path is None)
+    recorded = (latest or {}).get("resolved_from") or {}
+    pages_now = _index_pages(list(recorded.get("pages", {}))) if usable and recorded.get("spec") == key else None
+    if latest and pages_now and pages_now == recorded["pages"]:
+        lock = _lock.read_pylock(store.root / latest["lock"], spec)
+        for pkg in lock.packages:
+            pkg.yanked = pkg.name in recorded.get("yanked", [])
+        return lock, recorded
+    lock = load_lock(loaded)
+    pages: dict[str, Any] = {}
+    if usable and index:
+        urls = [f"{index.rstrip('/')}/{pkg.name}/" for pkg in lock.packages]
+        fetched = _index_pages(urls)
+        if fetched is not None:
+            pages = {"spec": key, "pages": fetched, "yanked": sorted(p.name for p in lock.packages if p.yanked)}
+    return lock, pages
+
+
+def _index_pages(urls: list[str]) -> dict[str, str] | None:
+    """sha256 of each simple-index page (None if any cannot be read: then pip decides)."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(url: str) -> str:
+        req = urllib.request.Request(  # noqa: S310 - the spec's index URL (http/https)
+            url, headers={"User-Agent": "chiron", "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - as above
+            return hashlib.sha256(resp.read()).hexdigest()
+
+    if not all(u.startswith(("http://", "https://")) for u in urls):
+        return None
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return dict(zip(urls, pool.map(one, urls), strict=True))
+    except OSError:
+        return None
+
+
+def _created(archive: Path) -> str:
     layout = read_layout(archive)
     offset, length = layout.regions()["appliance.json"]
     with archive.open("rb") as f:
@@ -520,7 +563,7 @@ def restore(
                     "version": report.version,
                     "created": manifest.get("created"),
                     "file": str(dest.relative_to(store.root)),
-                    "sha256": _sha256_file(dest),
+                    "sha256": sha256_file(dest),
                     "size": dest.stat().st_size,
                     "content_key": key,
                     "lock": f"locks/{number}.pylock.toml",
