@@ -120,7 +120,8 @@ class LocalIndex:
         self.override: dict[str, bytes] = {}
         self.yanked: set[str] = set()  # filenames served with data-yanked (PEP 592)
         self.slow: dict[str, float] = {}  # filename -> seconds to sleep per 64 KiB sent
-        self.started: set[str] = set()  # filenames whose download has begun
+        self.sent: Counter[str] = Counter()  # bytes sent so far of each slow file
+        self.ranges: list[tuple[str, int]] | None = None  # a list: serve HTTP Range requests, recorded here
         self._hashes: dict[tuple[str, int, int], tuple[str, str]] = {}
         index = self
 
@@ -135,11 +136,19 @@ class LocalIndex:
                     self.send_response(404)
                     self.end_headers()
                     return
-                self.send_response(200)
+                name = self.path.removeprefix("/files/")
+                wanted = self.headers.get("Range", "")
+                if index.ranges is not None and wanted.startswith("bytes=") and wanted.endswith("-"):
+                    start = int(wanted[6:-1])
+                    index.ranges.append((name, start))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                    body = body[start:]
+                else:
+                    self.send_response(200)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                name = self.path.removeprefix("/files/")
                 delay = index.slow.get(name)
                 if delay is None:
                     self.wfile.write(body)
@@ -147,7 +156,7 @@ class LocalIndex:
                 for i in range(0, len(body), 1 << 16):
                     self.wfile.write(body[i : i + (1 << 16)])
                     self.wfile.flush()
-                    index.started.add(name)
+                    index.sent[name] += min(1 << 16, len(body) - i)
                     time.sleep(delay)
 
         class Server(http.server.ThreadingHTTPServer):

@@ -178,3 +178,32 @@ def test_stale_lock_is_refused(tmp_path: Path, keys: Path, private_index: LocalI
     spec_path.write_text(text.replace('"beta==1.0"', '"beta>=2"'))
     with pytest.raises(LockError, match=r"does not satisfy python.requirements 'beta>=2' for environment cp311"):
         do_build(spec_path, tmp_path / "o.pex", tool_wheels, tmp_path / "cache")
+
+
+def test_partial_download_is_continued_or_restarted(tmp_path: Path, private_index: LocalIndex) -> None:
+    wheel = private_index.directory / "beta-1.0-py3-none-any.whl"
+    data = wheel.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    url = f"{private_index.url.removesuffix('/simple')}/files/{wheel.name}"
+    cache = ArtifactCache(tmp_path / "cache")
+    partial = tmp_path / "cache" / f".partial-{sha}"
+    partial.parent.mkdir()
+    # A good prefix and an index that honours Range: only the rest is fetched.
+    partial.write_bytes(data[:100])
+    private_index.ranges = []
+    path, got, size = cache.fetch(url, sha, wheel.name)
+    assert (got, size, path.read_bytes()) == (sha, len(data), data) and not partial.exists()
+    assert private_index.ranges == [(wheel.name, 100)] and cache.stats.bytes_downloaded == len(data) - 100
+    assert cache.stats.resumed == 1
+    # A corrupt prefix: the joined file fails its hash, the partial is dropped, the next run starts over.
+    path.unlink()
+    partial.write_bytes(b"X" * 100)
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        cache.fetch(url, sha, wheel.name)
+    assert not partial.exists()
+    assert cache.fetch(url, sha, wheel.name)[2] == len(data)
+    # An index without Range support answers 200: the partial is discarded and the whole file fetched.
+    cache.path_for(sha).unlink()
+    partial.write_bytes(data[:100])
+    private_index.ranges = None
+    assert cache.fetch(url, sha, wheel.name)[0].read_bytes() == data

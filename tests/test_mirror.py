@@ -205,18 +205,27 @@ def test_killed_refresh_resumes_to_the_same_appliance(
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while big.name not in upstream.started and time.monotonic() < deadline and proc.poll() is None:
+    # Past the first 1 MiB read, so some of it is on disk when the process dies.
+    while upstream.sent[big.name] < 2 << 20 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert big.name in upstream.started, "the refresh never started downloading the big wheel"
+    assert upstream.sent[big.name] >= 2 << 20, "the refresh never got far into the big wheel"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert list((store / "artifacts").glob(".partial-*")), "killed mid-download: a partial file is left"
     assert not (store / "state.json").exists()
 
+    (partial,) = (store / "artifacts").glob(".partial-*")
+    kept = partial.stat().st_size
+    assert 0 < kept < big.stat().st_size
+
     upstream.slow.clear()
+    upstream.ranges = []  # the index now honours Range requests
     resumed = _refresh(store, spec, tool_wheels, EPOCH)
     assert resumed.downloaded == 1  # alpha and beta finished before the kill; only omega again
+    assert upstream.ranges == [(big.name, kept)]  # continued where the killed run stopped
+    assert resumed.bytes_downloaded == big.stat().st_size - kept
     assert not list((store / "artifacts").glob(".partial-*"))
+    upstream.ranges = None
     clean = _refresh(seeded(tmp_path / "clean"), spec, tool_wheels, EPOCH)
     assert clean.downloaded == 3
     assert resumed.appliance.read_bytes() == clean.appliance.read_bytes()  # type: ignore[union-attr]

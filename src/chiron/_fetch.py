@@ -1,11 +1,14 @@
 """Fetch pinned artifacts into a content-addressed cache, re-checking every hash.
 
 The cache is keyed by sha256 (``CACHE/sha256/ab/abcd...``), so a rebuild finds what it already has
-without any request, and a file is only ever placed in the cache after its bytes were hashed.
+without any request, and a file is only ever placed in the cache after its bytes were hashed. A
+download of a pinned artifact goes to ``CACHE/.partial-<sha256>``; if it is interrupted, the next
+fetch continues it with an HTTP Range request (and starts over when the server ignores Range).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -18,6 +21,7 @@ from pathlib import Path
 from chiron.errors import ArtifactError
 
 CHUNK = 1 << 20
+PARTIAL = ".partial-"  # CACHE/.partial-<sha256>: a download in progress (or interrupted)
 
 
 def default_cache_dir() -> Path:
@@ -32,6 +36,7 @@ class FetchStats:
     downloaded: int = 0
     reused: int = 0
     bytes_downloaded: int = 0
+    resumed: int = 0  # downloads continued from an interrupted run's partial file
 
 
 class ArtifactCache:
@@ -64,22 +69,48 @@ class ArtifactCache:
                 self.stats.reused += 1
                 return cached, sha256, cached.stat().st_size
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".partial-", dir=self.root)
-        tmp = Path(tmp_name)
+        named = bool(sha256)
+        if named:
+            # Named by the pinned hash, so an interrupted download is continued by the next run;
+            # locked, so two builds sharing a cache never write into the same partial file.
+            tmp = self.root / f"{PARTIAL}{sha256}"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                named = False
+        if not named:
+            fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL, dir=self.root)
+            tmp = Path(tmp_name)
         h = hashlib.sha256()
-        size = 0
+        have = 0
         try:
-            with os.fdopen(fd, "wb") as out, _open(url, what) as src:
-                while chunk := src.read(CHUNK):
+            with os.fdopen(fd, "r+b") as out:
+                # Hash what an earlier run left, then ask only for the rest (HTTP Range).
+                while chunk := out.read(CHUNK):
                     h.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                    if progress:
-                        progress(len(chunk))
+                    have += len(chunk)
+                src, resumed = _open(url, what, have)
+                if not resumed and have:
+                    out.seek(0)
+                    out.truncate()
+                    h, have = hashlib.sha256(), 0
+                elif resumed:
+                    self.stats.resumed += 1
+                size = have
+                with src:
+                    while chunk := src.read(CHUNK):
+                        h.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+                        if progress:
+                            progress(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
             got = h.hexdigest()
             if sha256 and got != sha256:
+                tmp.unlink(missing_ok=True)
                 raise ArtifactError(
                     f"{what}: sha256 mismatch for {url}: the lock pins {sha256}, the download is {got}",
                     hint="the index served different bytes than were locked; re-lock only if you trust the change",
@@ -88,10 +119,11 @@ class ArtifactCache:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            if not named:
+                tmp.unlink(missing_ok=True)  # unnamed: cannot be resumed
             raise
         self.stats.downloaded += 1
-        self.stats.bytes_downloaded += size
+        self.stats.bytes_downloaded += size - have
         return dest, got, size
 
 
@@ -120,21 +152,32 @@ class _Response:
         return data
 
 
-def _open(url: str, what: str) -> _Response:
+def _open(url: str, what: str, offset: int = 0) -> tuple[_Response, bool]:
+    """The response for ``url`` and whether it continues at ``offset`` (a 206 for our Range)."""
     if "://" not in url:
         try:
-            return _Response(Path(url).open("rb"))
+            return _Response(Path(url).open("rb")), False
         except OSError as exc:
             raise ArtifactError(f"{what}: cannot open {url}: {exc.strerror}") from None
     if not url.startswith(("http://", "https://", "file://")):
         raise ArtifactError(f"{what}: unsupported URL scheme in {url}")
+    headers = {"User-Agent": "chiron"}
+    if offset and url.startswith(("http://", "https://")):
+        headers["Range"] = f"bytes={offset}-"
     try:
-        req = urllib.request.Request(url, headers={"User-Agent": "chiron"})  # noqa: S310 - scheme checked above
-        return _Response(urllib.request.urlopen(req, timeout=120))  # noqa: S310 - scheme checked above
+        req = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked above
+        resp = urllib.request.urlopen(req, timeout=120)  # noqa: S310 - scheme checked above
     except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:  # the partial file is not a prefix of what is served now
+            return _open(url, what, 0)
         raise ArtifactError(f"{what}: {url} answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ArtifactError(
             f"{what}: cannot fetch {url}: {reason}", hint="check the index URL and that the host is reachable"
         ) from None
+    status = getattr(resp, "status", 200)
+    resumed = (
+        bool(offset) and status == 206 and str(resp.headers.get("Content-Range", "")).startswith(f"bytes {offset}-")
+    )
+    return _Response(resp), resumed

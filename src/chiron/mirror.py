@@ -30,7 +30,7 @@ from typing import Any
 
 from chiron import _images, _lock, _lockfile, _progress, _telemetry, _trust, diff, policy
 from chiron._archive import METADATA_PREFIX, TOOL_TARGET, canonical_json, read_layout
-from chiron._fetch import ArtifactCache, sha256_file
+from chiron._fetch import PARTIAL, ArtifactCache, sha256_file
 from chiron._spec import LoadedSpec, load_spec
 from chiron._tool import ToolFormat
 from chiron.build import ZIP_TIME, BuildOptions, build, image_refs, load_lock, source_date_epoch, tool_zip_for
@@ -106,13 +106,19 @@ class Store:
         for d in (self.artifacts, self.appliances, self.locks, self.tuf, self.root):
             if d.is_dir():
                 for p in d.iterdir():
-                    if p.name.startswith(".") and p.name != ".lock":
+                    if p.name.startswith(".") and p.name != ".lock" and not _resumable(p):
                         if p.is_dir():
                             shutil.rmtree(p)
                         else:
                             p.unlink()
                         removed += 1
         return removed
+
+
+def _resumable(p: Path) -> bool:
+    """A partial download named by its pinned sha256: the next fetch continues it."""
+    digest = p.name.removeprefix(PARTIAL)
+    return p.name.startswith(PARTIAL) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
 
 
 @dataclass(frozen=True)
