@@ -348,3 +348,52 @@ def test_replaced_host_installs_the_latest_and_keeps_upgrading(
     nxt = _refresh(store, None, tool_wheels, EPOCH + 120, delta_from=latest.appliance)
     host.upgrade(_opts(nxt.delta, new))  # type: ignore[arg-type]
     assert _installed(new, "beta") == "1.2"
+
+
+def test_refreshed_appliance_rebuilds_byte_for_byte(
+    tmp_path: Path, spec: Path, upstream: LocalIndex, tool_wheels: Path, seeded
+) -> None:  # type: ignore[no-untyped-def]
+    """Reproducibility holds for what the mirror signs too (version N+1, SBOM, lock from the store)."""
+    from chiron.rebuild import rebuild
+
+    store = seeded(tmp_path / "store")
+    _refresh(store, spec, tool_wheels, EPOCH)
+    make_wheel(upstream.directory, "beta", "1.1")
+    second = _refresh(store, None, tool_wheels, EPOCH + 60)
+    upstream.close()  # offline: everything comes from the appliance itself
+    report = rebuild(second.appliance, tmp_path / "r.pex", base=spec.parent, tool_wheels=None, cache_dir=tmp_path / "c")  # type: ignore[arg-type]
+    assert report.identical, report.differences
+
+
+def test_prune_keeps_what_the_newest_appliances_need(
+    tmp_path: Path, keys: Path, spec: Path, upstream: LocalIndex, tool_wheels: Path, seeded
+) -> None:  # type: ignore[no-untyped-def]
+    from chiron.errors import UsageError
+
+    store = seeded(tmp_path / "store")
+    first = _refresh(store, spec, tool_wheels, EPOCH)
+    make_wheel(upstream.directory, "beta", "1.1")
+    second = _refresh(store, None, tool_wheels, EPOCH + 60, delta_from=first.appliance)
+    make_wheel(upstream.directory, "beta", "1.2")
+    third = _refresh(store, None, tool_wheels, EPOCH + 120)
+    with pytest.raises(UsageError, match="at least 1"):
+        mirror.prune(store, 0)
+    info = mirror.prune(store, 2)
+    assert info["pruned"] == [EPOCH] and info["kept"] == [EPOCH + 1, EPOCH + 2]
+    assert not first.appliance.exists() and second.delta.exists()  # type: ignore[union-attr]
+    names = {p.name for p in (store / "artifacts" / "sha256").rglob("*") if p.is_file()}
+    wheels = {p.name for p in upstream.directory.iterdir()}
+    import hashlib
+
+    by_sha = {hashlib.sha256((upstream.directory / w).read_bytes()).hexdigest(): w for w in wheels}
+    assert sorted(by_sha[n] for n in names) == [
+        "alpha-1.0-py3-none-any.whl",
+        "beta-1.1-py3-none-any.whl",
+        "beta-1.2-py3-none-any.whl",
+    ]
+    # The lock history stays; the kept appliances still verify and the store still refreshes.
+    assert len(list((store / "locks").glob("*.pylock.toml"))) == 3
+    assert mirror.status(store)["versions"] == [EPOCH, EPOCH + 1, EPOCH + 2]
+    assert verify(second.appliance, root_file=keys / "1.root.json").ok  # type: ignore[arg-type]
+    assert not _refresh(store, None, tool_wheels, EPOCH + 180).changed
+    assert third.appliance.exists()  # type: ignore[union-attr]

@@ -548,6 +548,21 @@ def out_mirror_status(
     return [built, rest]
 
 
+@pytest.fixture()
+def out_mirror_prune(
+    capsys: pytest.CaptureFixture[str], refreshed: tuple[Path, Output], upstream: LocalIndex, tool_wheels: Path
+) -> list[Output]:
+    store, first = refreshed
+    make_wheel(upstream.directory, "beta", "1.1")
+    assert _mirror_refresh(capsys, store, tool_wheels, MIRROR_EPOCH + 60)[2]["changed"]
+    pruned = run(capsys, ["mirror", "prune", "--store", str(store), "--keep", "1", "--json"])
+    assert pruned[1] == 0 and pruned[2]["pruned"] == [MIRROR_EPOCH] and pruned[2]["kept"] == [MIRROR_EPOCH + 1]
+    assert pruned[2]["files_removed"] == 1 and not Path(first[2]["appliance"]).exists()  # beta 1.0's wheel
+    again = run(capsys, ["mirror", "prune", "--store", str(store), "--keep", "1", "--json"])
+    assert again[2]["pruned"] == [] and again[2]["files_removed"] == 0
+    return [pruned, again]
+
+
 def _inventory_file(capsys: pytest.CaptureFixture[str], prefix: Path, dest: Path) -> Output:
     """``chiron inventory -o FILE``: it prints one line on stdout; the output is the file."""
     capsys.readouterr()

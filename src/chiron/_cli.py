@@ -865,6 +865,25 @@ def mirror_status(store: StoreOpt = Path("mirror"), as_json: JsonOpt = False) ->
     )
 
 
+@mirror_app.command("prune")
+def mirror_prune(
+    store: StoreOpt = Path("mirror"),
+    keep: Annotated[int, typer.Option("--keep", help="How many of the newest appliances to keep.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove older appliances and the artifacts and image blobs only they used (the lock history stays)."""
+    from chiron.mirror import prune
+
+    info = prune(store, keep)
+    if as_json:
+        _emit(info)
+        return
+    typer.echo(
+        f"pruned {len(info['pruned'])} version(s) from {info['store']}; kept {', '.join(map(str, info['kept']))}; "
+        f"{info['files_removed']} artifacts and blobs removed, {info['bytes_freed']} bytes freed"
+    )
+
+
 @app.command("delta")
 def make_delta(
     base: Annotated[Path, typer.Argument(help="What the host already has: an older appliance or an inventory.")],

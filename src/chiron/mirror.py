@@ -616,3 +616,73 @@ def status(store_dir: Path) -> dict[str, Any]:
         "image_blobs": len(blobs),
         "image_bytes": sum(p.stat().st_size for p in blobs),
     }
+
+
+def prune(store_dir: Path, keep: int) -> dict[str, Any]:
+    """Drop all but the newest ``keep`` appliances, and the artifacts and image blobs only they used.
+
+    The lock history and the version list stay (locks are small and are the record of what was
+    shipped); pruned versions are marked ``"pruned": true``. Content is kept by sha256 if any kept
+    appliance signs it as a target, so a kept appliance can always be rebuilt from the store.
+    """
+    from chiron.delta import base_content
+
+    if keep < 1:
+        raise UsageError("--keep must be at least 1: the newest appliance is what the next delta is made from")
+    store = Store(store_dir.absolute())
+    with store.locked("mirror prune"):
+        state = store.state()
+        if state is None:
+            raise UsageError(f"{store.root}: not a mirror store (no state.json)")
+        versions = state["versions"]
+        live = [v for v in versions if not v.get("pruned")]
+        drop, kept = live[:-keep], live[-keep:]
+        needed: set[str] = set()
+        for v in kept:
+            needed |= base_content(store.root / v["file"])
+        freed = 0
+        for v in drop:
+            for suffix in ("", ".sig"):
+                f = store.root / (v["file"] + suffix)
+                if f.is_file():
+                    freed += f.stat().st_size
+                    f.unlink()
+            delta_file = (store.root / v["file"]).with_suffix(".delta")
+            if delta_file.is_file():
+                freed += delta_file.stat().st_size
+                delta_file.unlink()
+            v["pruned"] = True
+        removed = 0
+        for f in [*store.artifacts.glob("sha256/*/*"), *store.oci.glob("blobs/sha256/*")]:
+            if f.name not in needed:
+                freed += f.stat().st_size
+                f.unlink()
+                removed += 1
+        for record in store.artifacts.glob("tool/*.json"):
+            zip_file = record.with_suffix(".zip")
+            if json.loads(record.read_text()).get("sha256") not in needed:
+                record.unlink()
+                if zip_file.is_file():
+                    freed += zip_file.stat().st_size
+                    zip_file.unlink()
+        _prune_oci_index(store.oci)
+        store.write_state(state)
+    return {
+        "schema": "chiron.mirror-prune/1",
+        "store": str(store.root),
+        "kept": [v["metadata_version"] for v in kept],
+        "pruned": [v["metadata_version"] for v in drop],
+        "files_removed": removed,
+        "bytes_freed": freed,
+    }
+
+
+def _prune_oci_index(layout: Path) -> None:
+    """Drop index.json entries whose manifest blob is gone, so the layout stays valid for skopeo."""
+    index_file = layout / "index.json"
+    if not index_file.is_file():
+        return
+    index = json.loads(index_file.read_text())
+    present = {p.name for p in (layout / "blobs" / "sha256").glob("*")}
+    index["manifests"] = [m for m in index.get("manifests", []) if m["digest"].partition(":")[2] in present]
+    _trust.write_atomic(index_file, json.dumps(index).encode())
