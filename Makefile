@@ -31,9 +31,12 @@ $(TOOL_WHEELS)/.stamp: $(VENV)/.installed pyproject.toml requirements/tool-const
 keys: venv
 	test -f $(KEYS)/1.root.json || $(BIN)/chiron keys init $(KEYS)
 
+# Built, verified, rebuilt byte for byte from what it carries (reproducibility is checked on every
+# build), and its detached signature checked with ssh-keygen.
 appliance: tool-wheels keys
 	$(BIN)/chiron build $(SPEC) -o $(OUT) --tool-wheels $(TOOL_WHEELS)
 	./$(OUT) verify --root $(KEYS)/1.root.json
+	$(BIN)/chiron rebuild $(OUT) --base bundle --check -o build/rebuilt.pex
 	if command -v ssh-keygen >/dev/null; then \
 	  ssh-keygen -Y verify -f $(KEYS)/allowed_signers -I chiron -n chiron-appliance -s $(OUT).sig < $(OUT); fi
 

@@ -21,6 +21,13 @@ def inspect_archive(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
+    from chiron.delta import is_delta
+
+    if is_delta(path):
+        raise UsageError(
+            f"{path} is a chiron delta, not a whole appliance",
+            hint="inspect the full appliance it was made from, or the one a host rebuilds from it",
+        )
     try:
         layout = read_layout(path)
     except FormatError as exc:
