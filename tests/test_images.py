@@ -376,12 +376,14 @@ def test_mirror_refresh_picks_up_a_moved_tag(
         }
 
     before = layers()
-    assert before and not refresh(epoch + 60).changed
+    same = refresh(epoch + 60)
+    assert before and not same.changed and same.image_blobs_fetched == 0
     assert layers() == before
 
     push("app:1")  # the tag moves to another image
     moved = refresh(epoch + 120)
     assert moved.changed and moved.metadata_version == first.metadata_version + 1
+    assert moved.image_blobs_fetched >= 2 and moved.image_bytes_fetched > 0  # the app layer, config, manifest
     changed = moved.changelog["images"]["changed"]  # type: ignore[index]
     assert [c["ref"] for c in changed] == [f"{enclave_registry}/svc:1"]
     assert changed[0]["from_digest"] != changed[0]["to_digest"]

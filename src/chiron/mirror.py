@@ -147,6 +147,8 @@ class RefreshResult:
     bytes_downloaded: int
     reused: int
     seconds: float
+    image_blobs_fetched: int = 0  # blobs new in the store's OCI layout (what skopeo fetched)
+    image_bytes_fetched: int = 0
     delta: Path | None = None
     delta_size: int | None = None
     size: int | None = None
@@ -168,6 +170,8 @@ class RefreshResult:
             "downloaded": self.downloaded,
             "bytes_downloaded": self.bytes_downloaded,
             "reused": self.reused,
+            "image_blobs_fetched": self.image_blobs_fetched,
+            "image_bytes_fetched": self.image_bytes_fetched,
             "seconds": round(self.seconds, 3),
             "changelog": self.changelog,
             "notes": self.notes,
@@ -246,7 +250,9 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
                 measured[art.filename] = (sha, size)
                 paths[art.filename] = path
         _lock.fill_hashes(lock, measured)
+        blobs_before = _blob_sizes(store.oci)
         packed = _images.fetch(image_refs(loaded), store.oci)
+        new_blobs = {d: n for d, n in _blob_sizes(store.oci).items() if d not in blobs_before}
         recorded = [i.as_dict() for i in packed]
 
         violations = policy.check(rules, lock, paths)
@@ -302,6 +308,8 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
                 downloaded=stats.downloaded,
                 bytes_downloaded=stats.bytes_downloaded,
                 reused=stats.reused,
+                image_blobs_fetched=len(new_blobs),
+                image_bytes_fetched=sum(new_blobs.values()),
                 seconds=time.monotonic() - started,
                 notes=[f"nothing changed upstream: version {latest['metadata_version']} stays the newest"],
             )
@@ -320,6 +328,8 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
             downloaded=stats.downloaded,
             bytes_downloaded=stats.bytes_downloaded,
             reused=stats.reused,
+            image_blobs_fetched=len(new_blobs),
+            image_bytes_fetched=sum(new_blobs.values()),
             seconds=0.0,
         )
         previous = store.root / latest["file"] if latest else None
@@ -408,6 +418,10 @@ def _index_pages(urls: list[str]) -> dict[str, str] | None:
             return dict(zip(urls, pool.map(one, urls), strict=True))
     except OSError:
         return None
+
+
+def _blob_sizes(layout: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in layout.glob("blobs/sha256/*")}
 
 
 def _created(archive: Path) -> str:
