@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from chiron import _lockfile, delta, host, mirror
+from chiron import _lockfile, _trust, delta, host, mirror
 from chiron.errors import Refused
 from chiron.verify import verify
 
@@ -287,8 +287,8 @@ def test_restore_without_a_spec_uses_the_appliance_copy(
             str(first.appliance),
             "--store",
             str(store),
-            "--root",
-            str(keys / "1.root.json"),
+            "--root-sha256",  # as the runbook does: the fingerprint given out of band
+            _trust.fingerprint((keys / "1.root.json").read_bytes()),
             "--json",
         ],
         capture_output=True,
@@ -322,7 +322,6 @@ def test_replaced_host_installs_the_latest_and_keeps_upgrading(
 ) -> None:  # type: ignore[no-untyped-def]
     """docs/runbooks/disaster-recovery.md section 4: a new host from the latest appliance, the old
     audit log checked on the side, then the next upgrade as usual."""
-    from chiron import _trust
     from chiron._cli import main
 
     store = seeded(tmp_path / "store")
