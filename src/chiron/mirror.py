@@ -376,7 +376,8 @@ def _resolve(store: Store, loaded: LoadedSpec, latest: dict[str, Any] | None) ->
     pip reads every locked project's index page on each run (~15 ms each): most of a no-change
     refresh. So the store records the sha256 of those pages; when the spec is the same and every page
     is byte-identical, the previous lock is the answer pip would give, and pip is not run. Any
-    change, an unreachable page, or a spec that uses find_links or a fixed lock runs pip.
+    change, an unreachable page, or a spec that uses find_links runs pip; a spec's fixed lock is
+    used as it is.
     """
     spec = loaded.spec
     key = hashlib.sha256(loaded.raw).hexdigest()
