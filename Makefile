@@ -25,6 +25,10 @@ tool-wheels: $(TOOL_WHEELS)/.stamp
 $(TOOL_WHEELS)/.stamp: $(VENV)/.installed pyproject.toml requirements/tool-constraints.txt $(shell find src -name '*.py')
 	rm -rf $(TOOL_WHEELS)
 	$(BIN)/pip wheel -q -c requirements/tool-constraints.txt -w $(TOOL_WHEELS) .
+	# The tool runs on the target hosts too: add the compiled dependencies for CPython 3.12 on x86_64
+	# (the default bundle's other environment); pure wheels are shared.
+	$(BIN)/pip download -q --only-binary=:all: --no-deps --implementation cp --python-version 3.12 --abi cp312 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(TOOL_WHEELS) -r requirements/tool-constraints.txt
 	touch $@
 
 # Throw-away development keys (never committed, never packed); production keys come from HSM/KMS URIs.

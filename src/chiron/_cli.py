@@ -225,6 +225,8 @@ def build(
         show_progress=not as_json,
     )
     result = run_build(opts)
+    for note in result.notes:
+        _log("notice", note)
     if as_json:
         _emit({"schema": "chiron.build/1", **result.as_dict()})
     else:

@@ -7,13 +7,16 @@ then rewritten by ``_archive.normalize_zip`` so that the same inputs give the sa
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from chiron import __version__, _proc
-from chiron.errors import UsageError
+from chiron.errors import EnvironmentProblem, UsageError
+from chiron.models import TargetEnvironment
 
 ToolFormat = Literal["pex", "shiv"]
 ENTRY_POINT = "chiron._cli:main"
@@ -28,8 +31,28 @@ def _clean_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str) -> None:
-    """Build the tool zip into ``out`` from wheels in ``wheels`` (no index is contacted)."""
+def tool_platforms(environments: Iterable[TargetEnvironment]) -> list[str]:
+    """pex platforms for the environments the build interpreter does not cover.
+
+    The tool runs on the target hosts (``./chiron.pex verify``, the installed ``bin/chiron``), so it
+    must carry compiled dependencies (cryptography's cffi, pydantic-core) for each environment's
+    Python, not only for the interpreter that builds it.
+    """
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    machine = platform.machine()
+    out = set()
+    for env in environments:
+        plat = env.platforms[0]
+        if env.implementation == sys.implementation.name[:2] and env.python_version == here and plat.endswith(machine):
+            continue
+        abi = env.abis[0] if env.abis else f"{env.implementation}{env.nodot}"
+        out.add(f"{plat}-{env.implementation}-{env.python_version}.0-{abi}")
+    return sorted(out)
+
+
+def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str, platforms: Iterable[str] = ()) -> None:
+    """Build the tool zip into ``out`` from wheels in ``wheels`` (no index is contacted), for the build
+    interpreter and, with the pex format, for each of ``platforms`` as well."""
     if not wheels.is_dir() or not any(wheels.glob("chiron-*.whl")):
         raise UsageError(
             f"{wheels}: no wheel of chiron itself to build the tool from",
@@ -57,7 +80,20 @@ def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str) -> None:
                 "-o",
                 str(out),
             ]
-            _proc.run(pex, args, env=env, timeout=1800, what="building the pex tool zip")
+            for plat in platforms:
+                args += ["--platform", plat]
+            try:
+                _proc.run(pex, args, env=env, timeout=1800, what="building the pex tool zip")
+            except EnvironmentProblem as exc:
+                if platforms and "No matching distribution" in exc.message:
+                    raise EnvironmentProblem(
+                        f"{wheels}: the tool wheels lack a wheel for one of the platforms the tool must run on "
+                        f"({', '.join(platforms)}): {exc.message.splitlines()[-1]}",
+                        hint="add them with 'pip download --only-binary=:all: --no-deps --python-version X.Y "
+                        "--platform PLATFORM -r requirements/tool-constraints.txt -d TOOL_WHEELS' "
+                        "(make tool-wheels does this for CPython 3.12 on x86_64)",
+                    ) from None
+                raise
         elif fmt == "shiv":
             shiv = _proc.find_program("shiv", module="shiv")
             args = [

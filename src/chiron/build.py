@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,9 +30,9 @@ from chiron._archive import (
 )
 from chiron._fetch import ArtifactCache
 from chiron._spec import LoadedSpec, load_spec
-from chiron._tool import ToolFormat, build_tool
+from chiron._tool import ToolFormat, build_tool, tool_platforms
 from chiron.errors import ArtifactError, SpecError, UsageError
-from chiron.models import ImageRef
+from chiron.models import ImageRef, TargetEnvironment
 
 ZIP_TIME: ZipTime = (1980, 1, 1, 0, 0, 0)
 
@@ -129,6 +130,7 @@ def build(opts: BuildOptions) -> BuildResult:
     # Fixed zip entry times (as pex does): the tool zip then depends only on the tool's wheels, so it
     # is reproducible and cacheable; the build time lives in appliance.json and the metadata.
     zip_time = ZIP_TIME
+    platforms, notes = platforms_for(opts.tool_format, spec.environments)
 
     with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=spec.appliance.version) as sp:
         root_chain = _trust.load_root_chain(opts.root_chain or loaded.resolve_path(spec.trust.root, "trust.root"))
@@ -178,7 +180,7 @@ def build(opts: BuildOptions) -> BuildResult:
         with tempfile.TemporaryDirectory(prefix="chiron-build-") as tmp_s:
             tmp = Path(tmp_s)
             with _telemetry.span("chiron.build.tool", format=opts.tool_format):
-                tool_zip, tool_members = tool_zip_for(opts, zip_time, tmp)
+                tool_zip, tool_members = tool_zip_for(opts, zip_time, tmp, platforms)
             layout = tmp / "oci"
             with _telemetry.span("chiron.build.images", images=len(spec.images)):
                 if opts.images is not None:
@@ -254,10 +256,25 @@ def build(opts: BuildOptions) -> BuildResult:
         downloaded=cache.stats.downloaded,
         reused=cache.stats.reused,
         seconds=time.monotonic() - started,
+        notes=notes,
     )
 
 
-def tool_zip_for(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path, list[dict[str, Any]]]:
+def platforms_for(fmt: ToolFormat, environments: list[TargetEnvironment]) -> tuple[list[str], list[str]]:
+    """The extra platforms the tool zip is built for, and a note when the format cannot serve them."""
+    wanted = tool_platforms(environments)
+    if fmt == "pex" or not wanted:
+        return wanted, []
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return [], [
+        f"a shiv tool zip runs only on Python {here} (the build interpreter); for {', '.join(wanted)} "
+        "chiron itself needs --format pex (the wheelhouse serves every environment either way)"
+    ]
+
+
+def tool_zip_for(
+    opts: BuildOptions, zip_time: ZipTime, tmp: Path, platforms: list[str]
+) -> tuple[Path, list[dict[str, Any]]]:
     """The normalized tool zip, from the cache when the same wheels, format, shebang and time built it.
 
     Building a pex takes seconds; a warm rebuild or a mirror refresh should not pay it again.
@@ -271,6 +288,8 @@ def tool_zip_for(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path
         "shebang": opts.shebang,
         "zip_time": list(zip_time),
         "wheels": {w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels},
+        "python": f"{sys.implementation.name}-{sys.version_info.major}.{sys.version_info.minor}",
+        "platforms": platforms,
     }
     key = hashlib.sha256(canonical_json(key_data)).hexdigest()
     cache = opts.cache_dir / "tool"
@@ -281,7 +300,7 @@ def tool_zip_for(opts: BuildOptions, zip_time: ZipTime, tmp: Path) -> tuple[Path
         if hashlib.sha256(cached.read_bytes()).hexdigest() == record.get("sha256"):
             return cached, list(record["members"])
     raw, normalized = tmp / "tool.raw", tmp / "tool.zip"
-    build_tool(opts.tool_format, opts.tool_wheels, raw, opts.shebang)
+    build_tool(opts.tool_format, opts.tool_wheels, raw, opts.shebang, platforms)
     members = normalize_zip(raw, normalized, zip_time)
     cache.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(normalized.read_bytes()).hexdigest()

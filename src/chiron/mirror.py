@@ -33,7 +33,16 @@ from chiron._archive import METADATA_PREFIX, TOOL_TARGET, canonical_json, read_l
 from chiron._fetch import PARTIAL, ArtifactCache, sha256_file
 from chiron._spec import LoadedSpec, load_spec
 from chiron._tool import ToolFormat
-from chiron.build import ZIP_TIME, BuildOptions, build, image_refs, load_lock, source_date_epoch, tool_zip_for
+from chiron.build import (
+    ZIP_TIME,
+    BuildOptions,
+    build,
+    image_refs,
+    load_lock,
+    platforms_for,
+    source_date_epoch,
+    tool_zip_for,
+)
 from chiron.errors import Refused, UsageError, VerificationError
 
 STORE_FORMAT = "chiron-mirror/1"
@@ -284,7 +293,9 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
             images=(store.oci, recorded) if packed else None,
         )
         with tempfile.TemporaryDirectory(prefix=".tool-", dir=store.root) as tmp:
-            tool, _members = tool_zip_for(bopts, ZIP_TIME, Path(tmp))
+            tool, _members = tool_zip_for(
+                bopts, ZIP_TIME, Path(tmp), platforms_for(opts.tool_format, spec.environments)[0]
+            )
             tool_sha = sha256_file(tool)
         key = content_key(
             spec=loaded.raw,
