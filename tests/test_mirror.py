@@ -143,7 +143,28 @@ def test_damaged_delta_is_refused_before_anything_changes(
     truncated.write_bytes(bytes(data[:-10]))
     with pytest.raises(VerificationError, match="truncated"):
         host.upgrade(_opts(truncated, prefix))
+    # A header is not trusted: repeating a big kept piece, or not being an object, is refused up front.
+    d = delta.read(second.delta)
+    hdr = dict(d.header)
+    big = max((e for e in hdr["extents"] if not e["carried"]), key=lambda e: e["length"])
+    twice = dict(hdr, extents=[*hdr["extents"], *hdr["extents"]])
+    twice["size"] = sum(e["length"] for e in twice["extents"])
+    many = dict(hdr, extents=[*hdr["extents"], *({**big, "name": f"copy-{i}"} for i in range(1000))])
+    many["size"] = sum(e["length"] for e in many["extents"])
+    cases = (
+        (twice, "listed twice"),
+        (many, "more than the delta and the host's appliances hold"),
+        (["not", "an", "object"], "malformed delta header"),
+    )
+    for header, problem in cases:
+        raw = json.dumps(header).encode()
+        carried = second.delta.read_bytes()[d.data_offset :]
+        forged = tmp_path / "forged.delta"
+        forged.write_bytes(delta.HEAD.pack(delta.MAGIC, len(raw)) + raw + carried)
+        with pytest.raises(VerificationError, match=problem):
+            host.upgrade(_opts(forged, prefix))
     assert _installed(prefix, "beta") == "1.0"
+    assert not list((prefix / "state" / "staging").rglob("*.tmp"))
 
 
 def test_policy_violation_blocks_the_refresh(

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from chiron.errors import ArtifactError
 
@@ -69,62 +70,85 @@ class ArtifactCache:
                 self.stats.reused += 1
                 return cached, sha256, cached.stat().st_size
         self.root.mkdir(parents=True, exist_ok=True)
-        named = bool(sha256)
-        if named:
-            # Named by the pinned hash, so an interrupted download is continued by the next run;
-            # locked, so two builds sharing a cache never write into the same partial file.
-            tmp = self.root / f"{PARTIAL}{sha256}"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                named = False
-        if not named:
-            fd, tmp_name = tempfile.mkstemp(prefix=PARTIAL, dir=self.root)
-            tmp = Path(tmp_name)
-        h = hashlib.sha256()
-        have = 0
+        fd, tmp, named = self._partial(sha256)
+        if fd is None:  # another process finished this download meanwhile: take its copy
+            return self.fetch(url, sha256, what, progress)
         try:
+            # The descriptor (and its lock) stays open until the file is renamed into the cache.
             with os.fdopen(fd, "r+b") as out:
-                # Hash what an earlier run left, then ask only for the rest (HTTP Range).
-                while chunk := out.read(CHUNK):
+                h, have = hashlib.sha256(), 0
+                while chunk := out.read(CHUNK):  # what an earlier run left: continued with HTTP Range
                     h.update(chunk)
                     have += len(chunk)
-                src, resumed = _open(url, what, have)
-                if not resumed and have:
+                got, size, resumed = _receive(out, url, what, h, have, progress)
+                if resumed and sha256 and got != sha256:
+                    # The joined file is wrong (the partial did not match upstream): once more, whole.
                     out.seek(0)
                     out.truncate()
-                    h, have = hashlib.sha256(), 0
-                elif resumed:
-                    self.stats.resumed += 1
-                size = have
-                with src:
-                    while chunk := src.read(CHUNK):
-                        h.update(chunk)
-                        out.write(chunk)
-                        size += len(chunk)
-                        if progress:
-                            progress(len(chunk))
-                out.flush()
-                os.fsync(out.fileno())
-            got = h.hexdigest()
-            if sha256 and got != sha256:
-                tmp.unlink(missing_ok=True)
-                raise ArtifactError(
-                    f"{what}: sha256 mismatch for {url}: the lock pins {sha256}, the download is {got}",
-                    hint="the index served different bytes than were locked; re-lock only if you trust the change",
-                )
-            dest = self.path_for(got)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
+                    got, size, resumed = _receive(out, url, what, hashlib.sha256(), 0, progress)
+                    have = 0
+                self.stats.resumed += int(resumed)
+                if sha256 and got != sha256:
+                    tmp.unlink(missing_ok=True)
+                    raise ArtifactError(
+                        f"{what}: sha256 mismatch for {url}: the lock pins {sha256}, the download is {got}",
+                        hint="the index served different bytes than were locked; re-lock only if you trust the change",
+                    )
+                dest = self.path_for(got)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, dest)
         except BaseException:
             if not named:
                 tmp.unlink(missing_ok=True)  # unnamed: cannot be resumed
             raise
         self.stats.downloaded += 1
-        self.stats.bytes_downloaded += size - have
+        self.stats.bytes_downloaded += size - (have if resumed else 0)
         return dest, got, size
+
+    def _partial(self, sha256: str) -> tuple[int | None, Path, bool]:
+        """An open, locked partial file: named by the pinned hash (resumable) when it is free, else a
+        private temporary one. (None, ...) when another process completed the named one meanwhile."""
+        if sha256:
+            tmp = self.root / f"{PARTIAL}{sha256}"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # another process is downloading it: do our own, privately
+            else:
+                try:
+                    current = os.stat(tmp).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    return fd, tmp, True
+                os.close(fd)  # renamed into the cache by the process that held it
+                if self.path_for(sha256).is_file():
+                    return None, tmp, True
+        fd, name = tempfile.mkstemp(prefix=PARTIAL, dir=self.root)
+        return fd, Path(name), False
+
+
+def _receive(
+    out: IO[bytes], url: str, what: str, h: Any, have: int, progress: Callable[[int], None] | None
+) -> tuple[str, int, bool]:
+    """Download into ``out`` after its first ``have`` bytes (hashed into ``h``): (sha256, size, resumed)."""
+    src, resumed = _open(url, what, have)
+    if have and not resumed:  # the server sent the whole file (it ignored the Range): start over
+        out.seek(0)
+        out.truncate()
+        h, have = hashlib.sha256(), 0
+    size = have
+    with src:
+        while chunk := src.read(CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+            if progress:
+                progress(len(chunk))
+    out.flush()
+    os.fsync(out.fileno())
+    return h.hexdigest(), size, resumed
 
 
 def sha256_file(path: Path) -> str:
@@ -143,6 +167,9 @@ class _Response:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         close = getattr(self._f, "close", None)
         if close:
             close()
@@ -177,7 +204,9 @@ def _open(url: str, what: str, offset: int = 0) -> tuple[_Response, bool]:
             f"{what}: cannot fetch {url}: {reason}", hint="check the index URL and that the host is reachable"
         ) from None
     status = getattr(resp, "status", 200)
-    resumed = (
-        bool(offset) and status == 206 and str(resp.headers.get("Content-Range", "")).startswith(f"bytes {offset}-")
-    )
-    return _Response(resp), resumed
+    if offset and status == 206:
+        if str(resp.headers.get("Content-Range", "")).startswith(f"bytes {offset}-"):
+            return _Response(resp), True
+        resp.close()  # a part other than the one asked for: ask for the whole file instead
+        return _open(url, what, 0)
+    return _Response(resp), False

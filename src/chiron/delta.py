@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from chiron._archive import METADATA_PREFIX, FormatError, canonical_json, read_layout
+from chiron._fetch import sha256_file
 from chiron._trust import write_atomic
 from chiron.errors import Refused, UsageError, VerificationError
 
@@ -33,7 +35,7 @@ INVENTORY_SCHEMA = "chiron.inventory/1"
 MAGIC = b"CHIRONDL"
 HEAD = struct.Struct("<8sQ")
 INDEX_EXTENT = "_archive/index"
-MAX_HEADER = 64 << 20
+MAX_HEADER = 16 << 20  # ~90,000 extents; a bound on what parsing a header can cost
 CHUNK = 1 << 20
 
 
@@ -138,6 +140,8 @@ class Made:
 
 def make(base: Path, new: Path, out: Path) -> Made:
     """Write the delta that turns ``base``'s content into ``new`` (atomically)."""
+    if out.resolve() in (base.resolve(), new.resolve()):
+        raise UsageError(f"{out}: the delta would overwrite its own input; choose another --output")
     have = base_content(base)
     regions = _extents(new)
     name: str | None = None
@@ -197,15 +201,19 @@ def read(path: Path) -> Delta:
         raw = f.read(hlen)
     try:
         header = json.loads(raw)
-        if header.get("format") != FORMAT:
-            raise ValueError(f"format is {header.get('format')!r}, not {FORMAT}")
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} header")
+        if not isinstance(header.get("extents"), list) or not isinstance(header.get("sha256"), str):
+            raise ValueError("no extents or sha256")
         extents = tuple(
             Extent(str(e["name"]), int(e["length"]), str(e["sha256"]), bool(e["carried"])) for e in header["extents"]
         )
         total = int(header["size"])
         if any(e.length < 0 or len(e.sha256) != 64 for e in extents) or sum(e.length for e in extents) != total:
             raise ValueError("extent lengths do not add up to the appliance size")
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        if len({e.name for e in extents}) != len(extents):
+            raise ValueError("an extent is listed twice")
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, json.JSONDecodeError) as exc:
         raise VerificationError([f"{path}: malformed delta header: {exc}"]) from None
     data_offset = HEAD.size + hlen
     if data_offset + sum(e.length for e in extents if e.carried) != size:
@@ -213,60 +221,90 @@ def read(path: Path) -> Delta:
     return Delta(path, header, extents, data_offset)
 
 
-def apply(delta_path: Path, sources: list[Path], out: Path) -> Delta:
-    """Rebuild the full appliance from the delta and ``sources`` (appliances the host kept) into ``out``.
-
-    Refused (nothing written) when the sources lack a piece; every copied byte is hash-checked.
-    """
-    d = read(delta_path)
-    pieces: dict[str, tuple[Path, int, int]] = {}
+def _pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
+    """sha256 -> every (appliance, offset, length) that claims to hold it (re-checked when copied)."""
+    pieces: dict[str, list[tuple[Path, int, int]]] = {}
     for src in sources:
         try:
             for name, off, length, sha in _extents(src):
                 if name != INDEX_EXTENT:
-                    pieces.setdefault(sha, (src, off, length))
+                    pieces.setdefault(sha, []).append((src, off, length))
         except (FormatError, VerificationError, UsageError, OSError):
             continue  # a damaged kept appliance only means fewer pieces; what is missing is reported below
-    missing = [e for e in d.extents if not e.carried and e.sha256 not in pieces]
+    return pieces
+
+
+def _copy(src: Path, off: int, length: int, dst: Any) -> str:
+    """Append ``length`` bytes of ``src`` at ``off`` to ``dst``; their sha256."""
+    h = hashlib.sha256()
+    with src.open("rb") as f:
+        f.seek(off)
+        left = length
+        while left:
+            chunk = f.read(min(left, CHUNK))
+            if not chunk:
+                break
+            h.update(chunk)
+            dst.write(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def apply(delta_path: Path, sources: list[Path], out: Path) -> Delta:
+    """Rebuild the full appliance from the delta and ``sources`` (appliances the host kept) into ``out``.
+
+    Refused (nothing written) when the sources lack a piece or the disk lacks room; every extent is
+    hash-checked as it is copied (a kept copy that does not match is skipped for the next one).
+    """
+    d = read(delta_path)
+    pieces = _pieces(sources)
+    missing = [
+        e for e in d.extents if not e.carried and not any(n == e.length for _s, _o, n in pieces.get(e.sha256, []))
+    ]
     if missing:
         names = ", ".join(e.name for e in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise Refused(
             f"{delta_path}: this host does not hold {len(missing)} piece(s) the delta builds on: {names}",
             hint="carry the full appliance instead, or a delta made from this host's inventory (chiron inventory)",
         )
+    # The header is not trusted: bound what it can make the host write before anything is written.
+    bound = d.size + sum(p.stat().st_size for p in sources)
+    total = int(d.header["size"])
+    if total > bound:
+        raise VerificationError(
+            [f"{delta_path}: claims a {total}-byte appliance, more than the delta and the host's appliances hold"]
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out.parent).free
+    if free < total:
+        raise Refused(
+            f"not enough free space on {out.parent} to rebuild {delta_path.name}: it needs {total >> 20} MiB, "
+            f"{free >> 20} MiB are free",
+            hint="free space on the state directory's filesystem; nothing was changed",
+        )
     tmp = out.with_name(f".{out.name}.tmp")
-    whole = hashlib.sha256()
     try:
-        with delta_path.open("rb") as dsrc, tmp.open("wb") as dst:
+        with tmp.open("wb") as dst:
             pos = d.data_offset
             for e in d.extents:
+                start = dst.tell()
                 if e.carried:
-                    src, off = delta_path, pos
+                    candidates = [(delta_path, pos, e.length)]
                     pos += e.length
                 else:
-                    src, off, _len = pieces[e.sha256]
-                h = hashlib.sha256()
-                f = dsrc if src == delta_path else src.open("rb")
-                try:
-                    f.seek(off)
-                    left = e.length
-                    while left:
-                        chunk = f.read(min(left, CHUNK))
-                        if not chunk:
-                            break
-                        h.update(chunk)
-                        whole.update(chunk)
-                        dst.write(chunk)
-                        left -= len(chunk)
-                finally:
-                    if f is not dsrc:
-                        f.close()
-                if h.hexdigest() != e.sha256:
-                    raise VerificationError([f"{e.name}: rebuilt bytes from {src} do not match the delta's sha256"])
+                    candidates = [c for c in pieces[e.sha256] if c[2] == e.length]
+                for src, off, _n in candidates:
+                    if _copy(src, off, e.length, dst) == e.sha256:
+                        break
+                    dst.seek(start)
+                    dst.truncate()
+                else:
+                    raise VerificationError(
+                        [f"{e.name}: the bytes from {candidates[-1][0]} do not match the delta's sha256"]
+                    )
             dst.flush()
             os.fsync(dst.fileno())
-        if whole.hexdigest() != d.header["sha256"]:
+        if sha256_file(tmp) != d.header["sha256"]:
             raise VerificationError([f"{delta_path}: the rebuilt appliance does not hash to the delta's sha256"])
         os.chmod(tmp, 0o755)  # noqa: S103 - an appliance is executable, like the original
         os.replace(tmp, out)
