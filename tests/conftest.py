@@ -116,12 +116,27 @@ def upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
     idx.close()
 
 
+@pytest.fixture(scope="session")
+def tool_cache(tool_wheels: Path, session_cache: Path) -> Path:
+    """The session cache's tool zip for a CPython 3.11-only spec (what the mirror tests use), built once."""
+    import tempfile
+
+    from chiron.build import ZIP_TIME, platforms_for, tool_zip_for
+    from chiron.models import TargetEnvironment
+
+    envs = [TargetEnvironment(name="cp311", python_version="3.11", platforms=["manylinux_2_17_x86_64"])]
+    opts = BuildOptions(spec=Path("-"), output=Path("-"), tool_wheels=tool_wheels, cache_dir=session_cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        tool_zip_for(opts, ZIP_TIME, Path(tmp), platforms_for("pex", envs)[0])
+    return session_cache / "tool"
+
+
 @pytest.fixture()
-def seeded(appliance: Path, session_cache: Path):  # type: ignore[no-untyped-def]
+def seeded(tool_cache: Path):  # type: ignore[no-untyped-def]
     """Make a new mirror store holding the session's cached tool zip (a pex costs ~10 s to build)."""
 
     def make(store: Path) -> Path:
-        shutil.copytree(session_cache / "tool", store / "artifacts" / "tool", dirs_exist_ok=True)
+        shutil.copytree(tool_cache, store / "artifacts" / "tool", dirs_exist_ok=True)
         return store
 
     return make

@@ -57,9 +57,14 @@ def test_refresh_cycle_no_op_new_release_and_delta(
     assert first.changed and first.downloaded == 2 and first.metadata_version == EPOCH
     assert verify(first.appliance, root_file=keys / "1.root.json").ok  # type: ignore[arg-type]
 
+    # What a killed run built but never recorded is removed before anything else.
+    orphans = [store / "appliances" / f"demo-1.0.0-{EPOCH + 1}.pex", store / "locks" / f"{EPOCH + 1}.pylock.toml"]
+    for orphan in orphans:
+        orphan.write_bytes(b"never recorded")
     # Nothing new upstream: no artifact is requested, no version is signed, and it says so.
     upstream.requests.clear()
     same = _refresh(store, None, tool_wheels, EPOCH + 60)  # the store remembers its spec
+    assert not any(o.exists() for o in orphans)
     assert not same.changed and same.downloaded == 0 and upstream.file_requests() == 0
     # Every locked project's page is unchanged, so pip was not even run (no PEP 658 metadata read).
     assert not [p for p in upstream.requests if p.endswith(".metadata")]
@@ -93,6 +98,10 @@ def test_refresh_cycle_no_op_new_release_and_delta(
     # No larger than the changed content plus metadata (the header is the only overhead).
     assert third.delta_size == d.data_offset + sum(e.length for e in d.extents if e.carried)
     assert d.data_offset < 16 << 10 and third.delta_size < third.size / 10
+    # Nothing new since: no version is signed, but --delta-from still gives the delta to the newest.
+    third.delta.unlink()
+    again = _refresh(store, None, tool_wheels, EPOCH + 240, delta_from=second.appliance)
+    assert not again.changed and again.delta == third.delta and third.delta.is_file()
 
     # Host A runs the previous release: the delta completes it, and the rebuilt file IS the appliance.
     host_a = tmp_path / "host-a"
@@ -207,9 +216,17 @@ def test_policy_violation_blocks_the_refresh(
     assert sorted(p.name for p in (store / "appliances").iterdir()) == sorted(
         [first.appliance.name, first.appliance.name + ".sig"]  # type: ignore[union-attr]
     )
-    # Accepting the advisory (with the decision in the policy file) lets the release through.
-    (tmp_path / "spec" / "policy.toml").write_text('[vulnerabilities]\nosv_db = "osv"\nignore = ["PYSEC-0000-1"]\n')
-    assert _refresh(store, None, tool_wheels, EPOCH + 120).changed
+    # Accepting the advisory (with the decision in a policy file given explicitly) lets the release
+    # through; the store remembers that policy, and refuses to run without it once it has gone.
+    accepted = tmp_path / "accepted.toml"
+    accepted.write_text(f'[vulnerabilities]\nosv_db = "{osv}"\nignore = ["PYSEC-0000-1"]\n')
+    assert _refresh(store, None, tool_wheels, EPOCH + 120, policy=accepted).changed
+    assert mirror.status(store)["versions"] == [EPOCH, EPOCH + 1]
+    accepted.unlink()
+    from chiron.errors import SpecError
+
+    with pytest.raises(SpecError, match="the policy this store was refreshed with is missing"):
+        _refresh(store, None, tool_wheels, EPOCH + 180)
 
 
 def test_killed_refresh_resumes_to_the_same_appliance(

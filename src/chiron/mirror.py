@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,7 +44,7 @@ from chiron.build import (
     source_date_epoch,
     tool_zip_for,
 )
-from chiron.errors import Refused, UsageError, VerificationError
+from chiron.errors import Refused, SpecError, UsageError, VerificationError
 
 STORE_FORMAT = "chiron-mirror/1"
 
@@ -109,19 +110,41 @@ class Store:
             self.root / ".lock", op, hint="another refresh or restore is running on this store; let it finish"
         )
 
-    def sweep(self) -> int:
-        """Remove what killed runs left: partial downloads and temporary files (under the lock only)."""
+    def sweep(self, state: dict[str, Any] | None) -> int:
+        """Remove what killed runs left (under the lock only): chiron's own temporary files, and a
+        version that was built but never recorded (a run that died before writing state.json), so that
+        nothing unrecorded can be mistaken for, or shipped as, a signed version."""
         removed = 0
-        for d in (self.artifacts, self.appliances, self.locks, self.tuf, self.root):
+        for d in (self.artifacts, self.appliances, self.locks, self.tuf, self.tuf / "root", self.root):
             if d.is_dir():
                 for p in d.iterdir():
-                    if p.name.startswith(".") and p.name != ".lock" and not _resumable(p):
-                        if p.is_dir():
-                            shutil.rmtree(p)
-                        else:
-                            p.unlink()
+                    if _temporary(p):
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
                         removed += 1
+        latest = state["versions"][-1] if state else None
+        newest = int(latest["metadata_version"]) if latest else 0
+        for d in (self.appliances, self.locks):
+            for p in d.glob("*") if d.is_dir() else ():
+                m = _VERSIONED.search(p.name)
+                if m and int(m.group(1) or m.group(2)) > newest:
+                    p.unlink()  # built after the last recorded version: an orphan of a killed run
+                    removed += 1
+        if latest and removed and (self.root / latest["file"]).is_file():
+            _save_tuf(self, self.root / latest["file"], None)  # the public metadata of the recorded latest
         return removed
+
+
+def _temporary(p: Path) -> bool:
+    """A file or directory chiron writes only while it works (never the store's own data)."""
+    name = p.name
+    if name.startswith(PARTIAL):
+        return not _resumable(p)
+    return name.startswith(".") and (
+        name.endswith((".tmp", ".partial")) or name.startswith(".tool-") or name == ".pending.pylock.toml"
+    )
+
+
+_VERSIONED = re.compile(r"-(\d+)\.(?:pex|pyz|delta)(?:\.sig)?$|^(\d+)\.pylock\.toml$")
 
 
 def _resumable(p: Path) -> bool:
@@ -225,8 +248,8 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
     started = time.monotonic()
     store = Store(opts.store.absolute())
     with store.locked("mirror refresh"), _telemetry.span("chiron.mirror.refresh", store=str(store.root)) as sp:
-        store.sweep()
         state = store.state()
+        store.sweep(state)
         spec_path = opts.spec or (Path(state["spec"]) if state else None)
         if spec_path is None:
             raise UsageError(f"{store.root}: a new store needs the SPEC argument (later runs remember it)")
@@ -239,8 +262,12 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
                 f"{store.root} holds appliance '{state['name']}', {spec_path} builds '{spec.appliance.name}'",
                 hint="use one store per appliance",
             )
-        policy_path = opts.policy or (loaded.base / "policy.toml" if (loaded.base / "policy.toml").is_file() else None)
+        policy_path = _policy_path(opts, spec_path, state)
         rules = policy.load(policy_path)
+        if opts.delta_from is not None:
+            from chiron import delta
+
+            delta.base_content(opts.delta_from)  # a wrong --delta-from fails now, not after the build
         if policy_path is None:
             # No policy file: only what the spec itself asks for (no yanked releases; sdists if allowed).
             rules = policy.LoadedPolicy(
@@ -309,7 +336,7 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         if latest and key == latest["content_key"] and not opts.force:
             pending.unlink()
             _telemetry.set_attr(sp, result="unchanged", downloaded=stats.downloaded)
-            return RefreshResult(
+            unchanged = RefreshResult(
                 store=store.root,
                 changed=False,
                 name=spec.appliance.name,
@@ -324,6 +351,11 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
                 seconds=time.monotonic() - started,
                 notes=[f"nothing changed upstream: version {latest['metadata_version']} stays the newest"],
             )
+            if opts.delta_from is not None and unchanged.appliance and unchanged.appliance.is_file():
+                # Nothing new to sign, but the operator still needs a delta to the newest version.
+                made = delta.make(opts.delta_from, unchanged.appliance, unchanged.appliance.with_suffix(".delta"))
+                unchanged.delta, unchanged.delta_size = made.path, made.size
+            return unchanged
 
         built = build(bopts)
         os.replace(pending, store.locks / f"{number}.pylock.toml")
@@ -347,8 +379,6 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         if previous is not None and previous.is_file():
             result.changelog = diff.diff(previous, out)
         if opts.delta_from is not None:
-            from chiron import delta
-
             made = delta.make(opts.delta_from, out, out.with_suffix(".delta"))
             result.delta, result.delta_size = made.path, made.size
         entry = {
@@ -371,6 +401,8 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
                 "spec": str(spec_path.absolute()),
                 "base": str(base.absolute()) if base else None,
                 "files_dir": str(files_dir) if files_dir else None,
+                # Only a policy given with --policy is remembered; policy.toml beside the spec is found anew.
+                "policy": str(opts.policy.absolute()) if opts.policy else (state or {}).get("policy"),
                 "keys": _key_uris(loaded),
                 "versions": [*(state["versions"] if state else []), entry],
             }
@@ -379,6 +411,26 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         _telemetry.set_attr(sp, result="built", version=number, downloaded=stats.downloaded)
         _telemetry.count("chiron.mirror.downloads", stats.downloaded)
         return result
+
+
+def _policy_path(opts: RefreshOptions, spec_path: Path, state: dict[str, Any] | None) -> Path | None:
+    """--policy, else the policy the store was refreshed with, else policy.toml beside the spec.
+
+    A store that had a policy never silently runs without it: a recorded policy that has gone is an
+    error, not a fallback to the defaults.
+    """
+    if opts.policy is not None:
+        return opts.policy
+    recorded = (state or {}).get("policy")
+    if recorded:
+        if not Path(recorded).is_file():
+            raise SpecError(
+                f"{recorded}: the policy this store was refreshed with is missing",
+                hint="restore it, or pass --policy FILE to use another one",
+            )
+        return Path(recorded)
+    beside = spec_path.absolute().parent / "policy.toml"
+    return beside if beside.is_file() else None
 
 
 def _resolve(store: Store, loaded: LoadedSpec, latest: dict[str, Any] | None) -> tuple[_lock.Lock, dict[str, Any]]:
@@ -406,20 +458,27 @@ def _resolve(store: Store, loaded: LoadedSpec, latest: dict[str, Any] | None) ->
     if usable and index:
         urls = [f"{index.rstrip('/')}/{pkg.name}/" for pkg in lock.packages]
         fetched = _index_pages(urls)
-        if fetched is not None:
+        # A page read before pip ran that differs now changed during this run: pip may have seen
+        # either version, so record nothing and let the next run resolve again.
+        moved = pages_now and fetched and any(pages_now.get(u, h) != h for u, h in fetched.items())
+        if fetched is not None and not moved:
             pages = {"spec": key, "pages": fetched, "yanked": sorted(p.name for p in lock.packages if p.yanked)}
     return lock, pages
 
 
 def _index_pages(urls: list[str]) -> dict[str, str] | None:
     """sha256 of each simple-index page (None if any cannot be read: then pip decides)."""
+    import http.client
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
     def one(url: str) -> str:
-        req = urllib.request.Request(  # noqa: S310 - the spec's index URL (http/https)
-            url, headers={"User-Agent": "chiron", "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"}
-        )
+        headers = {
+            "User-Agent": "chiron",
+            "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1",
+            "Cache-Control": "max-age=0",  # as pip asks: a caching proxy must not answer "unchanged"
+        }
+        req = urllib.request.Request(url, headers=headers)  # noqa: S310 - the spec's index URL (http/https)
         with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - as above
             return hashlib.sha256(resp.read()).hexdigest()
 
@@ -428,8 +487,8 @@ def _index_pages(urls: list[str]) -> dict[str, str] | None:
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
             return dict(zip(urls, pool.map(one, urls), strict=True))
-    except OSError:
-        return None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None  # pip decides, and reports what is wrong with the index
 
 
 def _blob_sizes(layout: Path) -> dict[str, int]:
@@ -458,6 +517,12 @@ def _check_same_trust(store: Store, chain: list[bytes]) -> None:
             f"the spec's trust.root is a different root of trust than {store.root} was signed with",
             hint="point trust.root at the store's root chain (tuf/root/) or its successors",
         )
+    for i, path in enumerate(stored[: len(chain)]):
+        if path.read_bytes() != chain[i]:
+            raise Refused(
+                f"the spec's root version {i + 1} differs from the one {store.root} already signed with ({path})",
+                hint="hosts trust the store's chain: extend it (chiron keys rotate), never replace a version",
+            )
     if len(chain) < len(stored):
         raise Refused(
             f"the spec's trust.root has {len(chain)} root versions, the store already signed with {len(stored)}",
@@ -465,9 +530,9 @@ def _check_same_trust(store: Store, chain: list[bytes]) -> None:
         )
 
 
-def _save_tuf(store: Store, archive: Path, chain: list[bytes]) -> None:
+def _save_tuf(store: Store, archive: Path, chain: list[bytes] | None) -> None:
     """Record the root chain and the latest targets/snapshot/timestamp (public metadata only)."""
-    for i, data in enumerate(chain, start=1):
+    for i, data in enumerate(chain or [], start=1):
         _trust.write_atomic(store.tuf / "root" / f"{i}.root.json", data)
     layout = read_layout(archive)
     with archive.open("rb") as f:
@@ -529,7 +594,7 @@ def restore(
                 f"{store.root} already holds a mirror store",
                 hint="restore into a new, empty directory (a store is never overwritten)",
             )
-        store.sweep()
+        store.sweep(None)
         layout = read_layout(archive)
         targets = report.targets_meta
         number = int(report.roles["targets"]["version"])
@@ -661,54 +726,49 @@ def prune(store_dir: Path, keep: int) -> dict[str, Any]:
         if state is None:
             raise UsageError(f"{store.root}: not a mirror store (no state.json)")
         versions = state["versions"]
+        for v in versions:  # a file an interrupted prune already removed: record it as pruned
+            if not v.get("pruned") and not (store.root / v["file"]).is_file() and v is not versions[-1]:
+                v["pruned"] = True
         live = [v for v in versions if not v.get("pruned")]
         drop, kept = live[:-keep], live[-keep:]
         needed: set[str] = set()
         for v in kept:
             needed |= base_content(store.root / v["file"])
-        freed = 0
+        doomed = [store.root / (v["file"] + suffix) for v in drop for suffix in ("", ".sig")]
+        doomed += [(store.root / v["file"]).with_suffix(".delta") for v in drop]
+        content = [
+            f for f in [*store.artifacts.glob("sha256/*/*"), *store.oci.glob("blobs/sha256/*")] if f.name not in needed
+        ]
+        doomed += content
+        for record in store.artifacts.glob("tool/*.json"):
+            if json.loads(record.read_text()).get("sha256") not in needed:
+                doomed += [record.with_suffix(".zip"), record]
+        # Record first, delete after: an interrupted prune leaves files to remove, never a state or an
+        # OCI index that names what is gone.
         for v in drop:
-            for suffix in ("", ".sig"):
-                f = store.root / (v["file"] + suffix)
-                if f.is_file():
-                    freed += f.stat().st_size
-                    f.unlink()
-            delta_file = (store.root / v["file"]).with_suffix(".delta")
-            if delta_file.is_file():
-                freed += delta_file.stat().st_size
-                delta_file.unlink()
             v["pruned"] = True
-        removed = 0
-        for f in [*store.artifacts.glob("sha256/*/*"), *store.oci.glob("blobs/sha256/*")]:
-            if f.name not in needed:
+        store.write_state(state)
+        _prune_oci_index(store.oci, needed)
+        freed = 0
+        for f in doomed:
+            if f.is_file():
                 freed += f.stat().st_size
                 f.unlink()
-                removed += 1
-        for record in store.artifacts.glob("tool/*.json"):
-            zip_file = record.with_suffix(".zip")
-            if json.loads(record.read_text()).get("sha256") not in needed:
-                record.unlink()
-                if zip_file.is_file():
-                    freed += zip_file.stat().st_size
-                    zip_file.unlink()
-        _prune_oci_index(store.oci)
-        store.write_state(state)
     return {
         "schema": "chiron.mirror-prune/1",
         "store": str(store.root),
         "kept": [v["metadata_version"] for v in kept],
         "pruned": [v["metadata_version"] for v in drop],
-        "files_removed": removed,
+        "files_removed": len(content),
         "bytes_freed": freed,
     }
 
 
-def _prune_oci_index(layout: Path) -> None:
-    """Drop index.json entries whose manifest blob is gone, so the layout stays valid for skopeo."""
+def _prune_oci_index(layout: Path, keep: set[str]) -> None:
+    """Keep only index.json entries whose manifest stays, so the layout stays valid for skopeo."""
     index_file = layout / "index.json"
     if not index_file.is_file():
         return
     index = json.loads(index_file.read_text())
-    present = {p.name for p in (layout / "blobs" / "sha256").glob("*")}
-    index["manifests"] = [m for m in index.get("manifests", []) if m["digest"].partition(":")[2] in present]
+    index["manifests"] = [m for m in index.get("manifests", []) if m["digest"].partition(":")[2] in keep]
     _trust.write_atomic(index_file, json.dumps(index).encode())
