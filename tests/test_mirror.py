@@ -110,6 +110,8 @@ def test_refresh_cycle_no_op_new_release_and_delta(
     assert result.changed and _installed(host_a, "beta") == "1.1"
     assert (host_a / "current" / "appliance").read_bytes() == third.appliance.read_bytes()  # type: ignore[union-attr]
     assert not list((host_a / "state" / "staging").rglob("*.pex"))
+    last = json.loads((host_a / "state" / "audit.jsonl").read_text().splitlines()[-1])
+    assert last["result"] == "ok" and last["archive"] == str(third.delta)  # what the operator gave
 
     # Host B still runs the first release: it lacks alpha 1.1 and zeta, so the delta is refused.
     host_b = tmp_path / "host-b"
@@ -434,3 +436,20 @@ def test_prune_keeps_what_the_newest_appliances_need(
     assert verify(second.appliance, root_file=keys / "1.root.json").ok  # type: ignore[arg-type]
     assert not _refresh(store, None, tool_wheels, EPOCH + 180).changed
     assert third.appliance.exists()  # type: ignore[union-attr]
+
+
+def test_a_quiet_upstream_still_gets_fresh_metadata(
+    tmp_path: Path, keys: Path, upstream: LocalIndex, tool_wheels: Path, seeded
+) -> None:  # type: ignore[no-untyped-def]
+    """Hosts refuse expired metadata: with nothing new, a refresh re-signs once half the timestamp's
+    validity is gone, and says why."""
+    spec = write_spec(
+        tmp_path / "spec", keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"], timestamp_expires="2h"
+    )
+    store = seeded(tmp_path / "store")
+    now = int(time.time())
+    first = _refresh(store, spec, tool_wheels, now - 5400)  # its timestamp expires in 30 minutes
+    renewed = _refresh(store, None, tool_wheels, now)
+    assert renewed.changed and renewed.metadata_version == first.metadata_version + 1
+    assert renewed.notes and renewed.notes[0].startswith(f"renewed: version {first.metadata_version}'s timestamp")
+    assert not _refresh(store, None, tool_wheels, now + 60).changed  # 2 hours left: nothing to do

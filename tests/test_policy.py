@@ -77,6 +77,8 @@ def test_yanked_and_sdists(tmp_path: Path) -> None:
         ([{"introduced": "0"}], [], {"1.0": True, "9.0": True}),
         ([{"introduced": "1.0"}, {"fixed": "1.1"}, {"introduced": "2.0"}], [], {"1.1": False, "2.5": True}),
         ([], ["1.0"], {"1.0": True, "1.1": False}),
+        ([], ["1.0.0"], {"1.0": True}),  # compared as PEP 440 versions, not strings
+        ([{"introduced": "not-a-version"}, {"fixed": "2.0"}], [], {"1.0": True, "2.0": False}),  # fails closed
     ],
 )
 def test_osv_ranges(
@@ -102,6 +104,15 @@ def test_osv_ranges(
         assert bool(policy.check(rules, lock, files)) is expected, version
         ignoring = _policy(tmp_path, '[vulnerabilities]\nosv_db = "osv"\nignore = ["CVE-2026-0001"]\n')
         assert policy.check(ignoring, lock, files) == []
+
+
+def test_withdrawn_advisories_are_ignored(tmp_path: Path) -> None:
+    db = tmp_path / "osv"
+    db.mkdir()
+    affected = [{"package": {"ecosystem": "PyPI", "name": "alpha"}, "versions": ["1.0"]}]
+    (db / "a.json").write_text(json.dumps({"id": "A", "withdrawn": "2026-01-01T00:00:00Z", "affected": affected}))
+    lock, files = _lock_of(tmp_path, [("alpha", "1.0", "MIT")])
+    assert policy.check(_policy(tmp_path, '[vulnerabilities]\nosv_db = "osv"\n'), lock, files) == []
 
 
 def test_bad_policy_files_name_the_problem(tmp_path: Path) -> None:

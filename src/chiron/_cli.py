@@ -798,6 +798,8 @@ def mirror_refresh(
     if as_json:
         _emit(result.as_dict())
         return
+    for note in result.notes if result.changed else ():
+        _log("notice", note)
     if not result.changed:
         typer.echo(
             f"up to date: nothing new upstream ({result.downloaded} artifacts downloaded); "

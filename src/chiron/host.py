@@ -386,6 +386,12 @@ class InstallOptions:
     registry: str | None = None  # for images = "push": the enclave registry (host[:port])
     wait: float = 0.0
     show_progress: bool = False
+    delta: Path | None = None  # the delta ``archive`` was rebuilt from (what the operator gave)
+
+
+def _given(opts: InstallOptions) -> str:
+    """The file the operator named: the delta when the archive was rebuilt from one."""
+    return str(opts.delta or opts.archive)
 
 
 def install(opts: InstallOptions) -> HostResult:
@@ -433,11 +439,12 @@ def upgrade(opts: InstallOptions) -> HostResult:
             sources = [p / KEPT_APPLIANCE for p in sorted(paths.releases.iterdir()) if (p / KEPT_APPLIANCE).is_file()]
             try:
                 delta.apply(opts.archive, sources, rebuilt)
-            except Refused as exc:
-                audit(paths, "upgrade", "refused", archive=str(opts.archive), reason=exc.message)
+            except ChironError as exc:
+                result = "refused" if isinstance(exc, Refused) else "failed"
+                audit(paths, "upgrade", result, archive=_given(opts), reason=exc.diagnostics())
                 raise
             try:
-                return _upgrade(paths, dataclasses.replace(opts, archive=rebuilt), state)
+                return _upgrade(paths, dataclasses.replace(opts, archive=rebuilt, delta=opts.archive), state)
             finally:
                 rebuilt.unlink(missing_ok=True)  # the new release keeps its own copy
         return _upgrade(paths, opts, state)
@@ -453,14 +460,14 @@ def _upgrade(paths: Paths, opts: InstallOptions, state: HostState) -> HostResult
     current = state.releases[state.current]
     if report.ok and report.trusted and _targets_sha(report) == current.get("targets_sha256"):
         # Already the live release (e.g. an upgrade re-run after it had switched): nothing to do.
-        audit(paths, "upgrade", "noop", archive=str(opts.archive), release=state.current)
+        audit(paths, "upgrade", "noop", archive=_given(opts), release=state.current)
         result = _result("upgrade", state.current, current, state.previous, 0.0, notices)
         result.changed = False
         return result
     if report.ok:
         _check_version(paths, opts, report, current)
     elif report.rollback:
-        audit(paths, "upgrade", "refused", archive=str(opts.archive), reason=report.problems[0])
+        audit(paths, "upgrade", "refused", archive=_given(opts), reason=report.problems[0])
         raise Refused(report.problems[0], hint="pass --allow-downgrade to install an older release deliberately")
     return _apply(paths, opts, "upgrade", report, state, ref, notices)
 
@@ -489,14 +496,14 @@ def _check_version(paths: Paths, opts: InstallOptions, report: VerifyReport, cur
     from packaging.version import Version
 
     if report.name != current["name"]:
-        audit(paths, "upgrade", "refused", archive=str(opts.archive), reason="different appliance")
+        audit(paths, "upgrade", "refused", archive=_given(opts), reason="different appliance")
         raise Refused(f"{opts.archive} is appliance '{report.name}', this host runs '{current['name']}'")
     if Version(str(report.version)) < Version(current["version"]) and not opts.allow_downgrade:
         audit(
             paths,
             "upgrade",
             "refused",
-            archive=str(opts.archive),
+            archive=_given(opts),
             reason="downgrade",
             from_version=current["version"],
             to_version=report.version,
@@ -518,7 +525,7 @@ def _apply(
 ) -> HostResult:
     started = time.monotonic()
     if not report.ok:
-        audit(paths, op, "failed", archive=str(opts.archive), reason=report.problems[0])
+        audit(paths, op, "failed", archive=_given(opts), reason=report.problems[0])
         raise VerificationError(report.problems, hint="; ".join(notices) or None)
     _crash_point("verified")
     previous = state.current if state else None
@@ -533,7 +540,7 @@ def _apply(
             shutil.rmtree(stage, ignore_errors=True)
             paths.txn.unlink(missing_ok=True)
             reason = exc.diagnostics() if isinstance(exc, ChironError) else f"{type(exc).__name__}: {exc}"
-            audit(paths, op, "failed", archive=str(opts.archive), release=rid, reason=reason, stays_on=previous)
+            audit(paths, op, "failed", archive=_given(opts), release=rid, reason=reason, stays_on=previous)
             raise
         release = txn["release"]
         # The commit point: from here the new release is live; recovery finishes, never undoes.
@@ -544,7 +551,7 @@ def _apply(
             paths,
             op,
             "ok",
-            archive=str(opts.archive),
+            archive=_given(opts),
             release=rid,
             name=report.name,
             from_release=previous,
@@ -582,7 +589,7 @@ def _prepare_release(
         "metadata_versions": {r: v["version"] for r, v in report.roles.items()},
         "installed": _iso(_now()),
         "installer": "",
-        "archive": str(opts.archive.absolute()),
+        "archive": str(Path(_given(opts)).absolute()),
         "targets_sha256": _targets_sha(report),
     }
     txn = {

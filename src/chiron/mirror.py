@@ -45,6 +45,7 @@ from chiron.build import (
     tool_zip_for,
 )
 from chiron.errors import Refused, SpecError, UsageError, VerificationError
+from chiron.models import ApplianceSpec
 
 STORE_FORMAT = "chiron-mirror/1"
 
@@ -333,7 +334,8 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
             tool_sha256=tool_sha,
         )
         stats = cache.stats
-        if latest and key == latest["content_key"] and not opts.force:
+        renew = _renewal(store, spec) if latest and key == latest["content_key"] and not opts.force else None
+        if latest and key == latest["content_key"] and not opts.force and renew is None:
             pending.unlink()
             _telemetry.set_attr(sp, result="unchanged", downloaded=stats.downloaded)
             unchanged = RefreshResult(
@@ -358,6 +360,7 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
             return unchanged
 
         built = build(bopts)
+        notes = [renew] if renew else []
         os.replace(pending, store.locks / f"{number}.pylock.toml")
         _save_tuf(store, out, root_chain)
         result = RefreshResult(
@@ -374,6 +377,7 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
             image_blobs_fetched=len(new_blobs),
             image_bytes_fetched=sum(new_blobs.values()),
             seconds=0.0,
+            notes=notes,
         )
         previous = store.root / latest["file"] if latest else None
         if previous is not None and previous.is_file():
@@ -411,6 +415,24 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         _telemetry.set_attr(sp, result="built", version=number, downloaded=stats.downloaded)
         _telemetry.count("chiron.mirror.downloads", stats.downloaded)
         return result
+
+
+def _renewal(store: Store, spec: ApplianceSpec) -> str | None:
+    """Why the same content must be signed again: the newest timestamp metadata has less than half
+    its validity left (hosts refuse expired metadata, and a quiet upstream must not starve them)."""
+    from datetime import UTC, datetime, timedelta
+
+    try:
+        signed = json.loads((store.tuf / "timestamp.json").read_text())["signed"]
+        expires = datetime.strptime(signed["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (OSError, ValueError, KeyError):
+        return None
+    window = timedelta(seconds=spec.trust.roles["timestamp"].expires_seconds / 2)
+    if expires - datetime.now(UTC) > window:
+        return None
+    return (
+        f"renewed: version {signed['version']}'s timestamp metadata expires {signed['expires']}; same content re-signed"
+    )
 
 
 def _policy_path(opts: RefreshOptions, spec_path: Path, state: dict[str, Any] | None) -> Path | None:

@@ -145,15 +145,17 @@ def load_osv(directory: Path) -> dict[str, list[dict[str, Any]]]:
 
 def _affects(record: dict[str, Any], name: str, version: str) -> bool:
     """Whether an OSV record lists this version, explicitly or inside an ECOSYSTEM range."""
+    if record.get("withdrawn"):
+        return False  # the advisory was retracted
     try:
         v = Version(version)
     except InvalidVersion:
-        return False
+        return version in {str(x) for a in record.get("affected", []) for x in a.get("versions", [])}
     for affected in record.get("affected", []):
         pkg = affected.get("package", {})
         if pkg.get("ecosystem") != "PyPI" or canonicalize_name(str(pkg.get("name", ""))) != name:
             continue
-        if version in affected.get("versions", []):
+        if any(_same_version(v, listed) for listed in affected.get("versions", [])):
             return True
         for rng in affected.get("ranges", []):
             if rng.get("type") == "ECOSYSTEM" and _in_range(v, rng.get("events", [])):
@@ -161,15 +163,27 @@ def _affects(record: dict[str, Any], name: str, version: str) -> bool:
     return False
 
 
+def _same_version(v: Version, listed: object) -> bool:
+    try:
+        return Version(str(listed)) == v  # "1.0" and "1.0.0" are one PEP 440 version
+    except InvalidVersion:
+        return str(listed) == str(v)
+
+
 def _in_range(v: Version, events: list[dict[str, str]]) -> bool:
     """OSV range semantics: in version order, ``introduced`` opens; ``fixed``/``limit`` close at, and
     ``last_affected`` after, their version."""
-    try:
-        parsed = sorted(
-            ((kind, Version(value)) for event in events for kind, value in event.items()), key=lambda e: e[1]
-        )
-    except InvalidVersion:
-        return False
+    parsed = []
+    for event in events:
+        for kind, value in event.items():
+            try:
+                parsed.append((kind, Version(value)))
+            except InvalidVersion:
+                # One event this tool cannot order: read the range as affected from there on (fail closed)
+                # rather than let a malformed advisory hide a vulnerability.
+                if kind == "introduced":
+                    parsed.append((kind, Version("0")))
+    parsed.sort(key=lambda e: e[1])
     inside = False
     for kind, bound in parsed:
         if kind == "introduced" and v >= bound:
@@ -203,7 +217,7 @@ def check(loaded: LoadedPolicy, lock: _lock.Lock, files: dict[str, Path]) -> lis
                 out.append(Violation(name, version, "sources.sdists", f"{fname} is an sdist"))
         if allow_lic:
             wheel = next((files[f] for f in sorted(pkg.artifacts) if f.endswith(".whl") and f in files), None)
-            licence = _wheelmeta.licence(_wheelmeta.read_metadata(wheel.read_bytes())) if wheel else ""
+            licence = _wheelmeta.licence(_wheelmeta.read_metadata_file(wheel)) if wheel else ""
             if not licence:
                 if not policy.licenses.allow_unknown:
                     out.append(Violation(name, version, "licenses.allow", "declares no licence"))
