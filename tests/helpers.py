@@ -14,6 +14,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from chiron._archive import FOOTER, FOOTER_MAGIC, canonical_json, read_layout
 
@@ -350,3 +351,18 @@ def rewrite_archive(
     dest.write_bytes(bytes(out))
     os.chmod(dest, 0o755)
     return dest
+
+
+def assert_cli_verify_fails(bad: Path, good: Path, keys: Path, capsys: Any, expect: str) -> None:
+    """``chiron verify`` of a tampered copy exits 1 and names the problem, without a traceback."""
+    import pytest
+
+    from chiron._cli import main
+
+    assert bad.read_bytes() != good.read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", str(bad), "--root", str(keys / "1.root.json")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1, err
+    assert "verification FAILED" in err and expect in err, err
+    assert "Traceback" not in err

@@ -36,6 +36,15 @@ def _refresh(store: Path, spec: Path | None, tool_wheels: Path, epoch: int, **kw
     )
 
 
+def _two_versions(
+    store: Path, spec: Path, upstream: LocalIndex, tool_wheels: Path
+) -> tuple[Path, mirror.RefreshResult, mirror.RefreshResult]:
+    """A store at its second version (beta 1.0 -> 1.1), with a delta from the first."""
+    first = _refresh(store, spec, tool_wheels, EPOCH)
+    make_wheel(upstream.directory, "beta", "1.1")
+    return store, first, _refresh(store, None, tool_wheels, EPOCH + 60, delta_from=first.appliance)
+
+
 def _opts(archive: Path, prefix: Path, **kw) -> host.InstallOptions:  # type: ignore[no-untyped-def]
     return host.InstallOptions(archive=archive, prefix=prefix, **kw)
 
@@ -133,10 +142,7 @@ def test_refresh_cycle_no_op_new_release_and_delta(
 def test_damaged_delta_is_refused_before_anything_changes(
     tmp_path: Path, keys: Path, spec: Path, upstream: LocalIndex, tool_wheels: Path, seeded
 ) -> None:  # type: ignore[no-untyped-def]
-    store = seeded(tmp_path / "store")
-    first = _refresh(store, spec, tool_wheels, EPOCH)
-    make_wheel(upstream.directory, "beta", "1.1")
-    second = _refresh(store, None, tool_wheels, EPOCH + 60, delta_from=first.appliance)
+    _store, first, second = _two_versions(seeded(tmp_path / "store"), spec, upstream, tool_wheels)
     assert second.delta is not None
     prefix = tmp_path / "host"
     host.install(_opts(first.appliance, prefix, root_file=keys / "1.root.json"))  # type: ignore[arg-type]
@@ -409,10 +415,7 @@ def test_prune_keeps_what_the_newest_appliances_need(
 ) -> None:  # type: ignore[no-untyped-def]
     from chiron.errors import UsageError
 
-    store = seeded(tmp_path / "store")
-    first = _refresh(store, spec, tool_wheels, EPOCH)
-    make_wheel(upstream.directory, "beta", "1.1")
-    second = _refresh(store, None, tool_wheels, EPOCH + 60, delta_from=first.appliance)
+    store, first, second = _two_versions(seeded(tmp_path / "store"), spec, upstream, tool_wheels)
     make_wheel(upstream.directory, "beta", "1.2")
     third = _refresh(store, None, tool_wheels, EPOCH + 120)
     with pytest.raises(UsageError, match="at least 1"):

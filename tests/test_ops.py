@@ -70,7 +70,15 @@ def test_doctor_no_installer_and_no_ssh_keygen(appliance: Path, tmp_path: Path, 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     site = tmp_path / "site"
     # chiron's dependencies without uv; chiron itself from this source tree.
-    wheels = [str(w) for w in tool_wheels.glob("*.whl") if not w.name.startswith(("uv-", "chiron-"))]
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+
+    ours, chosen = set(sys_tags()), {}
+    for w in sorted(tool_wheels.glob("*.whl")):  # the tool wheels serve several Pythons: one per project
+        name, _v, _b, tags = parse_wheel_filename(w.name)
+        if name not in ("uv", "chiron") and tags & ours:
+            chosen.setdefault(name, str(w))
+    wheels = list(chosen.values())
     src = Path(__file__).resolve().parent.parent / "src"
     subprocess.run([shutil.which("uv") or str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet",
                     "--no-index", "--no-deps", "--target", str(site), "--python", str(bare / "bin" / "python"), *wheels],
