@@ -168,7 +168,7 @@ def test_shiv_format_builds_runs_and_verifies(
     result = do_build(good_spec, out, tool_wheels, session_cache, fmt="shiv", epoch=EPOCH)
     assert read_layout(out).tool_format == "shiv"
     # shiv builds for the build interpreter only: the build says so for the spec's other Python.
-    assert result.notes and "--format pex" in result.notes[0] and "cp-3.12" in result.notes[0]
+    assert result.notes and "--format pex" in result.notes[0] and "manylinux2014_x86_64-cp-3.12.0-cp312" in result.notes[0]
     assert verify(out, root_file=keys / "1.root.json").ok
     env = dict(os.environ, SHIV_ROOT=str(tmp_path / "shiv-root"))
     proc = subprocess.run(
@@ -255,3 +255,19 @@ def test_large_member_is_checked_piece_by_piece(tmp_path: Path, keys: Path, inde
     bad = tmp_path / "bad.pex"
     bad.write_bytes(bytes(data))
     assert verify(bad).problems == ["member files/blob.bin: sha256 does not match the signed targets (modified)"]
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("manylinux_2_34_x86_64", "manylinux2014_x86_64-cp-3.12.0-cp312"),  # what pex's pip understands
+        ("manylinux_2_12_x86_64", "manylinux2010_x86_64-cp-3.12.0-cp312"),
+        ("manylinux2014_aarch64", "manylinux2014_aarch64-cp-3.12.0-cp312"),
+    ],
+)
+def test_tool_platforms_for_pex(tag: str, expected: str) -> None:
+    from chiron._tool import tool_platforms
+    from chiron.models import TargetEnvironment
+
+    env = TargetEnvironment(name="e", python_version="3.12", platforms=[tag])
+    assert tool_platforms([env]) == [expected]

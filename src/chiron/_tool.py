@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 import tempfile
 from collections.abc import Iterable
@@ -46,8 +47,24 @@ def tool_platforms(environments: Iterable[TargetEnvironment]) -> list[str]:
         if env.implementation == sys.implementation.name[:2] and env.python_version == here and plat.endswith(machine):
             continue
         abi = env.abis[0] if env.abis else f"{env.implementation}{env.nodot}"
-        out.add(f"{plat}-{env.implementation}-{env.python_version}.0-{abi}")
+        out.add(f"{_legacy_manylinux(plat)}-{env.implementation}-{env.python_version}.0-{abi}")
     return sorted(out)
+
+
+def _legacy_manylinux(tag: str) -> str:
+    """The widest legacy name for a PEP 600 tag (manylinux_2_34_x86_64 -> manylinux2014_x86_64).
+
+    pex resolves foreign platforms with its vendored pip, which predates PEP 600 and matches no
+    wheel for a manylinux_X_Y platform; every glibc >= 2.17 host also runs manylinux2014 wheels.
+    """
+    m = re.fullmatch(r"manylinux_(\d+)_(\d+)_(\w+)", tag)
+    if m is None:
+        return tag
+    glibc = (int(m.group(1)), int(m.group(2)))
+    for name, floor in (("manylinux2014", (2, 17)), ("manylinux2010", (2, 12)), ("manylinux1", (2, 5))):
+        if glibc >= floor:
+            return f"{name}_{m.group(3)}"
+    return tag
 
 
 def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str, platforms: Iterable[str] = ()) -> None:
