@@ -168,7 +168,9 @@ def test_shiv_format_builds_runs_and_verifies(
     result = do_build(good_spec, out, tool_wheels, session_cache, fmt="shiv", epoch=EPOCH)
     assert read_layout(out).tool_format == "shiv"
     # shiv builds for the build interpreter only: the build says so for the spec's other Python.
-    assert result.notes and "--format pex" in result.notes[0] and "manylinux2014_x86_64-cp-3.12.0-cp312" in result.notes[0]
+    assert (
+        result.notes and "--format pex" in result.notes[0] and "manylinux2014_x86_64-cp-3.12.0-cp312" in result.notes[0]
+    )
     assert verify(out, root_file=keys / "1.root.json").ok
     env = dict(os.environ, SHIV_ROOT=str(tmp_path / "shiv-root"))
     proc = subprocess.run(
