@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import subprocess
 import threading
 import time
 import zipfile
@@ -366,3 +367,41 @@ def assert_cli_verify_fails(bad: Path, good: Path, keys: Path, capsys: Any, expe
     assert exc.value.code == 1, err
     assert "verification FAILED" in err and expect in err, err
     assert "Traceback" not in err
+
+
+def ssh_verify(archive: Path, sig: Path, allowed: Path) -> subprocess.CompletedProcess[str]:
+    """``ssh-keygen -Y verify`` of the detached signature (the operator's check before running a file)."""
+    with archive.open("rb") as f:
+        return subprocess.run(
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed),
+                "-I",
+                "chiron",
+                "-n",
+                "chiron-appliance",
+                "-s",
+                str(sig),
+            ],
+            stdin=f,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+
+def files_spec(directory: Path, *, keys: Path, index_url: str, text: str) -> Path:
+    """A one-wheel CPython 3.11 spec that packs ``notes.txt`` (holding ``text``) as docs/notes.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "notes.txt").write_text(text)
+    return write_spec(
+        directory,
+        keys=keys,
+        index_url=index_url,
+        requirements=["beta==1.0"],
+        environments=ENV_311,
+        extra='[[files]]\nsrc = "notes.txt"\ndest = "docs/notes.txt"\n',
+    )

@@ -20,7 +20,7 @@ from chiron.inspect import inspect_archive
 from chiron.verify import verify
 
 from conftest import copy, do_build
-from helpers import ENV_311, write_spec
+from helpers import ENV_311, files_spec, write_spec
 
 # Start of today: a fixed SOURCE_DATE_EPOCH for reproducibility whose 1-day expiry has not passed.
 EPOCH = int(time.time()) // 86400 * 86400
@@ -217,16 +217,7 @@ def test_tool_zip_carries_no_payload(appliance: Path) -> None:
 
 
 def test_extra_files_are_signed_members(tmp_path: Path, keys: Path, index, tool_wheels: Path) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "notes.txt").write_text("hello")
-    spec = write_spec(
-        tmp_path / "s",
-        keys=keys,
-        index_url=index.url,
-        requirements=["beta==1.0"],
-        environments=ENV_311,
-        extra='[[files]]\nsrc = "notes.txt"\ndest = "docs/notes.txt"\n',
-    )
+    spec = files_spec(tmp_path / "s", keys=keys, index_url=index.url, text="hello")
     out = do_build(spec, tmp_path / "f.pex", tool_wheels, tmp_path / "cache").output
     report = verify(out)
     assert report.ok

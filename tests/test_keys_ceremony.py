@@ -21,7 +21,7 @@ from chiron.inspect import inspect_archive
 from chiron.verify import verify
 
 from conftest import do_build
-from helpers import ENV_311, write_spec
+from helpers import ENV_311, ssh_verify, write_spec
 
 SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 
@@ -148,25 +148,7 @@ def test_hsm_held_targets_key(softhsm, keys: Path, index, tool_wheels: Path, tmp
         key = Metadata[Root].from_bytes((root_dir / "1.root.json").read_bytes()).signed.keys[keyid]
         allowed = tmp_path / "allowed_signers"
         allowed.write_text(_trust.allowed_signers_line("chiron", "chiron-appliance", key))
-        with out.open("rb") as f:
-            proc = subprocess.run(
-                [
-                    "ssh-keygen",
-                    "-Y",
-                    "verify",
-                    "-f",
-                    str(allowed),
-                    "-I",
-                    "chiron",
-                    "-n",
-                    "chiron-appliance",
-                    "-s",
-                    str(out) + ".sig",
-                ],
-                stdin=f,
-                capture_output=True,
-                text=True,
-            )
+        proc = ssh_verify(out, Path(f"{out}.sig"), allowed)
         assert proc.returncode == 0, proc.stderr
 
 

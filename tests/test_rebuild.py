@@ -14,7 +14,7 @@ from chiron.errors import ArtifactError
 from chiron.rebuild import compare, rebuild
 
 from conftest import do_build
-from helpers import ENV_311, write_spec
+from helpers import ENV_311, files_spec, write_spec
 
 
 def run(args: list[str]) -> int:
@@ -35,16 +35,7 @@ def test_offline_rebuild_is_byte_identical(appliance: Path, good_spec: Path, tmp
 
 
 def test_rebuild_with_files_is_byte_identical(tmp_path: Path, keys: Path, index, tool_wheels: Path) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "notes.txt").write_text("kept in the appliance\n")
-    spec = write_spec(
-        tmp_path / "s",
-        keys=keys,
-        index_url=index.url,
-        requirements=["beta==1.0"],
-        environments=ENV_311,
-        extra='[[files]]\nsrc = "notes.txt"\ndest = "docs/notes.txt"\n',
-    )
+    spec = files_spec(tmp_path / "s", keys=keys, index_url=index.url, text="kept in the appliance\n")
     orig = do_build(spec, tmp_path / "o.pex", tool_wheels, tmp_path / "cache").output
     (tmp_path / "s" / "notes.txt").unlink()  # the original input is gone: the appliance is enough
     result = rebuild(orig, tmp_path / "r.pex", base=spec.parent, tool_wheels=None, cache_dir=tmp_path / "c2")

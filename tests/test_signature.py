@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from helpers import ssh_verify
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh-keygen") is None, reason="ssh-keygen missing: .ci/run installs openssh-client"
 )
 
 
-def _ssh_verify(archive: Path, sig: Path, allowed: Path) -> subprocess.CompletedProcess[str]:
-    with archive.open("rb") as f:
-        return subprocess.run(
-            [
-                "ssh-keygen",
-                "-Y",
-                "verify",
-                "-f",
-                str(allowed),
-                "-I",
-                "chiron",
-                "-n",
-                "chiron-appliance",
-                "-s",
-                str(sig),
-            ],
-            stdin=f,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-
 def test_ssh_keygen_accepts_the_signature(appliance: Path, keys: Path) -> None:
-    proc = _ssh_verify(appliance, appliance.with_name(appliance.name + ".sig"), keys / "allowed_signers")
+    proc = ssh_verify(appliance, appliance.with_name(appliance.name + ".sig"), keys / "allowed_signers")
     assert proc.returncode == 0, proc.stderr
     assert 'Good "chiron-appliance" signature for chiron' in proc.stdout
 
@@ -47,10 +25,10 @@ def test_ssh_keygen_rejects_a_changed_byte(appliance: Path, keys: Path, tmp_path
     data[len(data) // 3] ^= 0x40
     bad = tmp_path / "bad.pex"
     bad.write_bytes(bytes(data))
-    proc = _ssh_verify(bad, appliance.with_name(appliance.name + ".sig"), keys / "allowed_signers")
+    proc = ssh_verify(bad, appliance.with_name(appliance.name + ".sig"), keys / "allowed_signers")
     assert proc.returncode != 0
 
 
 def test_ssh_keygen_rejects_another_key(appliance: Path, other_keys: Path) -> None:
-    proc = _ssh_verify(appliance, appliance.with_name(appliance.name + ".sig"), other_keys / "allowed_signers")
+    proc = ssh_verify(appliance, appliance.with_name(appliance.name + ".sig"), other_keys / "allowed_signers")
     assert proc.returncode != 0

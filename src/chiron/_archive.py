@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from chiron.errors import VerificationError
+
 FORMAT = "chiron-appliance/1"
 ZipTime = tuple[int, int, int, int, int, int]
 FOOTER_MAGIC = b"CHIRONA1"
@@ -486,3 +488,26 @@ def normalize_zip(src: Path, dest: Path, date_time: ZipTime) -> list[dict[str, A
             if not info.is_dir():
                 manifest.append({"name": info.filename, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     return manifest
+
+
+def copy_region(archive: Path, offset: int, length: int, dest: Path, sha256: str | None = None) -> None:
+    """Copy bytes out of the archive through a temporary file, checking their hash when given."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    h = hashlib.sha256()
+    with archive.open("rb") as src, tmp.open("wb") as out:
+        src.seek(offset)
+        left = length
+        while left:
+            chunk = src.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    if left or (sha256 and h.hexdigest() != sha256):
+        tmp.unlink()
+        raise VerificationError([f"{archive}: a member ended early or changed while it was copied to {dest}"])
+    os.replace(tmp, dest)

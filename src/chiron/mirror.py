@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from chiron import _images, _lock, _lockfile, _progress, _telemetry, _trust, diff, policy
-from chiron._archive import METADATA_PREFIX, TOOL_TARGET, canonical_json, read_layout
+from chiron._archive import METADATA_PREFIX, TOOL_TARGET, canonical_json, copy_region, read_layout
 from chiron._fetch import PARTIAL, ArtifactCache, sha256_file
 from chiron._spec import LoadedSpec, load_spec
 from chiron._tool import ToolFormat
@@ -567,29 +567,6 @@ def _save_tuf(store: Store, archive: Path, chain: list[bytes] | None) -> None:
 # ---------------------------------------------------------------- restore (disaster recovery)
 
 
-def _copy_region(archive: Path, offset: int, length: int, dest: Path, sha256: str | None = None) -> None:
-    """Copy bytes out of the archive through a temporary file, checking their hash when given."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    h = hashlib.sha256()
-    with archive.open("rb") as src, tmp.open("wb") as out:
-        src.seek(offset)
-        left = length
-        while left:
-            chunk = src.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            h.update(chunk)
-            out.write(chunk)
-            left -= len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    if left or (sha256 and h.hexdigest() != sha256):
-        tmp.unlink()
-        raise VerificationError([f"{archive}: a member changed while it was copied to {dest}"])
-    os.replace(tmp, dest)
-
-
 def restore(
     archive: Path,
     store_dir: Path,
@@ -630,14 +607,14 @@ def restore(
             for m in layout.members:
                 sha = targets.get(m.name, {}).get("sha256")
                 if m.name.startswith("wheels/"):
-                    _copy_region(archive, m.offset, m.length, cache.path_for(str(sha)), sha)
+                    copy_region(archive, m.offset, m.length, cache.path_for(str(sha)), sha)
                 elif m.name.startswith(_images.PREFIX):
-                    _copy_region(archive, m.offset, m.length, store.oci / m.name.removeprefix(_images.PREFIX), sha)
+                    copy_region(archive, m.offset, m.length, store.oci / m.name.removeprefix(_images.PREFIX), sha)
                 elif m.name.startswith("files/"):
                     files[m.name.removeprefix("files/")] = str(sha)
                     if spec is None:
                         dest = extracted / "files" / m.name.removeprefix("files/")
-                        _copy_region(archive, m.offset, m.length, dest, sha)
+                        copy_region(archive, m.offset, m.length, dest, sha)
                 elif m.name == "spec/appliance.toml":
                     spec_raw = os.pread(f.fileno(), m.length, m.offset)
                 elif m.name == "lock/pylock.toml":
@@ -654,7 +631,7 @@ def restore(
             spec_path = spec.absolute()
         dest = store.appliances / f"{report.name}-{report.version}-{number}{archive.suffix or '.pex'}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _copy_region(archive, 0, archive.stat().st_size, dest)
+        copy_region(archive, 0, archive.stat().st_size, dest)
         sig = archive.with_name(archive.name + ".sig")
         if sig.is_file():
             shutil.copyfile(sig, dest.with_name(dest.name + ".sig"))

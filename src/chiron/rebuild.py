@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chiron._archive import METADATA_PREFIX, TOOL_TARGET, Layout, read_layout
-from chiron.errors import UsageError, VerificationError
+from chiron._archive import METADATA_PREFIX, TOOL_TARGET, Layout, copy_region, read_layout
+from chiron.errors import VerificationError
 from chiron.verify import verify
 
 
@@ -79,7 +79,7 @@ def rebuild(
             elif m.name.startswith("files/"):
                 dest = files / m.name.removeprefix("files/")
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                _copy(archive, m.offset, m.length, dest)
+                copy_region(archive, m.offset, m.length, dest)
         cache = cache_dir
         if not online:
             # Offline: seed a private cache with the archive's own wheels (content-addressed).
@@ -89,7 +89,7 @@ def rebuild(
                     digest = report.targets_meta[m.name]["sha256"]
                     dest = cache / "sha256" / digest[:2] / digest
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    _copy(archive, m.offset, m.length, dest)
+                    copy_region(archive, m.offset, m.length, dest)
         layout_dir = ws / "oci"
         images = None
         if manifest.get("images"):
@@ -98,11 +98,11 @@ def rebuild(
                 if m.name.startswith("images/"):
                     dest = layout_dir / m.name.removeprefix("images/")
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    _copy(archive, m.offset, m.length, dest)
+                    copy_region(archive, m.offset, m.length, dest)
             images = (layout_dir, list(manifest["images"]))
         tool = ws / "tool.zip"
         offset, length = layout.regions()[TOOL_TARGET]
-        _copy(archive, offset, length, tool)
+        copy_region(archive, offset, length, tool)
         epoch = _epoch(manifest["created"])
         build(
             BuildOptions(
@@ -134,17 +134,6 @@ def _epoch(created: str) -> int:
     from time import strptime
 
     return timegm(strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
-
-
-def _copy(src: Path, offset: int, length: int, dest: Path) -> None:
-    with src.open("rb") as f, dest.open("wb") as out:
-        pos, end = offset, offset + length
-        while pos < end:
-            chunk = os.pread(f.fileno(), min(1 << 20, end - pos), pos)
-            if not chunk:
-                raise UsageError(f"{src}: ends early while copying a member")
-            out.write(chunk)
-            pos += len(chunk)
 
 
 def _same_file(a: Path, b: Path) -> bool:
