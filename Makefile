@@ -50,6 +50,7 @@ lock: venv keys
 lint: venv
 	$(BIN)/ruff check src tests benchmarks build_appliance.py
 	$(BIN)/ruff format --check src tests benchmarks build_appliance.py
+	$(BIN)/lint-imports --no-cache
 
 typecheck: venv
 	$(BIN)/mypy

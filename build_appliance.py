@@ -16,6 +16,6 @@ HERE = Path(__file__).resolve().parent
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE / "src"))
     os.environ.setdefault("CHIRON_TOOL_WHEELS", str(HERE / "build" / "tool-wheels"))
-    from chiron._cli import main
+    from chiron.cli import main
 
     main(["build", *sys.argv[1:]])

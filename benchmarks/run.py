@@ -31,11 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from chiron.trust.devkeys import init_dev_keys
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
-
-from chiron import _trust  # noqa: E402
 
 from helpers import ENV_311, LocalIndex, make_wheel, write_spec  # noqa: E402
 
@@ -125,7 +125,7 @@ def bench_install(work: Path, keys: Path) -> None:
 
 
 def _requirements(app: Path) -> bytes:
-    from chiron._archive import read_layout
+    from chiron.archive.reader import read_layout
 
     layout = read_layout(app)
     (m,) = [m for m in layout.members if m.name.startswith("lock/requirements-")]
@@ -391,7 +391,7 @@ def _refresh_profile(store: Path) -> dict[str, float]:
 
 def _delta_report(report: dict[str, Any], expected: dict[str, int], what: str) -> None:
     """Full appliance vs delta, and whether the delta carries only ``expected`` plus metadata members."""
-    from chiron import delta
+    from chiron.archive import delta
 
     d = delta.read(Path(report["delta"]))
     carried = [e for e in d.extents if e.carried]
@@ -489,7 +489,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="chiron-bench-") as tmp:
         work = Path(tmp)
         keys = work / "keys"
-        _trust.init_dev_keys(keys, root_expires=timedelta(days=30), now=datetime.now(UTC))
+        init_dev_keys(keys, root_expires=timedelta(days=30), now=datetime.now(UTC))
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {os.uname().release}")
         if "install" in sections:
             bench_install(work, keys)

@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from chiron import _trust
-from chiron.build import BuildOptions, BuildResult, build
+from chiron.engines.build import BuildOptions, BuildResult, build
+from chiron.trust.devkeys import init_dev_keys
 
 from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec
 
@@ -32,7 +32,7 @@ def tool_wheels() -> Path:
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("keys") / "dev"
-    _trust.init_dev_keys(directory, root_expires=timedelta(days=365), now=datetime.now(UTC))
+    init_dev_keys(directory, root_expires=timedelta(days=365), now=datetime.now(UTC))
     return directory
 
 
@@ -40,7 +40,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def other_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second, unrelated key set: signatures by it must never be accepted for `keys`."""
     directory = tmp_path_factory.mktemp("keys") / "other"
-    _trust.init_dev_keys(directory, root_expires=timedelta(days=365), now=datetime.now(UTC))
+    init_dev_keys(directory, root_expires=timedelta(days=365), now=datetime.now(UTC))
     return directory
 
 
@@ -121,8 +121,8 @@ def tool_cache(tool_wheels: Path, session_cache: Path) -> Path:
     """The session cache's tool zip for a CPython 3.11-only spec (what the mirror tests use), built once."""
     import tempfile
 
-    from chiron.build import ZIP_TIME, platforms_for, tool_zip_for
-    from chiron.models import TargetEnvironment
+    from chiron.core.models import TargetEnvironment
+    from chiron.engines.build import ZIP_TIME, platforms_for, tool_zip_for
 
     envs = [TargetEnvironment(name="cp311", python_version="3.11", platforms=["manylinux_2_17_x86_64"])]
     opts = BuildOptions(spec=Path("-"), output=Path("-"), tool_wheels=tool_wheels, cache_dir=session_cache)

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chiron._archive import FOOTER, FOOTER_MAGIC, canonical_json, read_layout
+from chiron.archive.layout import FOOTER, FOOTER_MAGIC
+from chiron.archive.reader import read_layout
+from chiron.core.text import canonical_json
 
 
 def make_wheel(
@@ -358,7 +360,7 @@ def assert_cli_verify_fails(bad: Path, good: Path, keys: Path, capsys: Any, expe
     """``chiron verify`` of a tampered copy exits 1 and names the problem, without a traceback."""
     import pytest
 
-    from chiron._cli import main
+    from chiron.cli import main
 
     assert bad.read_bytes() != good.read_bytes()
     with pytest.raises(SystemExit) as exc:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from chiron._archive import read_layout
-from chiron.inspect import inspect_archive
-from chiron.verify import verify
+from chiron.archive.reader import read_layout
+from chiron.engines.inspect import inspect_archive
+from chiron.engines.verify import verify
 
 from conftest import copy, do_build
 from helpers import ENV_311, files_spec, write_spec
@@ -122,7 +122,7 @@ def test_rebuild_reuses_the_cache(
     first = do_build(spec, tmp_path / "1.pex", tool_wheels, cache)
     assert first.downloaded == 1 and index.file_requests() > before
     # Lock it, then rebuild from the lock: no index request at all, the cache serves the wheel.
-    from chiron._cli import main
+    from chiron.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["lock", str(spec), "-o", str(tmp_path / "s" / "pylock.toml")])
@@ -229,7 +229,7 @@ def test_copy_with_other_name_still_verifies(appliance: Path, tmp_path: Path) ->
 
 
 def test_large_member_is_checked_piece_by_piece(tmp_path: Path, keys: Path, index, tool_wheels: Path) -> None:  # type: ignore[no-untyped-def]
-    from chiron._archive import PIECE
+    from chiron.archive.layout import PIECE
 
     (tmp_path / "s").mkdir()
     blob = tmp_path / "s" / "blob.bin"
@@ -259,8 +259,8 @@ def test_large_member_is_checked_piece_by_piece(tmp_path: Path, keys: Path, inde
     ],
 )
 def test_tool_platforms_for_pex(tag: str, expected: str) -> None:
-    from chiron._tool import tool_platforms
-    from chiron.models import TargetEnvironment
+    from chiron.core.models import TargetEnvironment
+    from chiron.sources.tool import tool_platforms
 
     env = TargetEnvironment(name="e", python_version="3.12", platforms=[tag])
     assert tool_platforms([env]) == [expected]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from chiron import _proc
-from chiron._cli import main
+from chiron.cli import main
+from chiron.core import proc as _proc
 from chiron.errors import EnvironmentProblem
 
 from helpers import write_spec
@@ -112,7 +112,7 @@ def test_telemetry_off_imports_nothing_and_warns_nothing(appliance: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "CHIRON_TRACE_FILE"}
     code = (
         "import sys, warnings; warnings.simplefilter('error');"
-        "from chiron._cli import main\n"
+        "from chiron.cli import main\n"
         "try:\n main(['verify', sys.argv[1]])\nexcept SystemExit as e:\n"
         " assert e.code == 0, e.code\n"
         " assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'otel imported'\n"

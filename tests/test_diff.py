@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from chiron._cli import main
-from chiron.diff import diff
+from chiron.cli import main
+from chiron.engines.diff import diff
 
 from conftest import do_build
 from helpers import ENV_311, write_spec

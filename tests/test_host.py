@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from chiron import _trust, host
-from chiron.build import BuildOptions, build
+from chiron.engines import host
+from chiron.engines.build import BuildOptions, build
 from chiron.errors import EnvironmentProblem, Refused, UsageError, VerificationError
+from chiron.trust import metadata as _trust
 
 from conftest import do_build
 from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec
@@ -306,7 +307,7 @@ def test_upgrade_needs_an_install(apps: Appliances, tmp_path: Path) -> None:
 def _chiron(
     args: list[str], env: dict[str, str] | None = None, faketime: str | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-c", "from chiron._cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from chiron.cli import main; main()", *args]
     if faketime:
         cmd = ["faketime", "-f", faketime, *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from chiron import host
-from chiron._archive import read_layout
-from chiron.inspect import inspect_archive
-from chiron.verify import verify
+from chiron.archive.reader import read_layout
+from chiron.engines import host
+from chiron.engines.inspect import inspect_archive
+from chiron.engines.verify import verify
 
 from conftest import do_build
 from helpers import ENV_311, write_spec
@@ -241,7 +241,7 @@ def test_no_engine_carries_on_unless_required(
 
 
 def test_appliance_with_images_rebuilds_byte_identical(image_appliance: Path, tmp_path: Path) -> None:
-    from chiron.rebuild import rebuild
+    from chiron.engines.rebuild import rebuild
 
     spec_dir = image_appliance.parent / "s"
     result = rebuild(image_appliance, tmp_path / "r.pex", base=spec_dir, tool_wheels=None, cache_dir=tmp_path / "c")
@@ -283,7 +283,7 @@ def test_ref_pinned_by_digest(
 
 
 def test_only_exact_loopback_hosts_skip_tls() -> None:
-    from chiron._images import _is_loopback
+    from chiron.sources.images import _is_loopback
 
     assert _is_loopback("127.0.0.1:5000/x:1") and _is_loopback("localhost/x") and _is_loopback("[::1]:5000/x")
     assert not _is_loopback("127.0.0.10:5000/x") and not _is_loopback("localhost.example.com/x")
@@ -339,7 +339,7 @@ def test_mirror_refresh_picks_up_a_moved_tag(
     registry: str, enclave_registry: str, keys: Path, index, tool_wheels: Path, seeded, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """A tag that moves upstream is a change; an unmoved one is not (and its blobs are not fetched again)."""
-    from chiron import mirror
+    from chiron.engines import mirror
 
     def push(src: str) -> None:
         subprocess.run(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tuf.api.metadata import Metadata, Root
 
-from chiron._cli import main
+from chiron.cli import main
 
 
 def test_keys_init_writes_private_keys_0600_and_prints_fingerprint(

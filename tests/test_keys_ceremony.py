@@ -14,11 +14,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from chiron import _trust, host
-from chiron._cli import main
+from chiron.cli import main
+from chiron.engines import host
+from chiron.engines.inspect import inspect_archive
+from chiron.engines.verify import verify
 from chiron.errors import SigningKeyError, VerificationError
-from chiron.inspect import inspect_archive
-from chiron.verify import verify
+from chiron.trust.sshsig import allowed_signers_line
 
 from conftest import do_build
 from helpers import ENV_311, ssh_verify, write_spec
@@ -147,7 +148,7 @@ def test_hsm_held_targets_key(softhsm, keys: Path, index, tool_wheels: Path, tmp
 
         key = Metadata[Root].from_bytes((root_dir / "1.root.json").read_bytes()).signed.keys[keyid]
         allowed = tmp_path / "allowed_signers"
-        allowed.write_text(_trust.allowed_signers_line("chiron", "chiron-appliance", key))
+        allowed.write_text(allowed_signers_line("chiron", "chiron-appliance", key))
         proc = ssh_verify(out, Path(f"{out}.sig"), allowed)
         assert proc.returncode == 0, proc.stderr
 
@@ -269,7 +270,7 @@ def test_encrypted_file2_key(
     enc = pem(tmp_path / "targets-enc.pem", password=b"correct horse")
     # key_from_file needs the public half: give it the passphrase through the environment.
     monkeypatch.setenv("TGT_PASS", "correct horse")
-    from chiron._keys import public_key_of
+    from chiron.trust.keys import public_key_of
 
     public = public_key_of(f"file2:{enc}", "TGT_PASS")
     assert public is not None

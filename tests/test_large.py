@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chiron._archive import read_layout
+from chiron.archive.reader import read_layout
 
 from conftest import do_build
 from helpers import ENV_311, write_spec

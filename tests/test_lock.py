@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from chiron import _lock
-from chiron._fetch import ArtifactCache
-from chiron._spec import load_spec
+from chiron.core.spec import load_spec
 from chiron.errors import ArtifactError, LockError
+from chiron.sources import lock as _lock
+from chiron.sources.cache import ArtifactCache
 
 from conftest import do_build
 from helpers import ENV_311, ENV_312, LocalIndex, make_sdist, make_wheel, write_spec
@@ -160,15 +160,15 @@ def test_bad_lock_files(tmp_path: Path, keys: Path) -> None:
 
 
 def test_manylinux_expansion_admits_older_baselines() -> None:
-    assert "manylinux2014_x86_64" in _lock._expand_platform("manylinux_2_28_x86_64")
-    assert "manylinux_2_17_x86_64" in _lock._expand_platform("manylinux_2_28_x86_64")
-    assert "manylinux_2_34_x86_64" not in _lock._expand_platform("manylinux_2_28_x86_64")
-    assert _lock._expand_platform("linux_x86_64") == ["linux_x86_64"]
+    assert "manylinux2014_x86_64" in _lock.expand_platform("manylinux_2_28_x86_64")
+    assert "manylinux_2_17_x86_64" in _lock.expand_platform("manylinux_2_28_x86_64")
+    assert "manylinux_2_34_x86_64" not in _lock.expand_platform("manylinux_2_28_x86_64")
+    assert _lock.expand_platform("linux_x86_64") == ["linux_x86_64"]
     assert ENV_311  # the helpers' environment uses the expansion too
 
 
 def test_stale_lock_is_refused(tmp_path: Path, keys: Path, private_index: LocalIndex, tool_wheels: Path) -> None:
-    from chiron._cli import main
+    from chiron.cli import main
 
     spec_path = write_spec(tmp_path / "s", keys=keys, index_url=private_index.url, requirements=["beta==1.0"])
     with pytest.raises(SystemExit) as exc:

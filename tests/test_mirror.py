@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from chiron import _lockfile, _trust, delta, host, mirror
+from chiron.archive import delta
+from chiron.core import filelock as _lockfile
+from chiron.engines import host, mirror
+from chiron.engines.verify import verify
 from chiron.errors import Refused
-from chiron.verify import verify
+from chiron.trust import metadata as _trust
 
 from helpers import LocalIndex, make_wheel, write_spec
 
@@ -368,7 +371,7 @@ def test_replaced_host_installs_the_latest_and_keeps_upgrading(
 ) -> None:  # type: ignore[no-untyped-def]
     """docs/runbooks/disaster-recovery.md section 4: a new host from the latest appliance, the old
     audit log checked on the side, then the next upgrade as usual."""
-    from chiron._cli import main
+    from chiron.cli import main
 
     store = seeded(tmp_path / "store")
     first = _refresh(store, spec, tool_wheels, EPOCH)
@@ -399,7 +402,7 @@ def test_refreshed_appliance_rebuilds_byte_for_byte(
     tmp_path: Path, spec: Path, upstream: LocalIndex, tool_wheels: Path, seeded
 ) -> None:  # type: ignore[no-untyped-def]
     """Reproducibility holds for what the mirror signs too (version N+1, SBOM, lock from the store)."""
-    from chiron.rebuild import rebuild
+    from chiron.engines.rebuild import rebuild
 
     store = seeded(tmp_path / "store")
     _refresh(store, spec, tool_wheels, EPOCH)

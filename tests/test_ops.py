@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from chiron import _telemetry
-from chiron._cli import main
-from chiron.doctor import doctor
-from chiron.host import InstallOptions, install
-from chiron.verify import verify
+from chiron.cli import main
+from chiron.core import telemetry as _telemetry
+from chiron.engines.doctor import doctor
+from chiron.engines.host import InstallOptions, install
+from chiron.engines.verify import verify
 
 from conftest import do_build
 from helpers import ENV_312, write_spec
@@ -83,7 +83,7 @@ def test_doctor_no_installer_and_no_ssh_keygen(appliance: Path, tmp_path: Path, 
     subprocess.run([shutil.which("uv") or str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet",
                     "--no-index", "--no-deps", "--target", str(site), "--python", str(bare / "bin" / "python"), *wheels],
                    check=True)  # fmt: skip
-    code = f"import sys; sys.path[:0] = [{str(src)!r}, {str(site)!r}]; from chiron._cli import main; main()"
+    code = f"import sys; sys.path[:0] = [{str(src)!r}, {str(site)!r}]; from chiron.cli import main; main()"
     env = {"PATH": str(tmp_path / "empty-bin"), "HOME": str(tmp_path)}
     proc = subprocess.run([str(bare / "bin" / "python"), "-c", code, "doctor", str(appliance), "--json"],
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
@@ -97,7 +97,7 @@ def test_doctor_no_installer_and_no_ssh_keygen(appliance: Path, tmp_path: Path, 
 def test_doctor_clock_behind_the_floor(appliance: Path, keys: Path, tmp_path: Path) -> None:
     prefix = _installed(appliance, keys, tmp_path / "p")
     proc = subprocess.run(
-        ["faketime", "-f", "-10d", sys.executable, "-c", "from chiron._cli import main; main()",
+        ["faketime", "-f", "-10d", sys.executable, "-c", "from chiron.cli import main; main()",
          "doctor", "--prefix", str(prefix), "--json"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chiron import _lock, policy
-from chiron.errors import SpecError
+from chiron.engines import policy
+from chiron.errors import PolicyViolation, SpecError
+from chiron.sources import lock as _lock
 
 from helpers import make_wheel
 
@@ -132,7 +133,7 @@ def test_bad_policy_files_name_the_problem(tmp_path: Path) -> None:
 
 def test_yanked_release_on_the_index_is_caught(tmp_path: Path, keys: Path, tool_wheels: Path) -> None:
     """pip's report says a release pinned with == is yanked; the refresh refuses it by default."""
-    from chiron import mirror
+    from chiron.engines import mirror
 
     from helpers import LocalIndex, write_spec
 
@@ -142,7 +143,7 @@ def test_yanked_release_on_the_index_is_caught(tmp_path: Path, keys: Path, tool_
     idx.yanked.add(pinned.name)
     try:
         spec = write_spec(tmp_path / "spec", keys=keys, index_url=idx.url, requirements=["beta==1.0"])
-        with pytest.raises(mirror.PolicyViolation, match=r"beta 1.0: sources.yanked") as exc:
+        with pytest.raises(PolicyViolation, match=r"beta 1.0: sources.yanked") as exc:
             mirror.refresh(mirror.RefreshOptions(store=tmp_path / "store", spec=spec, tool_wheels=tool_wheels))
         assert exc.value.details == [
             {

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from chiron._cli import main
+from chiron.cli import main
+from chiron.engines.rebuild import compare, rebuild
 from chiron.errors import ArtifactError
-from chiron.rebuild import compare, rebuild
 
 from conftest import do_build
 from helpers import ENV_311, files_spec, write_spec

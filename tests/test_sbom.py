@@ -16,14 +16,15 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from chiron import _sbom, _wheelmeta
-from chiron._archive import read_layout
-from chiron._cli import main
-from chiron._images import PackedImage
-from chiron._lock import Artifact, Lock, LockedPackage
+from chiron.archive.reader import read_layout
+from chiron.cli import main
+from chiron.engines.inspect import inspect_archive
+from chiron.engines.verify import verify
 from chiron.errors import ArtifactError
-from chiron.inspect import inspect_archive
-from chiron.verify import verify
+from chiron.sources import sbom as _sbom
+from chiron.sources import wheelmeta as _wheelmeta
+from chiron.sources.images import PackedImage
+from chiron.sources.lock import Artifact, Lock, LockedPackage
 
 from conftest import do_build
 from helpers import assert_cli_verify_fails, make_wheel, rewrite_archive

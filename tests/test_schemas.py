@@ -2,7 +2,7 @@
 
 Each schema file is tested by ``test_output_matches_schema[<file>]``, which asks for the fixture
 ``out_<name>`` (``out_host_result`` for host-result.schema.json): the outputs of real commands run
-in-process through ``chiron._cli.main``. A schema file without such a fixture fails, and so does an
+in-process through ``chiron.cli.main``. A schema file without such a fixture fails, and so does an
 output whose "schema" field is not the file's const.
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from chiron import _cli
-from chiron._archive import read_layout
-from chiron._cli import main
+from chiron import cli as _cli
+from chiron.archive.reader import read_layout
+from chiron.cli import main
 
 from conftest import REPO, do_build
 from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from chiron._spec import load_spec
+from chiron.core.spec import load_spec
 from chiron.errors import SpecError
 
 from helpers import ENV_311, write_spec
@@ -113,7 +113,7 @@ def test_missing_spec_file(tmp_path: Path) -> None:
 
 
 def test_variables_expand_with_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chiron.models import KeyRef
+    from chiron.core.models import KeyRef
 
     path = tmp_path / "appliance.toml"
     path.write_text(_spec(tmp_path))

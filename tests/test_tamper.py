@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from chiron import _trust
-from chiron._archive import check_zip, read_layout
-from chiron._cli import main
+from chiron.archive.reader import read_layout
+from chiron.archive.toolzip import check_zip
+from chiron.cli import main
+from chiron.trust import metadata as _trust
 
 from conftest import do_build
 from helpers import assert_cli_verify_fails, rewrite_archive

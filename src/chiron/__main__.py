@@ -1,6 +1,6 @@
 """``python -m chiron``."""
 
-from chiron._cli import main
+from chiron.cli import main
 
 if __name__ == "__main__":
     main()

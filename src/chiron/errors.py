@@ -7,6 +7,7 @@ traceback only with --verbose.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 
 
@@ -79,3 +80,27 @@ class Refused(ChironError):
     """The operation is refused by policy (downgrade, rollback); an explicit flag may allow it."""
 
     exit_code = ExitCode.REFUSED
+
+
+class FormatError(VerificationError):
+    """The file does not have the structure of a chiron appliance; ``str()`` names where."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([message])
+
+
+class HostStateError(Refused):
+    """The host's state directory is missing, inconsistent or tampered with; chiron will not guess."""
+
+
+class PolicyViolation(Refused):
+    """The resolved content breaks the policy; ``details`` lists every violation."""
+
+    def __init__(self, violations: Sequence[object], details: list[dict[str, str]], where: str) -> None:
+        first = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        super().__init__(
+            f"policy {where}: {first}{more}",
+            hint="fix the spec's constraints or the policy; the previous appliance stays the newest",
+        )
+        self.details = details

@@ -1,0 +1,152 @@
+"""Reading an appliance's structure: footer, index and how the regions tile the file. Nothing read
+here is trusted until verify checks it against the signed targets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+from chiron.archive.layout import FOOTER, FOOTER_MAGIC, FOOTER_SIZE, FORMAT, MAX_INDEX, MAX_SHEBANG, Layout, Member
+from chiron.core.text import canonical_json, check_member_name
+from chiron.errors import FormatError
+
+
+def pread_exact(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise FormatError(f"file ends early: wanted {length} bytes at offset {offset}")
+    return data
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # not bool, not float: the index must be exactly what chiron writes
+
+
+def read_layout(path: Path) -> Layout:
+    """Read index and footer. Structure only: nothing here is trusted until verify checks it."""
+    with path.open("rb") as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        zip_offset, _cd, _cds, _n = find_zip(fd, size)
+        if zip_offset < FOOTER_SIZE:
+            raise FormatError("no chiron footer before the tool zip (not a chiron appliance?)")
+        magic, index_offset, index_length, footer_zip, index_sha = FOOTER.unpack(
+            pread_exact(fd, FOOTER_SIZE, zip_offset - FOOTER_SIZE)
+        )
+        if magic != FOOTER_MAGIC:
+            raise FormatError("no chiron footer before the tool zip (not a chiron appliance, or data was inserted)")
+        if footer_zip != zip_offset:
+            raise FormatError(
+                f"footer says the tool zip starts at {footer_zip} but it starts at {zip_offset} "
+                "(data inserted or removed around the zip)"
+            )
+        if index_length > MAX_INDEX or index_offset + index_length != zip_offset - FOOTER_SIZE:
+            raise FormatError("index does not end where the footer begins (data inserted after the payload?)")
+        data = pread_exact(fd, index_length, index_offset)
+        if hashlib.sha256(data).digest() != index_sha:
+            raise FormatError("index bytes do not match the footer's index hash")
+        try:
+            index = json.loads(data)
+        except ValueError:
+            raise FormatError("index is not valid JSON") from None
+        if not isinstance(index, dict) or canonical_json(index) != data:
+            raise FormatError("index is not in canonical form")
+        if index.get("format") != FORMAT:
+            raise FormatError(f"unknown appliance format {index.get('format')!r}; this chiron reads {FORMAT}")
+        # The index is not signed, so it may hold nothing but what the format defines.
+        if set(index) != {"format", "tool_format", "shebang_length", "members"} or not isinstance(
+            index["members"], list
+        ):
+            raise FormatError("index has unknown or missing fields")
+        if any(not isinstance(m, dict) or set(m) != {"name", "offset", "length"} for m in index["members"]):
+            raise FormatError("index member entries have unknown or missing fields")
+        if any(
+            not isinstance(m["name"], str) or not _is_int(m["offset"]) or not _is_int(m["length"])
+            for m in index["members"]
+        ) or not (_is_int(index["shebang_length"]) and isinstance(index["tool_format"], str)):
+            raise FormatError("index fields have the wrong types")
+        offsets = [m["offset"] for m in index["members"]]
+        if offsets != sorted(offsets):
+            raise FormatError("index members are not in file order")
+        shebang_len: int = index["shebang_length"]
+        members = tuple(Member(m["name"], m["offset"], m["length"]) for m in index["members"])
+        tool_format: str = index["tool_format"]
+        if not 2 < shebang_len <= MAX_SHEBANG:
+            raise FormatError("shebang length in the index is out of range")
+        shebang = pread_exact(fd, shebang_len, 0)
+    return Layout(
+        size=size,
+        shebang=shebang,
+        members=members,
+        index_offset=index_offset,
+        index_length=index_length,
+        zip_offset=zip_offset,
+        tool_format=tool_format,
+        index=index,
+    )
+
+
+def check_tiling(layout: Layout) -> list[str]:
+    """Problems with how the regions cover the file: every byte exactly once, names safe and unique."""
+    problems: list[str] = []
+    sb = layout.shebang
+    if not sb.startswith(b"#!") or not sb.endswith(b"\n") or sb.count(b"\n") != 1:
+        problems.append("shebang: the first line is not a single '#!' interpreter line")
+    seen: set[str] = set()
+    pos = len(sb)
+    for m in sorted(layout.members, key=lambda m: (m.offset, m.name)):
+        try:
+            check_member_name(m.name)
+        except ValueError as exc:
+            problems.append(f"member {m.name!r}: unsafe name: {exc}")
+        if m.name in seen:
+            problems.append(f"member {m.name}: listed twice in the index (duplicate member)")
+        seen.add(m.name)
+        if m.length < 0 or m.offset < 0:
+            problems.append(f"member {m.name}: negative offset or length")
+        elif m.offset > pos:
+            problems.append(f"{m.offset - pos} unaccounted byte(s) at offset {pos}, before member {m.name}")
+        elif m.offset < pos:
+            problems.append(f"member {m.name}: overlaps the previous region at offset {m.offset}")
+        pos = max(pos, m.offset + max(m.length, 0))
+    if pos < layout.index_offset:
+        problems.append(f"{layout.index_offset - pos} unaccounted byte(s) at offset {pos}, before the index")
+    elif pos > layout.index_offset:
+        problems.append("the last member overlaps the index")
+    return problems
+
+
+_EOCD = struct.Struct("<4sHHHHIIH")
+
+
+_EOCD_SIG = b"PK\x05\x06"
+
+
+def find_zip(fd: int, size: int) -> tuple[int, int, int, int]:
+    """Locate the trailing zip: (zip offset, central directory offset, its size, entry count).
+
+    The central directory offset returned is relative to the zip's start.
+    """
+    tail_len = min(size, 65535 + _EOCD.size)
+    tail = pread_exact(fd, tail_len, size - tail_len)
+    pos = tail.rfind(_EOCD_SIG)
+    while pos >= 0:
+        if pos + _EOCD.size <= len(tail):
+            fields = _EOCD.unpack_from(tail, pos)
+            comment_len = fields[7]
+            if pos + _EOCD.size + comment_len == len(tail):
+                break
+        pos = tail.rfind(_EOCD_SIG, 0, pos)
+    if pos < 0:
+        raise FormatError("no zip end-of-central-directory record at the end of the file (truncated?)")
+    _sig, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _comment = _EOCD.unpack_from(tail, pos)
+    if disk or cd_disk or n_disk != n_total or 0xFFFFFFFF in (cd_size, cd_offset) or n_total == 0xFFFF:
+        raise FormatError("the tool zip is multi-disk or zip64; chiron never writes either")
+    eocd_pos = size - tail_len + pos
+    zip_offset = eocd_pos - cd_size - cd_offset
+    if zip_offset < 0:
+        raise FormatError("zip central directory points before the start of the file")
+    return zip_offset, cd_offset, cd_size, n_total

@@ -1,0 +1,1 @@
+"""chiron.core."""

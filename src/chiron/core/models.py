@@ -1,0 +1,272 @@
+"""Strict pydantic models of everything chiron reads from disk.
+
+The spec (bundle/appliance.toml) is parsed by ``_spec.load_spec``; these models only describe its
+shape and its field-level rules. Models are frozen and forbid unknown fields, so a typo in a spec is
+an error that names the field rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DURATION = re.compile(r"^(\d+)([dhw])$")
+ROLES = ("root", "targets", "snapshot", "timestamp")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration such as ``90d``, ``12h`` or ``2w``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"'{text}' is not a duration like 7d, 12h or 2w")
+    n, unit = int(match.group(1)), match.group(2)
+    if n <= 0:
+        raise ValueError(f"'{text}' must be positive")
+    return n * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
+
+
+class ApplianceInfo(_Strict):
+    """``[appliance]``: what is being shipped."""
+
+    name: str
+    version: str
+    description: str = ""
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            Version(v)
+        except InvalidVersion:
+            raise ValueError(f"'{v}' is not a PEP 440 version") from None
+        return v
+
+
+class TargetEnvironment(_Strict):
+    """One ``[[environments]]`` entry: an interpreter and platform the wheelhouse must serve."""
+
+    name: str
+    python_version: str
+    implementation: Literal["cp", "pp"] = "cp"
+    platforms: list[str] = Field(min_length=1)
+    abis: list[str] = Field(default_factory=list)
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+    @field_validator("python_version")
+    @classmethod
+    def _pyver(cls, v: str) -> str:
+        if not re.fullmatch(r"3\.\d{1,2}", v):
+            raise ValueError(f"'{v}' is not a Python version like 3.11")
+        if int(v.split(".")[1]) < 8:
+            raise ValueError(f"'{v}' is older than any Python chiron can serve (3.8+)")
+        return v
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, v: list[str]) -> list[str]:
+        for tag in v:
+            if not re.fullmatch(r"[a-z0-9_.]+", tag):
+                raise ValueError(f"'{tag}' is not a platform tag like manylinux_2_28_x86_64")
+        return v
+
+    @property
+    def nodot(self) -> str:
+        return self.python_version.replace(".", "")
+
+    def abi_list(self) -> list[str]:
+        """The ABIs to accept; defaults to the interpreter's own, abi3 and none."""
+        if self.abis:
+            return list(self.abis)
+        return [f"{self.implementation}{self.nodot}", "abi3", "none"]
+
+
+class PythonSection(_Strict):
+    """``[python]``: what to resolve and from where."""
+
+    requirements: list[str] = Field(default_factory=list)
+    lock: str | None = None
+    index_url: str | None = "https://pypi.org/simple"
+    find_links: list[str] = Field(default_factory=list)
+    allow_sdists: bool = False
+
+    @model_validator(mode="after")
+    def _something(self) -> PythonSection:
+        if not self.requirements and self.lock is None:
+            raise ValueError("give 'requirements' or 'lock' (a pylock.toml)")
+        if not self.index_url and not self.find_links and not self.lock:
+            raise ValueError("give 'index_url' or 'find_links' to resolve from")
+        return self
+
+
+class KeyRef(_Strict):
+    """A private key named by a securesystemslib URI; ``keyid`` ties it to a key in root metadata."""
+
+    uri: str
+    keyid: str | None = None
+    secret_env: str | None = None  # environment variable holding the passphrase (file2:) or PIN (hsm:)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        scheme, sep, rest = v.partition(":")
+        if not sep or not rest or not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+            raise ValueError(f"'{v}' is not a private-key URI like file2:keys/targets.pem or hsm:2")
+        return v
+
+
+def _key_list(value: object) -> object:
+    if isinstance(value, list):
+        return [{"uri": item} if isinstance(item, str) else item for item in value]
+    return value
+
+
+class RoleSpec(_Strict):
+    """``[trust.roles.<role>]``: who signs a role, how many must, and for how long it is valid."""
+
+    keys: Annotated[list[KeyRef], Field(min_length=1)]
+    threshold: int = Field(default=1, ge=1)
+    expires: str
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _keys(cls, v: object) -> object:
+        return _key_list(v)
+
+    @field_validator("expires")
+    @classmethod
+    def _expires(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _enough(self) -> RoleSpec:
+        if self.threshold > len(self.keys):
+            raise ValueError(f"threshold {self.threshold} is more than the {len(self.keys)} key(s) listed")
+        return self
+
+    @property
+    def expires_seconds(self) -> int:
+        return parse_duration(self.expires)
+
+
+class DetachedSpec(_Strict):
+    """``[trust.detached]``: the key that signs the whole file for ssh-keygen -Y verify."""
+
+    key: KeyRef | None = None
+    namespace: str = "chiron-appliance"
+    identity: str = "chiron"
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, v: object) -> object:
+        return {"uri": v} if isinstance(v, str) else v
+
+
+class TrustSection(_Strict):
+    """``[trust]``: the root metadata (file or directory of N.root.json) and the online roles."""
+
+    root: str
+    roles: dict[str, RoleSpec]
+    detached: DetachedSpec = DetachedSpec()
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: dict[str, RoleSpec]) -> dict[str, RoleSpec]:
+        unknown = sorted(set(v) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s) {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+        missing = [r for r in ROLES[1:] if r not in v]
+        if missing:
+            raise ValueError(f"missing role(s) {', '.join(missing)}")
+        return v
+
+
+class ImageRef(_Strict):
+    """``[[images]]``: a container image, fetched at build time and pinned by digest."""
+
+    ref: str
+    platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
+    source: Literal["registry", "docker", "oci"] = "registry"
+    path: str | None = None  # for source = "oci": an OCI layout directory or oci-archive file
+    insecure: bool = False  # plain http (loopback registries are always allowed plain http)
+    credentials_env: str | None = None  # variable holding USER:PASSWORD (or a token) for the registry
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+", p):
+                raise ValueError(f"'{p}' is not a platform like linux/amd64")
+        return v
+
+
+class ExtraFile(_Strict):
+    """``[[files]]``: an arbitrary file shipped as a signed payload member under ``files/``."""
+
+    src: str
+    dest: str
+
+    @field_validator("dest")
+    @classmethod
+    def _dest(cls, v: str) -> str:
+        from chiron.core.text import check_member_name
+
+        check_member_name(f"files/{v}")
+        return v
+
+
+class HostSection(_Strict):
+    """``[host]``: how an air-gapped host installs this appliance."""
+
+    health_check: list[str] = Field(default_factory=list)
+    health_check_timeout: int = Field(default=300, ge=1)
+    images_required: bool = False  # if true, an install fails when the images cannot be loaded
+    keep_releases: int = Field(default=2, ge=2)
+
+
+class ApplianceSpec(_Strict):
+    """The whole ``appliance.toml``."""
+
+    appliance: ApplianceInfo
+    python: PythonSection
+    environments: list[TargetEnvironment] = Field(min_length=1)
+    trust: TrustSection
+    images: list[ImageRef] = Field(default_factory=list)
+    files: list[ExtraFile] = Field(default_factory=list)
+    host: HostSection = HostSection()
+
+    @field_validator("files")
+    @classmethod
+    def _unique_files(cls, v: list[ExtraFile]) -> list[ExtraFile]:
+        _no_duplicates([f.dest for f in v], "dest")
+        return v
+
+    @field_validator("environments")
+    @classmethod
+    def _unique_envs(cls, v: list[TargetEnvironment]) -> list[TargetEnvironment]:
+        _no_duplicates([e.name for e in v], "environment name(s)")
+        return v
+
+
+def _no_duplicates(values: list[str], what: str) -> None:
+    dupes = sorted({x for x in values if values.count(x) > 1})
+    if dupes:
+        raise ValueError(f"{what} used twice: {', '.join(dupes)}")

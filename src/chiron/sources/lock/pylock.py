@@ -1,0 +1,203 @@
+"""The lock files: PEP 751 ``pylock.toml`` (the record) read and written, and one pip requirements file
+with ``--hash`` per environment (what an installer on the host consumes)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from packaging.markers import InvalidMarker, Marker
+from packaging.tags import Tag
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+
+from chiron.core.models import ApplianceSpec, TargetEnvironment
+from chiron.errors import LockError
+from chiron.sources.lock.model import SHA256, Artifact, Lock, LockedPackage
+from chiron.sources.lock.tags import env_tags, marker_env, requirements_for
+
+
+def _q(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _art_toml(a: Artifact) -> str:
+    size = f", size = {a.size}" if a.size is not None else ""
+    return f"{{ name = {_q(a.filename)}, url = {_q(a.url)}{size}, hashes = {{ sha256 = {_q(a.sha256)} }} }}"
+
+
+def write_pylock(lock: Lock, spec: ApplianceSpec) -> bytes:
+    """The lock as PEP 751 ``pylock.toml``; deterministic for the same lock."""
+    env_names = [e.name for e in spec.environments]
+    envs = {e.name: e for e in spec.environments}
+    lines = ['lock-version = "1.0"', 'created-by = "chiron"', ""]
+    for pkg in lock.packages:
+        lines.append("[[packages]]")
+        lines.append(f"name = {_q(pkg.name)}")
+        lines.append(f"version = {_q(pkg.version)}")
+        if set(pkg.environments) != set(env_names):
+            versions = sorted({envs[e].python_version for e in pkg.environments})
+            others = {envs[e].python_version for e in env_names if e not in pkg.environments}
+            if not others & set(versions):
+                marker = " or ".join(f'python_version == "{v}"' for v in versions)
+                lines.append(f"marker = {_q(marker)}")
+        if pkg.index:
+            lines.append(f"index = {_q(pkg.index)}")
+        wheels = [a for a in pkg.artifacts.values() if a.is_wheel]
+        sdists = [a for a in pkg.artifacts.values() if not a.is_wheel]
+        if sdists:
+            lines.append(f"sdist = {_art_toml(sdists[0])}")
+        if wheels:
+            lines.append("wheels = [")
+            lines += [f"  {_art_toml(a)}," for a in sorted(wheels, key=lambda a: a.filename)]
+            lines.append("]")
+        lines.append("")
+    lines.append("[tool.chiron.environments]")
+    for env in env_names:
+        sel = lock.selection.get(env, {})
+        items = ", ".join(_q(f"{n}=={_version_of(lock, n, a)}") for n, a in sorted(sel.items()))
+        lines.append(f"{_q(env)} = [{items}]")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _version_of(lock: Lock, name: str, art: Artifact) -> str:
+    for pkg in lock.packages:
+        if pkg.name == name and art.filename in pkg.artifacts:
+            return pkg.version
+    raise LockError(f"internal: {art.filename} belongs to no package")
+
+
+def read_pylock(path: Path, spec: ApplianceSpec) -> Lock:
+    """Read a PEP 751 lock (ours or another tool's) and choose each environment's artifact by tags."""
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise LockError(f"{path}: lock file not found", hint="run 'chiron lock SPEC' to create it") from None
+    except UnicodeDecodeError:
+        raise LockError(f"{path}: lock file is not UTF-8 text") from None
+    return parse_pylock(text, spec.environments, allow_sdists=spec.python.allow_sdists, where=str(path))
+
+
+def parse_pylock(text: str, environments: Iterable[TargetEnvironment], *, allow_sdists: bool, where: str) -> Lock:
+    """Parse lock text and select, for every environment, the artifact of each package it installs."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LockError(f"{where}: not a valid TOML lock: {exc}") from None
+    if str(data.get("lock-version", "")).split(".")[0] != "1":
+        raise LockError(f"{where}: lock-version {data.get('lock-version')!r} is not a PEP 751 1.x lock")
+    packages: list[LockedPackage] = []
+    for i, entry in enumerate(data.get("packages", [])):
+        at = f"{where}: packages[{i}]"
+        try:
+            name, version = canonicalize_name(entry["name"]), str(entry["version"])
+        except KeyError as exc:
+            raise LockError(f"{at}: missing field {exc.args[0]}") from None
+        pkg = LockedPackage(name, version, entry.get("index"), marker=entry.get("marker"))
+        items = list(entry.get("wheels", []))
+        if "sdist" in entry:
+            if not allow_sdists:
+                raise LockError(f"{at} ({name} {version}): is an sdist and python.allow_sdists is false")
+            items.append(entry["sdist"])
+        for j, w in enumerate(items):
+            art = _read_artifact(w, f"{at}.wheels[{j}]")
+            pkg.artifacts[art.filename] = art
+        if not pkg.artifacts:
+            raise LockError(f"{at} ({name} {version}): has no wheels (chiron installs from artifacts only)")
+        packages.append(pkg)
+    selection = _select(packages, environments, where)
+    return Lock(packages=packages, selection=selection)
+
+
+def _read_artifact(w: dict[str, Any], where: str) -> Artifact:
+    url = w.get("url")
+    name = w.get("name") or (unquote(urlsplit(url).path.rsplit("/", 1)[-1]) if url else None)
+    sha = (w.get("hashes") or {}).get("sha256")
+    if not name or not url:
+        raise LockError(f"{where}: needs name and url")
+    if not isinstance(sha, str) or not SHA256.match(sha):
+        raise LockError(f"{where} ({name}): needs hashes.sha256 (64 hex digits)")
+    size = w.get("size")
+    return Artifact(filename=name, url=url, sha256=sha, size=int(size) if size is not None else None)
+
+
+def _select(
+    packages: Iterable[LockedPackage], environments: Iterable[TargetEnvironment], where: str
+) -> dict[str, dict[str, Artifact]]:
+    selection: dict[str, dict[str, Artifact]] = {}
+    for env in environments:
+        tags = env_tags(env)
+        menv = marker_env(env)
+        chosen: dict[str, Artifact] = {}
+        for pkg in packages:
+            if pkg.marker:
+                try:
+                    if not Marker(pkg.marker).evaluate(menv):
+                        continue
+                except InvalidMarker:
+                    raise LockError(f"{where}: {pkg.name}: invalid marker {pkg.marker!r}") from None
+            best = _best_artifact(pkg, tags)
+            if best is None:
+                raise LockError(
+                    f"{where}: {pkg.name} {pkg.version} has no artifact for environment {env.name}",
+                    hint="re-lock with 'chiron lock' after adding the platform, or allow sdists",
+                )
+            pkg.environments.add(env.name)
+            chosen[pkg.name] = best
+        selection[env.name] = chosen
+    return selection
+
+
+def _best_artifact(pkg: LockedPackage, tags: set[Tag]) -> Artifact | None:
+    sdist: Artifact | None = None
+    for art in sorted(pkg.artifacts.values(), key=lambda a: a.filename):
+        if art.is_wheel:
+            try:
+                _n, _v, _b, wtags = parse_wheel_filename(art.filename)
+            except InvalidWheelFilename:
+                raise LockError(f"{pkg.name}: {art.filename} is not a valid wheel file name") from None
+            if wtags & tags:
+                return art
+        else:
+            try:
+                parse_sdist_filename(art.filename)
+            except InvalidSdistFilename:
+                raise LockError(f"{pkg.name}: {art.filename} is neither a wheel nor an sdist") from None
+            sdist = art
+    return sdist
+
+
+def check_fits(lock: Lock, spec: ApplianceSpec, where: str) -> None:
+    """Refuse a stale lock: every top-level requirement must be locked, at an admitted version, in
+    every environment its marker selects."""
+    from packaging.requirements import Requirement
+
+    for env in spec.environments:
+        versions = {name: _version_of(lock, name, art) for name, art in lock.selection.get(env.name, {}).items()}
+        for text in requirements_for(spec.python.requirements, env):
+            req = Requirement(text)
+            name = canonicalize_name(req.name)
+            got = versions.get(name)
+            if got is None or (req.specifier and not req.specifier.contains(got, prereleases=True)):
+                raise LockError(
+                    f"{where}: does not satisfy python.requirements '{text}' for environment {env.name} "
+                    f"(locked: {got or 'nothing'})",
+                    hint="the lock is stale: run 'chiron lock SPEC' (or 'make lock') and review the change",
+                )
+
+
+def requirements_txt(lock: Lock, env: str) -> bytes:
+    """A pip requirements file for one environment: exact pins with ``--hash``."""
+    lines = [f"# chiron lock for environment {env}; install with --no-index --require-hashes"]
+    for name, art in sorted(lock.selection[env].items()):
+        lines.append(f"{name}=={_version_of(lock, name, art)} \\\n    --hash=sha256:{art.sha256}")
+    return ("\n".join(lines) + "\n").encode()
