@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 from pathlib import Path
 
 from chiron.archive.layout import FOOTER, FOOTER_MAGIC, FOOTER_SIZE, FORMAT, MAX_INDEX, MAX_SHEBANG, Layout, Member
+from chiron.core.fs import copy_range
 from chiron.core.text import canonical_json, check_member_name
-from chiron.errors import FormatError
+from chiron.errors import FormatError, UsageError, VerificationError
 
 
 def pread_exact(fd: int, length: int, offset: int) -> bytes:
@@ -25,58 +27,132 @@ def _is_int(value: object) -> bool:
     return type(value) is int  # not bool, not float: the index must be exactly what chiron writes
 
 
+def open_regular(path: Path) -> int:
+    """Open ``path`` for reading; refuse what is not a regular file (a FIFO would block for ever, a
+    device would never end) without blocking on it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path}: not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+class ArchiveReader:
+    """One appliance, opened once: its layout read once, every region read with bounds through one
+    descriptor. Reads are of whatever the file holds now; ``read_checked`` and ``copy_checked``
+    compare with a signed sha256, which is how a verified appliance is read after verification."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = open_regular(path)
+        try:
+            self.size = os.fstat(self.fd).st_size
+            self.layout = _parse_layout(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self._regions = self.layout.regions()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def region(self, name: str) -> tuple[int, int]:
+        """(offset, length) of a region by its target name; FormatError when the archive lacks it."""
+        try:
+            return self._regions[name]
+        except KeyError:
+            raise FormatError(f"member {name}: not in {self.path}") from None
+
+    def has(self, name: str) -> bool:
+        return name in self._regions
+
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        """A region's bytes, unchecked; refused when longer than ``limit``."""
+        offset, length = self.region(name)
+        if limit is not None and length > limit:
+            raise FormatError(f"member {name}: {length} bytes, more than the {limit} allowed for it")
+        return pread_exact(self.fd, length, offset)
+
+    def read_checked(self, name: str, sha256: str, limit: int | None = None) -> bytes:
+        """A region's bytes, re-hashed against ``sha256`` (the file may change after verification)."""
+        data = self.read(name, limit)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise VerificationError([f"member {name}: changed after verification (the archive is being modified?)"])
+        return data
+
+    def copy_checked(self, name: str, sha256: str, dest: Path, prefix: bytes = b"") -> None:
+        """Copy a region to ``dest`` (after ``prefix``) through a temporary file, re-hashing it; the
+        destination appears only when every byte matched."""
+        offset, length = self.region(name)
+        if not copy_range(self.fd, offset, length, dest, sha256, prefix=prefix):
+            raise VerificationError([f"member {name}: changed after verification (the archive is being modified?)"])
+
+
 def read_layout(path: Path) -> Layout:
     """Read index and footer. Structure only: nothing here is trusted until verify checks it."""
-    with path.open("rb") as f:
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
-        zip_offset, _cd, _cds, _n = find_zip(fd, size)
-        if zip_offset < FOOTER_SIZE:
-            raise FormatError("no chiron footer before the tool zip (not a chiron appliance?)")
-        magic, index_offset, index_length, footer_zip, index_sha = FOOTER.unpack(
-            pread_exact(fd, FOOTER_SIZE, zip_offset - FOOTER_SIZE)
+    with ArchiveReader(path) as reader:
+        return reader.layout
+
+
+def _parse_layout(fd: int, size: int) -> Layout:
+    zip_offset, _cd, _cds, _n = find_zip(fd, size)
+    if zip_offset < FOOTER_SIZE:
+        raise FormatError("no chiron footer before the tool zip (not a chiron appliance?)")
+    magic, index_offset, index_length, footer_zip, index_sha = FOOTER.unpack(
+        pread_exact(fd, FOOTER_SIZE, zip_offset - FOOTER_SIZE)
+    )
+    if magic != FOOTER_MAGIC:
+        raise FormatError("no chiron footer before the tool zip (not a chiron appliance, or data was inserted)")
+    if footer_zip != zip_offset:
+        raise FormatError(
+            f"footer says the tool zip starts at {footer_zip} but it starts at {zip_offset} "
+            "(data inserted or removed around the zip)"
         )
-        if magic != FOOTER_MAGIC:
-            raise FormatError("no chiron footer before the tool zip (not a chiron appliance, or data was inserted)")
-        if footer_zip != zip_offset:
-            raise FormatError(
-                f"footer says the tool zip starts at {footer_zip} but it starts at {zip_offset} "
-                "(data inserted or removed around the zip)"
-            )
-        if index_length > MAX_INDEX or index_offset + index_length != zip_offset - FOOTER_SIZE:
-            raise FormatError("index does not end where the footer begins (data inserted after the payload?)")
-        data = pread_exact(fd, index_length, index_offset)
-        if hashlib.sha256(data).digest() != index_sha:
-            raise FormatError("index bytes do not match the footer's index hash")
-        try:
-            index = json.loads(data)
-        except ValueError:
-            raise FormatError("index is not valid JSON") from None
-        if not isinstance(index, dict) or canonical_json(index) != data:
-            raise FormatError("index is not in canonical form")
-        if index.get("format") != FORMAT:
-            raise FormatError(f"unknown appliance format {index.get('format')!r}; this chiron reads {FORMAT}")
-        # The index is not signed, so it may hold nothing but what the format defines.
-        if set(index) != {"format", "tool_format", "shebang_length", "members"} or not isinstance(
-            index["members"], list
-        ):
-            raise FormatError("index has unknown or missing fields")
-        if any(not isinstance(m, dict) or set(m) != {"name", "offset", "length"} for m in index["members"]):
-            raise FormatError("index member entries have unknown or missing fields")
-        if any(
-            not isinstance(m["name"], str) or not _is_int(m["offset"]) or not _is_int(m["length"])
-            for m in index["members"]
-        ) or not (_is_int(index["shebang_length"]) and isinstance(index["tool_format"], str)):
-            raise FormatError("index fields have the wrong types")
-        offsets = [m["offset"] for m in index["members"]]
-        if offsets != sorted(offsets):
-            raise FormatError("index members are not in file order")
-        shebang_len: int = index["shebang_length"]
-        members = tuple(Member(m["name"], m["offset"], m["length"]) for m in index["members"])
-        tool_format: str = index["tool_format"]
-        if not 2 < shebang_len <= MAX_SHEBANG:
-            raise FormatError("shebang length in the index is out of range")
-        shebang = pread_exact(fd, shebang_len, 0)
+    if index_length > MAX_INDEX or index_offset + index_length != zip_offset - FOOTER_SIZE:
+        raise FormatError("index does not end where the footer begins (data inserted after the payload?)")
+    data = pread_exact(fd, index_length, index_offset)
+    if hashlib.sha256(data).digest() != index_sha:
+        raise FormatError("index bytes do not match the footer's index hash")
+    try:
+        index = json.loads(data)
+    except ValueError:
+        raise FormatError("index is not valid JSON") from None
+    if not isinstance(index, dict) or canonical_json(index) != data:
+        raise FormatError("index is not in canonical form")
+    if index.get("format") != FORMAT:
+        raise FormatError(f"unknown appliance format {index.get('format')!r}; this chiron reads {FORMAT}")
+    # The index is not signed, so it may hold nothing but what the format defines.
+    if set(index) != {"format", "tool_format", "shebang_length", "members"} or not isinstance(index["members"], list):
+        raise FormatError("index has unknown or missing fields")
+    if any(not isinstance(m, dict) or set(m) != {"name", "offset", "length"} for m in index["members"]):
+        raise FormatError("index member entries have unknown or missing fields")
+    if any(
+        not isinstance(m["name"], str) or not _is_int(m["offset"]) or not _is_int(m["length"]) for m in index["members"]
+    ) or not (_is_int(index["shebang_length"]) and isinstance(index["tool_format"], str)):
+        raise FormatError("index fields have the wrong types")
+    offsets = [m["offset"] for m in index["members"]]
+    if offsets != sorted(offsets):
+        raise FormatError("index members are not in file order")
+    shebang_len: int = index["shebang_length"]
+    members = tuple(Member(m["name"], m["offset"], m["length"]) for m in index["members"])
+    tool_format: str = index["tool_format"]
+    if not 2 < shebang_len <= MAX_SHEBANG:
+        raise FormatError("shebang length in the index is out of range")
+    shebang = pread_exact(fd, shebang_len, 0)
     return Layout(
         size=size,
         shebang=shebang,

@@ -8,13 +8,14 @@ role and the reason; nothing is extracted or copied, whatever the archive's size
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from chiron.archive.layout import CHUNK, METADATA_PREFIX, TOOL_MEMBERS_TARGET, TOOL_TARGET, Layout
-from chiron.archive.reader import check_tiling, read_layout
+from chiron.archive.reader import ArchiveReader, check_tiling, open_regular
 from chiron.archive.toolzip import ZipEntry, check_zip, read_zip_member
 from chiron.core import progress as _progress
 from chiron.core import telemetry as _telemetry
-from chiron.errors import FormatError, UsageError
+from chiron.errors import FormatError, UsageError, VerificationError
 from chiron.trust.client import ArchiveFetcher
 
 _TUF_ROLE_FILES = ("timestamp.json", "snapshot.json", "targets.json")
@@ -69,6 +70,14 @@ class VerifyReport:
     manifest: dict[str, Any] = field(default_factory=dict)
     trusted: dict[str, bytes] = field(default_factory=dict, repr=False)
     targets_meta: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    appliance: VerifiedAppliance | None = field(default=None, repr=False)  # open only inside verified()
+
+    @property
+    def verified(self) -> VerifiedAppliance:
+        """The open, verified appliance (inside ``verified()`` and only when the report is ok)."""
+        if self.appliance is None:
+            raise VerificationError(self.problems or [f"{self.path}: not verified"])
+        return self.appliance
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +98,99 @@ class VerifyReport:
         }
 
 
+@dataclass(frozen=True)
+class TrustedTarget:
+    """A target as the verified targets metadata signs it."""
+
+    name: str
+    length: int
+    sha256: str
+    custom: dict[str, Any]
+
+
+class VerifiedAppliance:
+    """A verified appliance, still open: every read goes through the archive reader's checked reads
+    against the signed targets, so bytes changed on disk after verification are never used."""
+
+    def __init__(self, reader: ArchiveReader, targets: dict[str, dict[str, Any]], manifest: dict[str, Any]) -> None:
+        self.reader = reader
+        self.path = reader.path
+        self.layout = reader.layout
+        self.manifest = manifest
+        self.targets = {
+            name: TrustedTarget(name, int(t["length"]), str(t["sha256"]), dict(t.get("custom") or {}))
+            for name, t in targets.items()
+        }
+
+    def target(self, name: str) -> TrustedTarget:
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise VerificationError([f"member {name}: not signed by this appliance's targets"]) from None
+
+    def read(self, name: str) -> bytes:
+        """A signed member's bytes, re-hashed as they are read."""
+        return self.reader.read_checked(name, self.target(name).sha256)
+
+    def copy(self, name: str, dest: Path, prefix: bytes = b"") -> None:
+        """Copy a signed member to ``dest`` (after ``prefix``), re-hashed as it is copied."""
+        self.reader.copy_checked(name, self.target(name).sha256, dest, prefix)
+
+
+@contextlib.contextmanager
+def verified(
+    path: Path,
+    *,
+    root_file: Path | None = None,
+    root_sha256: str | None = None,
+    show_progress: bool = False,
+    workers: int | None = None,
+    host: HostTrust | None = None,
+    reference_time: datetime | None = None,
+) -> Iterator[VerifyReport]:
+    """Verify ``path`` and keep it open while the caller reads it: when the report is ok,
+    ``report.appliance`` is the verified handle (closed when the block ends)."""
+    started = time.monotonic()
+    report = VerifyReport(path=str(path))
+    anchor = _read_anchor(root_file, root_sha256)
+    fd = open_regular(path)  # a FIFO or a device is refused here, before anything blocks on it
+    os.close(fd)
+    report.size = path.stat().st_size
+    from chiron.archive.delta import is_delta
+
+    if is_delta(path):
+        raise UsageError(
+            f"{path} is a chiron delta, not a whole appliance: it is verified when a host rebuilds it",
+            hint=f"on a host that runs an earlier release: PREFIX/bin/chiron upgrade {path} --prefix PREFIX",
+        )
+    reader: ArchiveReader | None = None
+    try:
+        with _telemetry.span("chiron.verify", path=str(path), bytes=report.size) as sp:
+            if host is None and reference_time is not None:
+                host_or_time: HostTrust | datetime | None = reference_time
+            else:
+                host_or_time = host
+            try:
+                reader = ArchiveReader(path)
+            except FormatError as exc:
+                report.problems.append(f"layout: {exc}")
+            else:
+                report.size = reader.size
+                _verify(reader, report, anchor, root_sha256, show_progress, workers, host_or_time)
+            report.ok = not report.problems
+            report.seconds = time.monotonic() - started
+            _telemetry.set_attr(sp, ok=report.ok, members=report.members, bytes_hashed=report.bytes_hashed)
+            _telemetry.count("chiron.verify.bytes", report.bytes_hashed, "By", ok=report.ok)
+            _telemetry.observe("chiron.verify.duration", report.seconds, ok=report.ok)
+        if report.ok and reader is not None:
+            report.appliance = VerifiedAppliance(reader, report.targets_meta, report.manifest)
+        yield report
+    finally:
+        report.appliance = None
+        if reader is not None:
+            reader.close()
+
+
 def verify(
     path: Path,
     *,
@@ -100,36 +202,16 @@ def verify(
     reference_time: datetime | None = None,
 ) -> VerifyReport:
     """Verify ``path``; the report's ``ok`` says whether it passed and ``problems`` why not."""
-    started = time.monotonic()
-    report = VerifyReport(path=str(path))
-    anchor = _read_anchor(root_file, root_sha256)
-    try:
-        report.size = path.stat().st_size
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    if not path.is_file():
-        raise UsageError(f"{path}: not a regular file")
-    from chiron.archive.delta import is_delta
-
-    if is_delta(path):
-        raise UsageError(
-            f"{path} is a chiron delta, not a whole appliance: it is verified when a host rebuilds it",
-            hint=f"on a host that runs an earlier release: PREFIX/bin/chiron upgrade {path} --prefix PREFIX",
-        )
-    with _telemetry.span("chiron.verify", path=str(path), bytes=report.size) as sp:
-        if host is None and reference_time is not None:
-            host_or_time: HostTrust | datetime | None = reference_time
-        else:
-            host_or_time = host
-        _verify(path, report, anchor, root_sha256, show_progress, workers, host_or_time)
-        report.ok = not report.problems
-        report.seconds = time.monotonic() - started
-        _telemetry.set_attr(sp, ok=report.ok, members=report.members, bytes_hashed=report.bytes_hashed)
-        _telemetry.count("chiron.verify.bytes", report.bytes_hashed, "By", ok=report.ok)
-        _telemetry.observe("chiron.verify.duration", report.seconds, ok=report.ok)
-    return report
+    with verified(
+        path,
+        root_file=root_file,
+        root_sha256=root_sha256,
+        show_progress=show_progress,
+        workers=workers,
+        host=host,
+        reference_time=reference_time,
+    ) as report:
+        return report
 
 
 def _read_anchor(root_file: Path | None, root_sha256: str | None) -> bytes | None:
@@ -148,7 +230,7 @@ def _read_anchor(root_file: Path | None, root_sha256: str | None) -> bytes | Non
 
 
 def _verify(
-    path: Path,
+    reader: ArchiveReader,
     report: VerifyReport,
     anchor: bytes | None,
     root_sha256: str | None,
@@ -156,61 +238,54 @@ def _verify(
     workers: int | None,
     host: HostTrust | datetime | None,
 ) -> None:
-    try:
-        layout = read_layout(path)
-    except FormatError as exc:
-        report.problems.append(f"layout: {exc}")
-        return
+    layout = reader.layout
+    fd = reader.fd
     report.members = len(layout.members)
     report.problems += check_tiling(layout)
-    with path.open("rb") as f:
-        fd = f.fileno()
-        try:
-            entries, zip_problems = check_zip(fd, layout)
-        except FormatError as exc:
-            entries, zip_problems = [], [f"tool zip: {exc}"]
-        report.problems += zip_problems
-        if report.problems:
-            return
-        targets = _check_tuf(path, fd, layout, report, anchor, root_sha256, host)
-        if targets is None:
-            return
-        report.targets_meta = targets
-        signed_format = (targets.get(TOOL_TARGET, {}).get("custom") or {}).get("format")
-        if signed_format != layout.tool_format:
+    try:
+        entries, zip_problems = check_zip(fd, layout)
+    except FormatError as exc:
+        entries, zip_problems = [], [f"tool zip: {exc}"]
+    report.problems += zip_problems
+    if report.problems:
+        return
+    targets = _check_tuf(reader, report, anchor, root_sha256, host)
+    if targets is None:
+        return
+    report.targets_meta = targets
+    signed_format = (targets.get(TOOL_TARGET, {}).get("custom") or {}).get("format")
+    if signed_format != layout.tool_format:
+        report.problems.append(
+            f"index: tool_format {layout.tool_format!r} differs from the signed tool format {signed_format!r}"
+        )
+    report.targets = len(targets)
+    regions = layout.regions()
+    wrong_length: set[str] = set()
+    for name in sorted(targets):
+        if name not in regions:
+            report.problems.append(f"member {name}: signed in targets but missing from the archive (removed?)")
+    for name in sorted(regions):
+        if name.startswith(METADATA_PREFIX):
+            continue
+        if name not in targets:
+            report.problems.append(f"member {name}: not signed (unlisted member added to the archive?)")
+        elif regions[name][1] != targets[name]["length"]:
+            wrong_length.add(name)
             report.problems.append(
-                f"index: tool_format {layout.tool_format!r} differs from the signed tool format {signed_format!r}"
+                f"member {name}: is {regions[name][1]} bytes, signed length is {targets[name]['length']}"
             )
-        report.targets = len(targets)
-        regions = layout.regions()
-        wrong_length: set[str] = set()
-        for name in sorted(targets):
-            if name not in regions:
-                report.problems.append(f"member {name}: signed in targets but missing from the archive (removed?)")
-        for name in sorted(regions):
-            if name.startswith(METADATA_PREFIX):
-                continue
-            if name not in targets:
-                report.problems.append(f"member {name}: not signed (unlisted member added to the archive?)")
-            elif regions[name][1] != targets[name]["length"]:
-                wrong_length.add(name)
-                report.problems.append(
-                    f"member {name}: is {regions[name][1]} bytes, signed length is {targets[name]['length']}"
-                )
-        todo = {n: regions[n] for n in targets if n in regions and n not in wrong_length}
-        mismatched = _hash_regions(fd, todo, targets, report, show_progress, workers)
-        for name in sorted(mismatched):
-            report.problems.append(f"member {name}: sha256 does not match the signed targets (modified)")
-        changed = mismatched | wrong_length
-        if TOOL_TARGET in changed and TOOL_MEMBERS_TARGET in todo and TOOL_MEMBERS_TARGET not in changed:
-            report.problems += _diagnose_tool(fd, layout, entries)
-        _read_manifest(fd, layout, report)
+    todo = {n: regions[n] for n in targets if n in regions and n not in wrong_length}
+    mismatched = _hash_regions(fd, todo, targets, report, show_progress, workers)
+    for name in sorted(mismatched):
+        report.problems.append(f"member {name}: sha256 does not match the signed targets (modified)")
+    changed = mismatched | wrong_length
+    if TOOL_TARGET in changed and TOOL_MEMBERS_TARGET in todo and TOOL_MEMBERS_TARGET not in changed:
+        report.problems += _diagnose_tool(fd, layout, entries)
+    _read_manifest(fd, layout, report)
 
 
 def _check_tuf(
-    path: Path,
-    fd: int,
-    layout: Layout,
+    reader: ArchiveReader,
     report: VerifyReport,
     anchor: bytes | None,
     root_sha256: str | None,
@@ -225,7 +300,7 @@ def _check_tuf(
 
     host = host_or_time if isinstance(host_or_time, HostTrust) else None
     ref = host.reference_time if host is not None else host_or_time
-    regions = layout.regions()
+    regions = reader.layout.regions()
     meta_names = sorted(n for n in regions if n.startswith(METADATA_PREFIX))
     roots = sorted(
         (n for n in meta_names if n.removeprefix(METADATA_PREFIX).split(".")[0].isdigit()),
@@ -244,7 +319,7 @@ def _check_tuf(
         report.problems.append(f"metadata: the archive lacks {', '.join(missing)}")
     if report.problems:
         return None
-    raw = {n: _pread(fd, *regions[n]) for n in meta_names}
+    raw = {n: reader.read(n) for n in meta_names}
     chain = [raw[n] for n in roots]
     report.problems += _trust.check_root_chain(chain)
     for n, data in raw.items():
@@ -280,7 +355,7 @@ def _check_tuf(
     if anchor is not None:
         report.root_fingerprint = hashlib.sha256(anchor).hexdigest()
 
-    fetcher = ArchiveFetcher(path, regions)
+    fetcher = ArchiveFetcher(reader)
     config = UpdaterConfig(targets_max_length=64 << 20, snapshot_max_length=16 << 20)
     with tempfile.TemporaryDirectory(prefix="chiron-verify-") as md_dir:
         if host is not None:

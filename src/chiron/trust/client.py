@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
 
 from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient import FetcherInterface
+
+from chiron.archive.reader import ArchiveReader
 
 
 class ArchiveFetcher(FetcherInterface):
@@ -18,26 +19,22 @@ class ArchiveFetcher(FetcherInterface):
 
     BASE = "chiron-archive:/metadata/"
 
-    def __init__(self, path: Path, regions: Mapping[str, tuple[int, int]]) -> None:
-        self._path = path
-        self._regions = regions
+    def __init__(self, reader: ArchiveReader) -> None:
+        self._reader = reader
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if not url.startswith(self.BASE):
             raise DownloadHTTPError(f"{url}: not in this archive", 404)
         name = "metadata/" + url[len(self.BASE) :]
-        region = self._regions.get(name)
-        if region is None:
+        if not self._reader.has(name):
             raise DownloadHTTPError(f"{name}: not in this archive", 404)
-        return self._chunks(*region)
+        return self._chunks(*self._reader.region(name))
 
     def _chunks(self, offset: int, length: int) -> Iterator[bytes]:
-        with self._path.open("rb") as f:
-            fd = f.fileno()
-            end = offset + length
-            while offset < end:
-                chunk = os.pread(fd, min(1 << 16, end - offset), offset)
-                if not chunk:
-                    return
-                offset += len(chunk)
-                yield chunk
+        end = offset + length
+        while offset < end:
+            chunk = os.pread(self._reader.fd, min(1 << 16, end - offset), offset)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk

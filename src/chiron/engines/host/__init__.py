@@ -35,15 +35,14 @@ from typing import Any
 
 from chiron import __version__
 from chiron.archive import delta
-from chiron.archive.layout import CHUNK, TOOL_TARGET
-from chiron.archive.reader import read_layout
+from chiron.archive.layout import TOOL_TARGET
 from chiron.core import audit as _audit
 from chiron.core import filelock as _lockfile
 from chiron.core import proc as _proc
 from chiron.core import telemetry as _telemetry
-from chiron.core.fs import fsync_dir, write_atomic
+from chiron.core.fs import copy_range, fsync_dir, write_atomic
 from chiron.core.models import HostSection, TargetEnvironment
-from chiron.engines.verify import TRUSTED_FILES, HostTrust, VerifyReport, verify
+from chiron.engines.verify import TRUSTED_FILES, HostTrust, VerifiedAppliance, VerifyReport, verified
 from chiron.errors import ChironError, EnvironmentProblem, HostStateError, Refused, UsageError, VerificationError
 from chiron.sources import lock as _lock
 
@@ -409,15 +408,15 @@ def install(opts: InstallOptions) -> HostResult:
                 hint=f"use 'chiron upgrade {opts.archive} --prefix {paths.prefix}'",
             )
         ref, notices = _reference_time(paths)
-        report = verify(
+        with verified(
             opts.archive,
             root_file=opts.root_file,
             root_sha256=opts.root_sha256,
             show_progress=opts.show_progress,
             reference_time=ref,
-        )
-        notices += report.notices
-        return _apply(paths, opts, "install", report, None, ref, notices)
+        ) as report:
+            notices += report.notices
+            return _apply(paths, opts, "install", report, None, ref, notices)
 
 
 def upgrade(opts: InstallOptions) -> HostResult:
@@ -455,11 +454,18 @@ def upgrade(opts: InstallOptions) -> HostResult:
 
 def _upgrade(paths: Paths, opts: InstallOptions, state: HostState) -> HostResult:
     """Upgrade to a full appliance (under the lock, after recovery, with a release installed)."""
-    assert state.current is not None
     ref, notices = _reference_time(paths)
     trust = HostTrust(paths.metadata, reference_time=ref, allow_rollback=opts.allow_downgrade)
-    report = verify(opts.archive, host=trust, show_progress=opts.show_progress)
+    with verified(opts.archive, host=trust, show_progress=opts.show_progress) as report:
+        return _upgrade_verified(paths, opts, state, report, ref, notices)
+
+
+def _upgrade_verified(
+    paths: Paths, opts: InstallOptions, state: HostState, report: VerifyReport, ref: datetime, notices: list[str]
+) -> HostResult:
     notices += report.notices
+    if state.current is None:
+        raise UsageError(f"{paths.prefix}: nothing is installed here")
     current = state.releases[state.current]
     if report.ok and report.trusted and _targets_sha(report) == current.get("targets_sha256"):
         # Already the live release (e.g. an upgrade re-run after it had switched): nothing to do.
@@ -580,10 +586,13 @@ def _prepare_release(
     """Build the new release in releases/<rid> (unreferenced until the switch) and health-check it."""
     from chiron.core.spec import load_spec_bytes
 
-    spec = load_spec_bytes(
-        _member(opts.archive, report, "spec/appliance.toml"), f"{opts.archive}:spec/appliance.toml"
-    ).spec
-    env = _host_environment(opts.archive, report)
+    appliance = report.verified
+    spec = load_spec_bytes(appliance.read("spec/appliance.toml"), f"{opts.archive}:spec/appliance.toml").spec
+    envs = [TargetEnvironment.model_validate(e) for e in report.manifest.get("environments", [])]
+    lock = _lock.parse_pylock(
+        appliance.read("lock/pylock.toml").decode(), envs, allow_sdists=True, where=f"{opts.archive}:lock/pylock.toml"
+    )
+    env = _host_environment(opts.archive, envs, lock)
     release = {
         "name": report.name,
         "version": report.version,
@@ -602,7 +611,7 @@ def _prepare_release(
         "reference_time": _iso(ref),
         "keep_releases": spec.host.keep_releases,
     }
-    _check_space(paths, opts.archive, report, env)
+    _check_space(paths, opts.archive, appliance, lock, env)
     paths.releases.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "metadata").mkdir(parents=True)
@@ -611,17 +620,17 @@ def _prepare_release(
     _write_json(paths.txn, txn)
     slot = paths.releases / rid
     slot.mkdir()
-    wheels, requirements = _stage_wheels(opts.archive, report, env, stage)
+    wheels, requirements = _stage_wheels(appliance, lock, env, stage)
     _crash_point("staged")
     release["installer"] = _create_venv(slot / "venv", wheels, requirements, opts.installer)
     _write_json(paths.txn, txn)
     _crash_point("venv")
-    _place_tool(opts.archive, report, slot / "bin" / "chiron")
+    _place_tool(appliance, slot / "bin" / "chiron")
     # The appliance itself stays with its release: the base that later deltas are rebuilt from.
-    _copy_file(opts.archive, slot / KEPT_APPLIANCE)
+    _keep_appliance(appliance, slot / KEPT_APPLIANCE)
     _write_json(slot / "release.json", release)
     _crash_point("tool")
-    _health_check(spec.host, slot, sorted(_read_lock(opts.archive, report, [env]).selection[env.name]))
+    _health_check(spec.host, slot, sorted(lock.selection[env.name]))
     _load_images(opts, report, spec.host, notices)
     fsync_dir(paths.releases)
     _crash_point("health")
@@ -645,8 +654,7 @@ def _load_images(opts: InstallOptions, report: VerifyReport, hostspec: HostSecti
 
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
-    def read(name: str) -> bytes:  # every blob is re-hashed against the trusted targets as it is read
-        return _member(opts.archive, report, name)
+    read = report.verified.read  # every blob is re-hashed against the trusted targets as it is read
 
     try:
         if opts.images == "push":
@@ -685,15 +693,13 @@ def _release_id(paths: Paths, report: VerifyReport) -> str:
     return rid
 
 
-def _host_environment(archive: Path, report: VerifyReport) -> TargetEnvironment:
+def _host_environment(archive: Path, envs: list[TargetEnvironment], lock: _lock.Lock) -> TargetEnvironment:
     """The appliance environment this interpreter can use: same Python, every wheel's tags supported."""
     from packaging.tags import sys_tags
     from packaging.utils import parse_wheel_filename
 
     host_tags = set(sys_tags())
     host_py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    envs = [TargetEnvironment.model_validate(e) for e in report.manifest.get("environments", [])]
-    lock = _read_lock(archive, report, envs)
     for env in envs:
         if env.python_version != host_py:
             continue
@@ -707,32 +713,18 @@ def _host_environment(archive: Path, report: VerifyReport) -> TargetEnvironment:
     )
 
 
-def _member(archive: Path, report: VerifyReport, name: str) -> bytes:
-    """A small member, re-hashed against the trusted targets: the file may change after verify."""
-    region = read_layout(archive).regions()[name]
-    with archive.open("rb") as f:
-        data = os.pread(f.fileno(), region[1], region[0])
-    if hashlib.sha256(data).hexdigest() != report.targets_meta[name]["sha256"]:
-        raise VerificationError([f"member {name}: changed after verification (the archive is being modified?)"])
-    return data
-
-
-def _read_lock(archive: Path, report: VerifyReport, envs: list[TargetEnvironment]) -> _lock.Lock:
-    text = _member(archive, report, "lock/pylock.toml").decode()
-    return _lock.parse_pylock(text, envs, allow_sdists=True, where=f"{archive}:lock/pylock.toml")
-
-
 def space_needed(wheel_bytes: int, tool_bytes: int) -> int:
     """Bytes a release needs: unpacked wheels take ~3x their compressed size plus bytecode, staging
     holds them once more; the tool is copied in and unpacked by pex on first run."""
     return 4 * wheel_bytes + 2 * tool_bytes + (32 << 20)
 
 
-def _check_space(paths: Paths, archive: Path, report: VerifyReport, env: TargetEnvironment) -> None:
+def _check_space(
+    paths: Paths, archive: Path, appliance: VerifiedAppliance, lock: _lock.Lock, env: TargetEnvironment
+) -> None:
     """Refuse before writing anything when the prefix's filesystem cannot hold the new release."""
-    lock = _read_lock(archive, report, [env])
-    wheel_bytes = sum(report.targets_meta[f"wheels/{a.filename}"]["length"] for a in lock.selection[env.name].values())
-    tool = report.targets_meta[TOOL_TARGET]["length"]
+    wheel_bytes = sum(appliance.target(f"wheels/{a.filename}").length for a in lock.selection[env.name].values())
+    tool = appliance.target(TOOL_TARGET).length
     need = space_needed(wheel_bytes, tool) + archive.stat().st_size
     # The release goes under the prefix, the staged wheels under the state directory: they may be on
     # different filesystems, and on the same one they add up.
@@ -751,45 +743,21 @@ def _check_space(paths: Paths, archive: Path, report: VerifyReport, env: TargetE
             )
 
 
-def _copy_file(src: Path, dest: Path) -> None:
-    with src.open("rb") as f, dest.open("wb") as out:
-        shutil.copyfileobj(f, out, CHUNK)
-        out.flush()
-        os.fsync(out.fileno())
+def _keep_appliance(appliance: VerifiedAppliance, dest: Path) -> None:
+    """Copy the whole appliance through the descriptor it was verified from."""
+    if not copy_range(appliance.reader.fd, 0, appliance.reader.size, dest, None):
+        raise VerificationError([f"{appliance.path}: changed size after verification (the archive is being modified?)"])
 
 
-def _copy_member(archive: Path, name: str, expected: dict[str, Any], dest: Path, prefix: bytes = b"") -> None:
-    """Copy a member out of the archive, re-hashing it against the trusted targets (the file may have
-    changed since it was verified)."""
-    layout = read_layout(archive)
-    offset, length = layout.regions()[name]
-    h = hashlib.sha256()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with archive.open("rb") as src, dest.open("wb") as out:
-        out.write(prefix)
-        pos, end = offset, offset + length
-        while pos < end:
-            chunk = os.pread(src.fileno(), min(CHUNK, end - pos), pos)
-            if not chunk:
-                break
-            h.update(chunk)
-            out.write(chunk)
-            pos += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    if pos != offset + length or h.hexdigest() != expected["sha256"]:
-        dest.unlink(missing_ok=True)
-        raise VerificationError([f"member {name}: changed after verification (the archive is being modified?)"])
-
-
-def _stage_wheels(archive: Path, report: VerifyReport, env: TargetEnvironment, stage: Path) -> tuple[Path, Path]:
-    lock = _read_lock(archive, report, [env])
+def _stage_wheels(
+    appliance: VerifiedAppliance, lock: _lock.Lock, env: TargetEnvironment, stage: Path
+) -> tuple[Path, Path]:
     wheels = stage / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
     for art in lock.selection[env.name].values():
-        name = f"wheels/{art.filename}"
-        _copy_member(archive, name, report.targets_meta[name], wheels / art.filename)
+        appliance.copy(f"wheels/{art.filename}", wheels / art.filename)
     req = stage / "requirements.txt"
-    req.write_bytes(_member(archive, report, f"lock/requirements-{env.name}.txt"))
+    req.write_bytes(appliance.read(f"lock/requirements-{env.name}.txt"))
     return wheels, req
 
 
@@ -845,10 +813,10 @@ def _create_venv(venv: Path, wheels: Path, requirements: Path, choice: str) -> s
     return "pip"
 
 
-def _place_tool(archive: Path, report: VerifyReport, dest: Path) -> None:
+def _place_tool(appliance: VerifiedAppliance, dest: Path) -> None:
     """The installed tool: the archive's shebang and tool zip, re-hashed, without the payload."""
-    shebang = read_layout(archive).shebang
-    _copy_member(archive, TOOL_TARGET, report.targets_meta[TOOL_TARGET], dest, prefix=shebang)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    appliance.copy(TOOL_TARGET, dest, prefix=appliance.layout.shebang)
     os.chmod(dest, 0o755)  # noqa: S103 - the tool is a program
 
 
