@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from chiron import cli as _cli
 from chiron.archive.reader import read_layout
+from chiron.cli import app as cli_app
 from chiron.cli import main
 
 from conftest import REPO, do_build
@@ -47,8 +47,8 @@ SCHEMAS = {_const(_load(p)): p for p in SCHEMA_FILES}
 
 @pytest.fixture(autouse=True)
 def _fresh_cli_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    # _cli._state is module-global and main() never resets it: a --json run would leak into the next one.
-    monkeypatch.setattr(_cli, "_state", {"verbose": False, "json": False, "log_format": "human"})
+    # cli_app.state is module-global: a --json run must not leak into the next one.
+    cli_app.state.update({"verbose": False, "json": False, "log_format": "human"})
 
 
 @pytest.fixture(autouse=True)

@@ -67,12 +67,12 @@ def _python_check() -> Check:
 
 def _archive_check(archive: Path) -> Check:
     from chiron.archive.reader import read_layout
-    from chiron.errors import FormatError
+    from chiron.errors import FormatError, UsageError
 
     try:
         layout = read_layout(archive)
-    except FileNotFoundError:
-        return Check("archive", False, f"{archive}: no such file", "give the path of the appliance")
+    except UsageError as exc:  # missing, unreadable, or not a regular file
+        return Check("archive", False, exc.message, "give the path of the appliance")
     except (FormatError, OSError) as exc:
         return Check("archive", False, f"{archive}: not readable as an appliance: {exc}", "copy the file again")
     return Check(

@@ -1,0 +1,261 @@
+"""Commands on an air-gapped host: install, upgrade, recover, rollback, status, doctor, audit, inventory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from chiron.cli.app import (
+    ImagesOpt,
+    InstallerOpt,
+    JsonOpt,
+    PrefixOpt,
+    RegistryOpt,
+    StateOpt,
+    WaitOpt,
+    app,
+    archive_arg,
+    audit_app,
+    emit,
+    log,
+)
+from chiron.core.runtime import self_archive
+from chiron.errors import ExitCode
+
+if TYPE_CHECKING:
+    pass
+
+
+def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> Any:
+    from chiron.engines.host import InstallOptions
+    from chiron.errors import UsageError
+
+    if kw.get("installer") not in ("auto", "uv", "pip"):
+        raise UsageError(f"--installer: '{kw.get('installer')}' is not auto, uv or pip")
+    if kw.get("images", "load") not in ("load", "push", "skip"):
+        raise UsageError(f"--images: '{kw.get('images')}' is not load, push or skip")
+    if (kw.get("images") == "push") != bool(kw.get("registry")):
+        raise UsageError("--images push and --registry HOST[:PORT][/PREFIX] go together")
+    return InstallOptions(archive=archive_arg(archive, command).absolute(), prefix=prefix, **kw)
+
+
+def _print_host_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        emit(result.as_dict())
+        return
+    for notice in result.notices:
+        log("notice", notice)
+    if not result.changed:
+        typer.echo(f"already installed: {result.name} {result.version} is the live release {result.release}")
+        return
+    verb = {"install": "installed", "upgrade": "upgraded to", "rollback": "rolled back to"}[result.op]
+    typer.echo(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
+    if result.previous:
+        typer.echo(f"previous release kept: {result.previous}")
+
+
+@app.command()
+def install(
+    archive: Annotated[Path | None, typer.Argument(help="Appliance to install; default: the one running.")] = None,
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Trusted root metadata obtained out of band.")] = None,
+    root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of the trusted root.")] = None,
+    installer: InstallerOpt = "auto",
+    images: ImagesOpt = "load",
+    registry: RegistryOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """First install on a host: verify, then create the release offline and switch to it."""
+    from chiron.engines.host import install as run_install
+
+    opts = _host_opts(
+        archive,
+        "install",
+        prefix,
+        state_dir=state_dir,
+        root_file=root,
+        root_sha256=root_sha256,
+        installer=installer,
+        images=images,
+        registry=registry,
+        wait=wait,
+        show_progress=not as_json,
+    )
+    _print_host_result(run_install(opts), as_json)
+
+
+@app.command()
+def upgrade(
+    archive: Annotated[Path | None, typer.Argument(help="The newer appliance; default: the one running.")] = None,
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    allow_downgrade: Annotated[
+        bool, typer.Option("--allow-downgrade", help="Install an older release deliberately (logged).")
+    ] = False,
+    installer: InstallerOpt = "auto",
+    images: ImagesOpt = "load",
+    registry: RegistryOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify against the host's trusted metadata, install beside the current release, health-check, switch."""
+    from chiron.engines.host import upgrade as run_upgrade
+
+    target = archive_arg(archive, "upgrade").absolute()
+    from chiron.engines.host.handover import hand_over_to_installed
+
+    hand_over_to_installed(
+        prefix,
+        target,
+        state_dir,
+        allow_downgrade,
+        installer,
+        wait,
+        as_json,
+        lambda m: log("notice", m),
+        images,
+        registry,
+    )
+    opts = _host_opts(
+        archive,
+        "upgrade",
+        prefix,
+        state_dir=state_dir,
+        allow_downgrade=allow_downgrade,
+        installer=installer,
+        images=images,
+        registry=registry,
+        wait=wait,
+        show_progress=not as_json,
+    )
+    _print_host_result(run_upgrade(opts), as_json)
+
+
+@app.command()
+def recover(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Finish or undo an interrupted install/upgrade, and nothing else."""
+    from chiron.engines.host import recover_only
+
+    outcome = recover_only(prefix, state_dir, wait)
+    if as_json:
+        emit({"schema": "chiron.recover/1", "prefix": str(prefix), "outcome": outcome})
+    else:
+        typer.echo(outcome or "nothing to recover")
+
+
+@app.command()
+def rollback(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Switch back to the previous release (logged)."""
+    from chiron.engines.host import rollback as run_rollback
+
+    _print_host_result(run_rollback(prefix, state_dir, wait), as_json)
+
+
+@app.command()
+def status(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Releases, the current one, trusted metadata versions and expiry, last operations."""
+    from chiron.engines.host import status as run_status
+
+    info = run_status(prefix, state_dir)
+    if as_json:
+        emit(info)
+        return
+    cur = info["current"]
+    typer.echo(f"prefix {info['prefix']} (state {info['state_dir']})")
+    if cur:
+        typer.echo(f"current: {cur['name']} {cur['version']} (release {cur['release']}, installed {cur['installed']})")
+    typer.echo(f"previous: {info['previous'] or '-'}")
+    for role, m in info["metadata"].items():
+        typer.echo(f"trusted {role:<10} v{m['version']:<12} expires {m['expires']}")
+    if info["pending_transaction"]:
+        typer.echo(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
+    for w in info["warnings"]:
+        typer.echo(f"warning: {w}")
+    typer.echo("last operations:")
+    for op in info["last_operations"]:
+        typer.echo(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
+
+
+@app.command()
+def doctor(
+    archive: Annotated[
+        Path | None, typer.Argument(help="The appliance to prepare for; default: the one running.")
+    ] = None,
+    prefix: Annotated[Path | None, typer.Option("--prefix", help="Where it will be installed.")] = None,
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this host can do the next operation; print what is missing and the fix. Exit 0 ready, 3 not."""
+    from chiron.engines.doctor import doctor as run_doctor
+
+    checks = run_doctor(archive or self_archive(), prefix, state_dir)
+    failed = [c for c in checks if not c.ok and c.severity == "error"]
+    if as_json:
+        emit({"schema": "chiron.doctor/1", "ok": not failed, "checks": [c.as_dict() for c in checks]})
+    else:
+        for c in checks:
+            mark = "ok  " if c.ok else ("FAIL" if c.severity == "error" else "warn")
+            typer.echo(f"{mark} {c.name:<18} {c.detail}" + (f"\n     fix: {c.fix}" if not c.ok and c.fix else ""))
+        typer.echo("ready" if not failed else f"not ready: {len(failed)} problem(s)")
+    raise typer.Exit(ExitCode.OK if not failed else ExitCode.ENVIRONMENT)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that no audit entry was edited, inserted or removed. Exit 0 intact, 1 tampered."""
+    from chiron.core import audit as _audit
+    from chiron.engines.host import Paths
+
+    report = _audit.verify_log(Paths.make(prefix, state_dir).audit)
+    if as_json:
+        emit(report.as_dict())
+    else:
+        for n in report.notices:
+            log("notice", n)
+        if report.ok:
+            typer.echo(f"audit log intact: {report.entries} entries, chain and head agree ({report.path})")
+        else:
+            typer.echo(f"chiron: audit log TAMPERED or damaged: {report.path}", err=True)
+            for problem in report.problems:
+                typer.echo(f"  - {problem}", err=True)
+    raise typer.Exit(ExitCode.OK if report.ok else ExitCode.VERIFY_FAILED)
+
+
+@app.command()
+def inventory(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the inventory to this file.")] = None,
+) -> None:
+    """List what this host holds (by sha256), for a mirror to make a delta that fits it."""
+    from chiron.archive.delta import write_inventory
+    from chiron.engines.host import inventory as run_inventory
+
+    info = run_inventory(prefix, state_dir)
+    if output is None:
+        emit(info)
+    else:
+        write_inventory(info, output)
+        typer.echo(f"wrote {output}: {len(info['content'])} pieces from {len(info['releases'])} release(s)")

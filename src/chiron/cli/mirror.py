@@ -1,0 +1,163 @@
+"""Commands for the mirror store: mirror refresh / restore / status / prune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, cast
+
+import typer
+
+from chiron.cli.app import (
+    JsonOpt,
+    StoreOpt,
+    emit,
+    log,
+    mirror_app,
+    tool_wheels_dir,
+)
+
+if TYPE_CHECKING:
+    from chiron.sources.tool import ToolFormat
+
+
+@mirror_app.command("refresh")
+def mirror_refresh(
+    spec: Annotated[
+        Path | None, typer.Argument(help="The appliance spec (default: the one the store was last refreshed from).")
+    ] = None,
+    store: StoreOpt = Path("mirror"),
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (default: policy.toml beside the spec, if any).")
+    ] = None,
+    delta_from: Annotated[
+        Path | None,
+        typer.Option("--delta-from", help="Also write a delta against this older appliance or host inventory."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Build and sign a new version even if nothing changed.")
+    ] = False,
+    fmt: Annotated[str, typer.Option("--format", help="Tool zip format: pex or shiv.")] = "pex",
+    tool_wheels: Annotated[
+        Path | None, typer.Option(help="Wheels of chiron and its dependencies (default: $CHIRON_TOOL_WHEELS).")
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option("--base", help="Folder the spec's relative paths resolve against.")
+    ] = None,
+    source_date_epoch: Annotated[
+        int | None, typer.Option(help="Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-resolve the spec, fetch only what the store lacks, apply the policy, sign version N+1 if anything
+    changed. Exit 0 built or up to date, 4 policy violation, 3 upstream or disk problem."""
+    from chiron.engines.diff import render
+    from chiron.engines.mirror import RefreshOptions, refresh
+    from chiron.errors import UsageError
+
+    if fmt not in ("pex", "shiv"):
+        raise UsageError(f"--format: '{fmt}' is not pex or shiv")
+    result = refresh(
+        RefreshOptions(
+            store=store,
+            spec=spec,
+            tool_wheels=tool_wheels_dir(tool_wheels),
+            base_dir=base,
+            tool_format=cast("ToolFormat", fmt),
+            policy=policy,
+            delta_from=delta_from,
+            force=force,
+            source_date_epoch=source_date_epoch,
+            show_progress=not as_json,
+        )
+    )
+    if as_json:
+        emit(result.as_dict())
+        return
+    for note in result.notes if result.changed else ():
+        log("notice", note)
+    if not result.changed:
+        typer.echo(
+            f"up to date: nothing new upstream ({result.downloaded} artifacts downloaded); "
+            f"{result.name} {result.version} metadata version {result.metadata_version} stays the newest: "
+            f"{result.appliance}"
+        )
+        return
+    typer.echo(
+        f"built {result.appliance} ({result.name} {result.version}, metadata version {result.metadata_version}, "
+        f"{result.size} bytes; {result.downloaded} artifacts downloaded, {result.bytes_downloaded} bytes, "
+        f"{result.reused} from the store)"
+    )
+    if result.delta:
+        typer.echo(f"delta: {result.delta} ({result.delta_size} bytes)")
+    if result.changelog:
+        typer.echo(render(result.changelog))
+
+
+@mirror_app.command("restore")
+def mirror_restore(
+    archive: Annotated[Path, typer.Argument(help="The latest appliance (it carries the store's content).")],
+    store: StoreOpt = Path("mirror"),
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="The spec to refresh from (default: the copy the appliance carries).")
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option("--base", help="Folder the spec's relative key paths resolve against.")
+    ] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Trusted root to verify the appliance.")] = None,
+    root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of a trusted root.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild a mirror store from a verified appliance; the next refresh signs version N+1 with the same keys."""
+    from chiron.engines.mirror import restore
+
+    info = restore(archive, store, spec=spec, base=base, root_file=root, root_sha256=root_sha256)
+    if as_json:
+        emit(info)
+        return
+    for notice in info["notices"]:
+        log("notice", notice)
+    typer.echo(
+        f"restored {info['store']} from {archive}: {info['name']} {info['version']} metadata version "
+        f"{info['metadata_version']} ({info['wheels']} wheels, {info['image_blobs']} image blobs); "
+        f"the next refresh signs version {info['next_version']} with spec {info['spec']}"
+    )
+    for role, uris in sorted(info["keys"].items()):
+        typer.echo(f"  {role}: {', '.join(uris)}")
+
+
+@mirror_app.command("status")
+def mirror_status(store: StoreOpt = Path("mirror"), as_json: JsonOpt = False) -> None:
+    """What a store holds: versions built, the latest appliance, artifacts on disk."""
+    from chiron.engines.mirror import status as run_status
+
+    info = run_status(store)
+    if as_json:
+        emit(info)
+        return
+    latest = info["latest"]
+    typer.echo(f"store {info['store']}: {info['name']} (spec {info['spec']})")
+    typer.echo(f"latest: metadata version {latest['metadata_version']}, {latest['version']}, {latest['file']}")
+    typer.echo(f"versions: {', '.join(str(v) for v in info['versions'])}")
+    typer.echo(
+        f"artifacts: {info['artifacts']} ({info['artifact_bytes']} bytes); "
+        f"image blobs: {info['image_blobs']} ({info['image_bytes']} bytes)"
+    )
+
+
+@mirror_app.command("prune")
+def mirror_prune(
+    store: StoreOpt = Path("mirror"),
+    keep: Annotated[int, typer.Option("--keep", help="How many of the newest appliances to keep.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove older appliances and the artifacts and image blobs only they used (the lock history stays)."""
+    from chiron.engines.mirror import prune
+
+    info = prune(store, keep)
+    if as_json:
+        emit(info)
+        return
+    typer.echo(
+        f"pruned {len(info['pruned'])} version(s) from {info['store']}; kept {', '.join(map(str, info['kept']))}; "
+        f"{info['files_removed']} artifacts and blobs removed, {info['bytes_freed']} bytes freed"
+    )

@@ -1,0 +1,49 @@
+"""The hand-over of ``./new.pex upgrade`` to the INSTALLED tool: a new archive's own code must not be
+what decides to trust it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from chiron.core.runtime import self_archive
+
+
+def hand_over_to_installed(
+    prefix: Path,
+    archive: Path,
+    state_dir: Path | None,
+    allow_downgrade: bool,
+    installer: str,
+    wait: float,
+    js: bool,
+    notice: Callable[[str], None],
+    images: str = "load",
+    registry: str | None = None,
+) -> None:
+    """Run the upgrade with the INSTALLED tool when invoked from another archive (``./new.pex upgrade``):
+    a new archive's own code must not be what decides to trust it."""
+    me, installed = self_archive(), prefix / "bin" / "chiron"
+    if me is None or not installed.exists() or me == installed.resolve() or os.environ.get("CHIRON_HANDED_OVER"):
+        return
+    notice(f"handing over to the installed tool {installed} (the new archive does not verify itself)")
+    argv = [
+        str(installed),
+        "upgrade",
+        str(archive),
+        "--prefix",
+        str(prefix),
+        "--installer",
+        installer,
+        "--wait",
+        str(wait),
+    ]
+    argv += ["--state-dir", str(state_dir)] if state_dir else []
+    argv += ["--allow-downgrade"] if allow_downgrade else []
+    argv += ["--images", images] + (["--registry", registry] if registry else [])
+    argv += ["--json"] if js else []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(installed, argv, {**os.environ, "CHIRON_HANDED_OVER": "1"})  # noqa: S606 - argv, no shell
