@@ -22,7 +22,7 @@ from chiron.engines.verify import verify
 from conftest import do_build
 from helpers import ENV_311, write_spec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE, APP = "chiron-test/busybox:1", "chiron-test/app:1"
 
 

@@ -79,7 +79,7 @@ def test_doctor_no_installer_and_no_ssh_keygen(appliance: Path, tmp_path: Path, 
         if name not in ("uv", "chiron") and tags & ours:
             chosen.setdefault(name, str(w))
     wheels = list(chosen.values())
-    src = Path(__file__).resolve().parent.parent / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     subprocess.run([shutil.which("uv") or str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet",
                     "--no-index", "--no-deps", "--target", str(site), "--python", str(bare / "bin" / "python"), *wheels],
                    check=True)  # fmt: skip
