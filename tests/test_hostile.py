@@ -53,8 +53,12 @@ GiB, MiB = 1 << 30, 1 << 20
 TRACEBACK = "Traceback (most recent call last)"
 # ESC, the C1 controls, and the bidirectional embeddings, overrides and isolates.
 UNSAFE_OUTPUT = re.compile("[\x1b\x80-\x9f\u202a-\u202e\u2066-\u2069]")
-# A member name that erases the line and draws a green "verified" on the operator's terminal.
-ESC_NAME = "wheels/beta-1.1-py3-none-any.whl\x1b[2K\r\x1b[32mverified: every byte accounted for\x1b[0m"
+# A member name that goes back up a line (ESC M, reverse index), erases it and draws a green "verified"
+# on the operator's terminal. click strips CSI sequences (ESC [ ...) from output that is not a terminal,
+# so through the pipes of these tests only the rest shows: ESC M, OSC (ESC ] ... BEL) and CR are what
+# reveal a name printed raw. On a terminal nothing is stripped.
+ESC = "\r\x1bM\x1b[2K\x1b]0;owned\x07\x1b[32m"
+ESC_NAME = f"wheels/beta-1.1-py3-none-any.whl{ESC}verified: every byte accounted for\x1b[0m"
 BIDI_NAME = "wheels/\u202elhw.any-none-py3-1.1-ateb"
 C1_NAME = "wheels/beta-1.1\x9b2K-py3-none-any.whl"
 BOOKKEEPING = {"audit.jsonl", "audit.head", "lock", ".lock"}
@@ -516,20 +520,20 @@ def renamed(c: Ctx, new: str) -> Path:
 
 
 def esc_tool_member(c: Ctx) -> list[str]:
-    bad = c.bad(tool_zip=tool_zip_with(c.app, {}, extra_names=("evil\x1b[2K\r\x1b[32mverified\x1b[0m.py",)))
+    bad = c.bad(tool_zip=tool_zip_with(c.app, {}, extra_names=(f"evil{ESC}verified.py",)))
     return ["verify", str(bad), "--root", c.root]
 
 
 def esc_manifest_name(c: Ctx) -> list[str]:
     """inspect shows the (unverified) appliance name: it must not reach the terminal raw."""
     manifest = json.loads(parse(c.app).member("appliance.json"))
-    manifest["name"] = "demo\x1b[2K\r\x1b[32mverified\x1b[0m \u202egnissim\u202c"
+    manifest["name"] = f"demo{ESC}verified \u202egnissim\u202c"
     return ["inspect", str(c.bad(replace={"appliance.json": canonical(manifest)}))]
 
 
 def esc_file_name(c: Ctx) -> list[str]:
     """A file name on the operator's removable media is attacker-chosen too."""
-    dest = c.tmp / "app\x1b[2K\r\x1b[32mOK\x1b[0m\u202e.pex"
+    dest = c.tmp / f"app{ESC}OK\u202e.pex"
     os.link(c.app, dest)
     return ["verify", str(dest), "--root", c.root]
 
