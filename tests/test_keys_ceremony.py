@@ -228,6 +228,15 @@ def test_rotation_of_targets_and_root_with_hosts_upgrading_across(
         == 0
     )
     assert run(["sign", str(root_dir / "2.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    # A spec whose trust.root still names 1.root.json cannot use the new key; the hint says why.
+    stale = spec_for(
+        tmp_path / "stale", keys, index.url, root=root_dir / "1.root.json", targets=f'"file2:{new_targets}"'
+    )
+    with pytest.raises(SigningKeyError) as refused:
+        do_build(stale, tmp_path / "stale.pex", tool_wheels, tmp_path / "cache")
+    assert "is not a targets key of the root metadata (root v1;" in refused.value.message
+    assert "trust.root must name the DIRECTORY of N.root.json files" in (refused.value.hint or "")
+    assert not (tmp_path / "stale.pex").exists()
     v2 = build("1.1.0", f"file2:{new_targets}", now - 200, "v2")
     # Rotate the root key itself: root v3 needs the old root key AND the new one.
     new_root = pem(tmp_path / "root2.pem")
