@@ -292,15 +292,14 @@ def test_rotation_shipped_by_mirror_refresh_as_the_runbook_says(
     def spec(root: Path, targets: Path) -> Path:
         return spec_for(spec_dir, keys, index.url, root=root, targets=f'"file2:{targets}"')
 
-    def refresh(spec_file: Path) -> tuple[int, dict | None]:  # type: ignore[type-arg]
+    def refresh(spec_file: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
         capsys.readouterr()
         args = ["mirror", "refresh", str(spec_file), "--store", str(store), "--force", "--json"]
         code = run([*args, "--tool-wheels", str(tool_wheels)])
-        out = capsys.readouterr().out
-        return code, (json.loads(out) if code == 0 else None)
+        return code, json.loads(capsys.readouterr().out)  # the result, or chiron.error/1
 
     code, first = refresh(spec(root_dir / "1.root.json", keys / "targets.pem"))
-    assert code == 0 and first is not None
+    assert code == 0, first
     prefix = tmp_path / "host"
     host.install(host.InstallOptions(archive=Path(first["appliance"]), prefix=prefix, root_file=keys / "1.root.json"))
 
@@ -312,18 +311,18 @@ def test_rotation_shipped_by_mirror_refresh_as_the_runbook_says(
     assert run(["sign", str(root_dir / "2.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
     assert run(["keys", "status", str(root_dir / "2.root.json")]) == 0
     # 2. The new key with trust.root still naming one file: refused, and the hint says what to change.
-    code, _ = refresh(spec(root_dir / "1.root.json", new_targets))
-    assert code == 2
-    assert "trust.root must name the DIRECTORY of N.root.json files" in capsys.readouterr().err
+    code, error = refresh(spec(root_dir / "1.root.json", new_targets))
+    assert code == 2 and "is not a targets key of the root metadata (root v1;" in error["error"]
+    assert "trust.root must name the DIRECTORY of N.root.json files" in error["error"]
     # 3. trust.root names the directory: the refresh signs the store's next version with the new key.
     code, second = refresh(spec(root_dir, new_targets))
-    assert code == 0 and second is not None and second["metadata_version"] > first["metadata_version"]
+    assert code == 0 and second["metadata_version"] > first["metadata_version"], second
     assert verify(Path(second["appliance"]), root_file=root_dir / "2.root.json").ok
     host.upgrade(host.InstallOptions(archive=Path(second["appliance"]), prefix=prefix))
     assert host.status(prefix, None)["metadata"]["root"]["version"] == 2
     # Later refreshes continue the same sequence: the host takes them (no rollback refusal).
     code, third = refresh(spec(root_dir, new_targets))
-    assert code == 0 and third is not None and third["metadata_version"] > second["metadata_version"]
+    assert code == 0 and third["metadata_version"] > second["metadata_version"], third
     host.upgrade(host.InstallOptions(archive=Path(third["appliance"]), prefix=prefix))
     assert host.status(prefix, None)["metadata"]["targets"]["version"] == third["metadata_version"]
 
