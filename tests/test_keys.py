@@ -178,6 +178,8 @@ SIGN = ["sign", "k/1.root.json", "--key"]
         ([*NEW_ROOT, "--threshold", "root=abc"], "--threshold root=abc: 'abc' is not a whole number"),
         ([*NEW_ROOT, "--threshold", "root=0"], "--threshold root=0: '0' is not a whole number of at least 1"),
         ([*NEW_ROOT, "--threshold", "root=2"], "role root: threshold 2 is more than its 1 key(s)"),
+        ([*NEW_ROOT, "--key", "root=k/root.pem", "--threshold", "root=2"], "threshold 2 is more than its 1 key(s)"),
+        ([*ROTATE, "--add", "k/targets.pem", "--threshold", "2"], "role targets: threshold 2 is more than its 1 key"),
         ([*NEW_ROOT, "--threshold", "boss=1"], "--threshold: 'boss=1' is not ROLE=VALUE"),
         ([*NEW_ROOT, "--expires", "5x"], "--expires: '5x' is not a duration"),
         ([*NEW_ROOT, "--expires", "0d"], "--expires: '0d' must be positive"),

@@ -89,10 +89,11 @@ def new_root(
         for key in keys:
             root.add_key(key, role)
         wanted = thresholds.get(role, 1)
+        count = len(root.roles[role].keyids)  # a key given twice counts once: a threshold it allows is real
         if wanted < 1:
             raise UsageError(f"--threshold {role}={wanted}: a threshold is at least 1")
-        if wanted > len(keys):
-            raise UsageError(f"role {role}: threshold {wanted} is more than its {len(keys)} key(s)")
+        if wanted > count:
+            raise UsageError(f"role {role}: threshold {wanted} is more than its {count} key(s)")
         root.roles[role].threshold = wanted
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,8 @@ def rotate(
     unknown = [k for k in revoke if k not in current.roles[role].keyids]
     if unknown:
         raise UsageError(f"--revoke {unknown[0][:16]}...: not a {role} key of {existing[-1].name}")
-    role_keys[role] = [k for k in role_keys[role] if k.keyid not in revoke] + list(add)
+    kept = {k.keyid: k for k in role_keys[role] if k.keyid not in revoke} | {k.keyid: k for k in add}
+    role_keys[role] = list(kept.values())
     if not role_keys[role]:
         raise UsageError(f"role {role} would have no keys left")
     thresholds = {r: current.roles[r].threshold for r in current.roles}
