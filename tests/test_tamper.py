@@ -60,7 +60,7 @@ def _tool_code(c: Ctx) -> Path:
     with c.good.open("rb") as f:
         entries, problems = check_zip(f.fileno(), read_layout(c.good))
     assert not problems
-    entry = next(e for e in entries if e.name.endswith("chiron/verify.py"))
+    entry = next(e for e in entries if e.name.endswith("chiron/engines/verify.py"))
     return c.flip(entry.data_offset + entry.compressed_size // 2)
 
 
@@ -202,7 +202,7 @@ def _wrong_key(c: Ctx) -> Path:
 
 CASES: list[tuple[str, Callable[[Ctx], Path], str]] = [
     ("flipped byte in a wheel", _wheel, "member wheels/alpha-1.0-py3-none-any.whl: sha256 does not match"),
-    ("flipped byte in the tool's code", _tool_code, "chiron/verify.py"),
+    ("flipped byte in the tool's code", _tool_code, "chiron/engines/verify.py"),
     ("edited targets metadata", _metadata, "metadata"),
     (
         "metadata not in canonical form",

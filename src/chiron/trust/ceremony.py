@@ -13,6 +13,7 @@ from pathlib import Path
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root
 
+from chiron.archive.layout import root_version
 from chiron.core.fs import write_atomic
 from chiron.errors import SigningKeyError, UsageError
 from chiron.trust.keys import load_pem, public_key_of, secret_handler
@@ -77,7 +78,7 @@ def new_root(
 ) -> Path:
     """Write an UNSIGNED root: v1 in an empty directory, else N+1 after the newest N.root.json."""
     existing = sorted(
-        (int(p.name.split(".")[0]) for p in directory.glob("*.root.json") if p.name.split(".")[0].isdigit()),
+        (v for p in directory.glob("*.root.json") if (v := root_version(p.name)) is not None),
     )
     version = (existing[-1] + 1) if existing else 1
     root = Root(version=version, expires=(now + expires).replace(microsecond=0), consistent_snapshot=False)
@@ -104,8 +105,8 @@ def rotate(
 ) -> Path:
     """Write root N+1 (unsigned) from the newest N.root.json with ``role``'s keys changed."""
     existing = sorted(
-        (p for p in directory.glob("*.root.json") if p.name.split(".")[0].isdigit()),
-        key=lambda p: int(p.name.split(".")[0]),
+        (p for p in directory.glob("*.root.json") if root_version(p.name) is not None),
+        key=lambda p: root_version(p.name) or 0,
     )
     if not existing:
         raise UsageError(f"{directory}: no N.root.json to rotate from")
