@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from chiron.archive.layout import METADATA_PREFIX, TUF_ROLE_FILES, Layout, root_member_version
 from chiron.archive.reader import ArchiveReader, read_file
 from chiron.core.clock import iso
-from chiron.core.text import plain
+from chiron.core.text import plain, printable
 from chiron.errors import EnvironmentProblem, FormatError, UsageError
 from chiron.trust.metadata import MAX_ROOT, check_root_chain, fingerprint
 
@@ -53,7 +53,7 @@ class RootFingerprint:
 
     def __post_init__(self) -> None:
         if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise UsageError(f"--root-sha256: {plain(self.sha256)} is not 64 hexadecimal digits")
+            raise UsageError(f"--root-sha256: {printable(self.sha256)} is not 64 hexadecimal digits")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,8 @@ def anchor_from_options(
     if trust_on_first_use and (root_file is not None or root_sha256 is not None):
         raise UsageError("--trust-on-first-use means no anchor: give it without --root and --root-sha256")
     if root_sha256 is not None:
+        if len(root_sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in root_sha256):
+            raise UsageError(f"--root-sha256: {printable(root_sha256)} is not 64 hexadecimal digits")
         return RootFingerprint(root_sha256.lower())
     if root_file is not None:
         return RootFile(read_file(root_file, MAX_ROOT, "--root"))
