@@ -104,7 +104,8 @@ class VerifyReport:
             "seconds": round(self.seconds, 3),
         }
 
-    def _trust(self, result: TrustedMetadata | Untrusted) -> None:
+    def record_trust(self, result: TrustedMetadata | Untrusted) -> None:
+        """What the TUF client decided: the anchor, and the trusted roles and targets or the problems."""
         self.trust_anchor = result.anchor
         self.root_fingerprint = result.root_fingerprint
         if isinstance(result, Untrusted):
@@ -246,7 +247,7 @@ def _verify(
     if report.problems:
         return None
     result = trust_archive(reader, anchor, reference_time=reference_time)
-    report._trust(result)
+    report.record_trust(result)
     if isinstance(result, Untrusted):
         return None
     todo = _check_coverage(reader, result, report)

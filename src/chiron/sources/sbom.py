@@ -13,12 +13,12 @@ import hashlib
 import json
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chiron import __version__
+from chiron.core.clock import parse_iso
 from chiron.core.text import parse_json
 from chiron.errors import UsageError
 from chiron.sources import wheelmeta as _wheelmeta
@@ -67,7 +67,7 @@ def make(manifest: dict[str, Any], lock: Lock, wheels: dict[str, Path], images: 
     tool = Component(
         type=ComponentType.APPLICATION, name="chiron", version=__version__, bom_ref=f"chiron-tool@{__version__}"
     )
-    created = datetime.strptime(str(manifest["created"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    created = parse_iso(str(manifest["created"]))
     bom = Bom(
         components=components,
         metadata=BomMetaData(component=appliance, tools=ToolRepository(components=[tool]), timestamp=created),
