@@ -63,6 +63,12 @@ def install(
     state_dir: StateOpt = None,
     root: Annotated[Path | None, typer.Option("--root", help="Trusted root metadata obtained out of band.")] = None,
     root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of the trusted root.")] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use", help="Trust the archive's own root (no --root/--root-sha256): pins the host to it."
+        ),
+    ] = False,
     installer: InstallerOpt = "auto",
     images: ImagesOpt = "load",
     registry: RegistryOpt = None,
@@ -79,6 +85,7 @@ def install(
         state_dir=state_dir,
         root_file=root,
         root_sha256=root_sha256,
+        trust_on_first_use=trust_on_first_use,
         installer=installer,
         images=images,
         registry=registry,

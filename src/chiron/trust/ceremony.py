@@ -14,6 +14,7 @@ from pathlib import Path
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root
 
+from chiron.archive.layout import root_version
 from chiron.core.fs import read_small, write_atomic
 from chiron.errors import SigningKeyError, UsageError
 from chiron.trust.keys import KEY_FILE_MAX, file_pem, load_pem, public_key_of, secret_handler
@@ -143,9 +144,8 @@ def _versions(directory: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for p in directory.iterdir():
-        number = p.name.removesuffix(".root.json")
-        if p.name.endswith(".root.json") and number.isascii() and number.isdigit():
-            found.append((int(number), p))
+        if (version := root_version(p.name)) is not None:
+            found.append((version, p))
     return sorted(found)
 
 

@@ -45,6 +45,7 @@ from chiron.core.models import HostSection, TargetEnvironment
 from chiron.engines.verify import TRUSTED_FILES, HostTrust, VerifiedAppliance, VerifyReport, verified
 from chiron.errors import ChironError, EnvironmentProblem, HostStateError, Refused, UsageError, VerificationError
 from chiron.sources import lock as _lock
+from chiron.trust.client import anchor_from_options
 
 KEPT_APPLIANCE = "appliance"  # releases/<id>/appliance: the verified file the release was installed from
 STEPS = ("verified", "staged", "venv", "tool", "health", "switched", "committed")
@@ -382,6 +383,7 @@ class InstallOptions:
     state_dir: Path | None = None
     root_file: Path | None = None
     root_sha256: str | None = None
+    trust_on_first_use: bool = False  # install without an anchor: only when asked for explicitly
     allow_downgrade: bool = False
     installer: str = "auto"
     images: str = "load"  # load into the Docker Engine, push into ``registry``, or skip
@@ -398,6 +400,9 @@ def _given(opts: InstallOptions) -> str:
 
 def install(opts: InstallOptions) -> HostResult:
     """First installation on a host: verify against an anchor, then create the first release."""
+    anchor = anchor_from_options(
+        opts.root_file, opts.root_sha256, trust_on_first_use=opts.trust_on_first_use, required=True
+    )
     paths = Paths.make(opts.prefix, opts.state_dir)
     with _locked(paths, "install", opts.wait):
         recover(paths)
@@ -410,8 +415,7 @@ def install(opts: InstallOptions) -> HostResult:
         ref, notices = _reference_time(paths)
         with verified(
             opts.archive,
-            root_file=opts.root_file,
-            root_sha256=opts.root_sha256,
+            anchor=anchor,
             show_progress=opts.show_progress,
             reference_time=ref,
         ) as report:
