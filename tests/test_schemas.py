@@ -322,6 +322,13 @@ def out_recover(capsys: pytest.CaptureFixture[str], installed: Path) -> list[Out
 
 
 @pytest.fixture()
+def out_images(capsys: pytest.CaptureFixture[str], installed: Path) -> list[Output]:
+    loaded = run(capsys, ["images", "load", "--prefix", str(installed), "--json"])
+    assert loaded[1] == 0 and loaded[2]["op"] == "load" and loaded[2]["images"] == []
+    return [loaded]
+
+
+@pytest.fixture()
 def out_audit_verify(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Path) -> list[Output]:
     intact = run(capsys, ["audit", "verify", "--prefix", str(installed), "--json"])
     assert intact[1] == 0 and intact[2]["ok"] and intact[2]["entries"] == 1

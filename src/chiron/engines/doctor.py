@@ -184,9 +184,9 @@ def _disk_check(archive: Path, light: _Light, prefix: Path, state_dir: Path | No
 
 
 def _installer_checks() -> list[Check]:
-    from chiron.engines.host import _uv
+    from chiron.engines.host import find_uv
 
-    uv = _uv()
+    uv = find_uv()
     import importlib.util
 
     pip = importlib.util.find_spec("pip") is not None or shutil.which("pip") is not None
@@ -220,11 +220,16 @@ def _program_check(name: str, why: str, fix: str, *, severity: str = "error") ->
 
 
 def _state_checks(prefix: Path, state_dir: Path | None) -> list[Check]:
-    from chiron.engines.host import Paths, _read_floor, load_state
+    from chiron.engines.host import Paths, check_host_dirs, load_state, read_floor, unknown_releases
     from chiron.errors import HostStateError
 
     paths = Paths.make(prefix, state_dir)
     checks: list[Check] = []
+    try:
+        check_host_dirs(paths)
+        checks.append(Check("directories", True, f"{paths.prefix}: owner and modes let no other user write it"))
+    except ChironError as exc:
+        checks.append(Check("directories", False, exc.message, exc.hint or ""))
     if not paths.state.exists():
         parent = next(p for p in paths.state.parents if p.exists())
         ok = os.access(parent, os.W_OK)
@@ -251,12 +256,31 @@ def _state_checks(prefix: Path, state_dir: Path | None) -> list[Check]:
         )
     )
     try:
-        load_state(paths)
-        checks.append(Check("state integrity", True, "trusted metadata matches the digests in state.json"))
-        floor = _read_floor(paths)
+        state = load_state(paths)
+        checks.append(
+            Check(
+                "state integrity",
+                True,
+                "state.json is well-formed, agrees with the current link, and the trusted metadata matches its digests",
+            )
+        )
+        floor = read_floor(paths)
     except HostStateError as exc:
         checks.append(Check("state integrity", False, exc.message, exc.hint or "restore the state from backup"))
         return checks
+    unknown = unknown_releases(paths, state) if state is not None else []
+    if unknown:
+        checks.append(
+            Check(
+                "releases",
+                False,
+                f"{len(unknown)} release(s) on disk that state.json does not know: {', '.join(unknown)} "
+                "(state restored from a backup?)",
+                f"remove them if not needed (rm -rf {paths.releases}/ID); chiron never deletes a completed release "
+                "it does not know",
+                severity="warning",
+            )
+        )
     now = datetime.now(UTC)
     if floor is not None and now < floor:
         checks.append(

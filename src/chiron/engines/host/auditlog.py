@@ -1,0 +1,112 @@
+"""The host's audit glue: who did what and with which result, hash-chained in ``state/audit.jsonl``,
+with the last entry's seq and hash also kept beside ``current`` (``PREFIX/audit-head.json``).
+
+The copy beside ``current`` is what a state restore does not roll back: when the log in a restored
+state directory is behind it, ``audit verify`` says entries were lost, and the next entry records the
+loss in the chain itself (``lost_entries``), so it stays visible after the head has moved on.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from typing import Any
+
+from chiron.core import audit as _audit
+from chiron.core.fs import write_atomic
+from chiron.core.hoststate import AuditHead, dump, format_time, read_model
+from chiron.engines.host.paths import PRIVATE_DIR, PUBLIC_DIR, Paths, ensure_dir, naming, now
+from chiron.errors import HostStateError
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _outside_head(paths: Paths) -> AuditHead | None:
+    try:
+        return read_model(AuditHead, paths.audit_head)
+    except HostStateError:
+        return None  # damaged: audit verify reports it; logging goes on and rewrites it
+
+
+def _lost(paths: Paths) -> dict[str, int] | None:
+    """The entries the log lacks compared with the head kept beside ``current``, if any."""
+    head = _outside_head(paths)
+    if head is None:
+        return None
+    tail = _audit.tail(paths.audit)
+    seq, sha = tail if tail is not None else (0, "")
+    if head.seq > seq:
+        return {"after": seq, "through": head.seq}
+    if head.seq == seq and head.sha256 != sha and seq > 0:
+        return {"after": seq - 1, "through": head.seq}
+    return None
+
+
+def audit(paths: Paths, op: str, result: str, **fields: Any) -> None:
+    """Append one hash-chained entry to the audit log: who, when, what, result."""
+    entry = {"time": format_time(now()), "user": _user(), "pid": os.getpid(), "op": op, "result": result, **fields}
+    ensure_dir(paths.state, PRIVATE_DIR, follow=True)
+    lost = _lost(paths)
+    if lost is not None:
+        entry["lost_entries"] = lost
+    with naming(paths.audit, "cannot append to the audit log"):
+        _audit.append(paths.audit, entry)
+    tail = _audit.tail(paths.audit)
+    if tail is not None and paths.prefix.is_dir():
+        ensure_dir(paths.prefix, PUBLIC_DIR, follow=True)
+        with naming(paths.audit_head, "cannot write"):
+            write_atomic(paths.audit_head, dump(AuditHead(seq=tail[0], sha256=tail[1])))
+
+
+def audit_verify(prefix: Any, state_dir: Any) -> _audit.AuditReport:
+    """``chiron audit verify``: the chain and its head, and the head kept beside ``current``."""
+    paths = Paths.make(prefix, state_dir)
+    report = _audit.verify_log(paths.audit)
+    try:
+        head = read_model(AuditHead, paths.audit_head)
+    except HostStateError as exc:
+        report.problems.append(exc.message)
+        return report
+    tail = _audit.tail(paths.audit)
+    last = tail[0] if tail is not None else 0
+    if head is not None and paths.audit.exists():
+        if head.seq > last:
+            report.problems.append(
+                f"{paths.audit}: entries after {last} were lost: {paths.audit_head} records {head.seq} "
+                "(state restored from a backup?)"
+            )
+        elif _audit.entry_hash(paths.audit, head.seq) != head.sha256:
+            report.problems.append(
+                f"{paths.audit}: entry {head.seq} differs from the one {paths.audit_head} records "
+                "(the log was replaced: state restored from a backup?)"
+            )
+    report.notices += _recorded_losses(paths)
+    return report
+
+
+def _recorded_losses(paths: Paths) -> list[str]:
+    """Losses an earlier entry recorded (after a restore): still worth a notice."""
+    out = []
+    try:
+        with paths.audit.open("rb") as f:
+            for line in f:
+                if b'"lost_entries"' not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                    lost = entry["lost_entries"]
+                    out.append(
+                        f"entries {lost['after'] + 1} to {lost['through']} were lost before entry {entry['seq']} "
+                        "(state restored from a backup); that entry recorded it"
+                    )
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
