@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -1155,3 +1156,66 @@ def test_images_command_reads_the_kept_appliance_checked(
     code, _out, err = _cli(["images", "push", "--prefix", str(tmp_path / "empty"), "--registry", "127.0.0.1:1"], capsys)
     _assert_one_line_refusal(code, err, 2, "nothing is installed")
     assert not (tmp_path / "empty").exists()
+
+
+@pytest.fixture(scope="module")
+def engine_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A one-layer busybox image in the real Docker Engine, for the appliance the images tests ship."""
+    docker = pytest.importorskip("docker")
+    try:
+        docker.from_env(timeout=30).ping()
+    except Exception as exc:
+        pytest.skip(f"NO DOCKER ENGINE ({type(exc).__name__}): .ci/run starts dockerd --bridge=none")
+    if shutil.which("skopeo") is None:
+        pytest.skip("NO SKOPEO: .ci/run installs it")
+    rootfs = tmp_path_factory.mktemp("host-image") / "rootfs.tar"
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([str(repo / "images" / "busybox" / "rootfs.sh"), str(rootfs)], check=True)
+    ref = "chiron-test/host-images:1"
+    subprocess.run(["docker", "import", str(rootfs), ref], check=True, capture_output=True)
+    return ref
+
+
+def test_images_of_the_installed_release_load_and_push(
+    engine_image: str, keys: Path, index, tool_wheels: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    extra = f'[[images]]\nref = "{engine_image}"\nsource = "docker"\n'
+    spec = write_spec(tmp_path / "s", keys=keys, index_url=index.url, requirements=["beta==1.0"], extra=extra)
+    archive = do_build(spec, tmp_path / "img.pex", tool_wheels, tmp_path / "cache").output
+    prefix = tmp_path / "p"
+    result = host.install(host.InstallOptions(archive=archive, prefix=prefix, root_file=keys / "1.root.json",
+                                              images="skip"))  # fmt: skip
+    assert any("left in the appliance" in n for n in result.notices)
+    subprocess.run(["docker", "rmi", "-f", engine_image], check=True, capture_output=True)
+    code, out, err = _cli(["images", "load", "--prefix", str(prefix), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["images"] == [engine_image]
+    subprocess.run(["docker", "image", "inspect", engine_image], check=True, capture_output=True)
+    entry = json.loads((prefix / "state" / "audit.jsonl").read_text().splitlines()[-1])
+    assert (entry["op"], entry["result"], entry["images"]) == ("images-load", "ok", [engine_image])
+    if shutil.which("docker-registry") is None:
+        pytest.skip("NO docker-registry: .ci/run installs the docker-registry package (push not tested)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/r\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")  # fmt: skip
+    registry = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(50):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            time.sleep(0.1)
+        code, out, err = _cli(["images", "push", "--prefix", str(prefix), "--registry", f"127.0.0.1:{port}",
+                               "--json"], capsys)  # fmt: skip
+        assert code == 0, err
+        (pushed,) = json.loads(out)["images"]
+        assert pushed.startswith(f"127.0.0.1:{port}/")
+        subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{pushed}"], check=True,
+                       capture_output=True)  # fmt: skip
+    finally:
+        registry.terminate()
+        registry.wait(timeout=10)
