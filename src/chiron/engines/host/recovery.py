@@ -67,13 +67,16 @@ def sweep(paths: Paths) -> None:
 
 
 def unknown_releases(paths: Paths, state: HostState) -> list[str]:
-    """Completed releases on disk that state.json does not list (after a state restore)."""
+    """Completed releases on disk that state.json does not list (after a state restore); the release
+    of a pending transaction is not one of them."""
     if not paths.releases.is_dir():
         return []
+    txn = read_txn(paths)
+    known = {*state.releases, txn.id if txn else None}
     return sorted(
         p.name
         for p in paths.releases.iterdir()
-        if p.name not in state.releases and not p.is_symlink() and (p / "release.json").is_file()
+        if p.name not in known and not p.is_symlink() and (p / "release.json").is_file()
     )
 
 
