@@ -11,9 +11,12 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chiron.errors import ChironError
+
+if TYPE_CHECKING:
+    from chiron.engines.host import Paths
 
 
 @dataclass(frozen=True)
@@ -220,16 +223,10 @@ def _program_check(name: str, why: str, fix: str, *, severity: str = "error") ->
 
 
 def _state_checks(prefix: Path, state_dir: Path | None) -> list[Check]:
-    from chiron.engines.host import Paths, check_host_dirs, load_state, read_floor, unknown_releases
-    from chiron.errors import HostStateError
+    from chiron.engines.host import Paths
 
     paths = Paths.make(prefix, state_dir)
-    checks: list[Check] = []
-    try:
-        check_host_dirs(paths)
-        checks.append(Check("directories", True, f"{paths.prefix}: owner and modes let no other user write it"))
-    except ChironError as exc:
-        checks.append(Check("directories", False, exc.message, exc.hint or ""))
+    checks = [_directories_check(paths)]
     if not paths.state.exists():
         parent = next(p for p in paths.state.parents if p.exists())
         ok = os.access(parent, os.W_OK)
@@ -255,19 +252,31 @@ def _state_checks(prefix: Path, state_dir: Path | None) -> list[Check]:
             else f"chmod 700 {paths.state} and run as its owner: others must not rewrite it",
         )
     )
+    return checks + _integrity_checks(paths)
+
+
+def _directories_check(paths: Paths) -> Check:
+    from chiron.engines.host import check_host_dirs
+
+    try:
+        check_host_dirs(paths)
+    except ChironError as exc:
+        return Check("directories", False, exc.message, exc.hint or "")
+    return Check("directories", True, f"{paths.prefix}: owner and modes let no other user write it")
+
+
+def _integrity_checks(paths: Paths) -> list[Check]:
+    """State well-formed and agreeing with the disk, no release it does not know, the clock."""
+    from chiron.engines.host import load_state, read_floor, unknown_releases
+    from chiron.errors import HostStateError
+
     try:
         state = load_state(paths)
-        checks.append(
-            Check(
-                "state integrity",
-                True,
-                "state.json is well-formed, agrees with the current link, and the trusted metadata matches its digests",
-            )
-        )
         floor = read_floor(paths)
     except HostStateError as exc:
-        checks.append(Check("state integrity", False, exc.message, exc.hint or "restore the state from backup"))
-        return checks
+        return [Check("state integrity", False, exc.message, exc.hint or "restore the state from backup")]
+    detail = "state.json is well-formed, agrees with the current link, and the trusted metadata matches its digests"
+    checks = [Check("state integrity", True, detail)]
     unknown = unknown_releases(paths, state) if state is not None else []
     if unknown:
         checks.append(

@@ -11,13 +11,20 @@ from __future__ import annotations
 import getpass
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from chiron.core import audit as _audit
 from chiron.core.fs import write_atomic
-from chiron.core.hoststate import AuditHead, dump, format_time, read_model
+from chiron.core.hoststate import AuditHead, damaged, dump, format_time, read_model
 from chiron.engines.host.paths import PRIVATE_DIR, PUBLIC_DIR, Paths, ensure_dir, naming, now
 from chiron.errors import HostStateError
+
+
+def _check_regular(paths: Paths) -> None:
+    """The log must be a regular file: a FIFO in its place would block every operation for ever."""
+    if (os.path.lexists(paths.audit) and not paths.audit.is_file()) or paths.audit.is_symlink():
+        raise damaged(paths.audit, "is not a regular file")
 
 
 def _user() -> str:
@@ -52,6 +59,7 @@ def audit(paths: Paths, op: str, result: str, **fields: Any) -> None:
     """Append one hash-chained entry to the audit log: who, when, what, result."""
     entry = {"time": format_time(now()), "user": _user(), "pid": os.getpid(), "op": op, "result": result, **fields}
     ensure_dir(paths.state, PRIVATE_DIR, follow=True)
+    _check_regular(paths)
     lost = _lost(paths)
     if lost is not None:
         entry["lost_entries"] = lost
@@ -64,9 +72,10 @@ def audit(paths: Paths, op: str, result: str, **fields: Any) -> None:
             write_atomic(paths.audit_head, dump(AuditHead(seq=tail[0], sha256=tail[1])))
 
 
-def audit_verify(prefix: Any, state_dir: Any) -> _audit.AuditReport:
+def audit_verify(prefix: Path, state_dir: Path | None) -> _audit.AuditReport:
     """``chiron audit verify``: the chain and its head, and the head kept beside ``current``."""
     paths = Paths.make(prefix, state_dir)
+    _check_regular(paths)
     report = _audit.verify_log(paths.audit)
     try:
         head = read_model(AuditHead, paths.audit_head)

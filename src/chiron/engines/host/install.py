@@ -112,7 +112,7 @@ def upgrade(opts: InstallOptions) -> HostResult:
 def _upgrade_delta(paths: Paths, opts: InstallOptions, state: HostState) -> HostResult:
     """Rebuild the full appliance from the delta and the appliances kept with the releases; from here
     on it is upgraded like any full appliance (verified completely first)."""
-    work = ensure_dir(paths.staging / "delta", PRIVATE_DIR)
+    work = ensure_dir(ensure_dir(paths.staging, PRIVATE_DIR) / "delta", PRIVATE_DIR)
     rebuilt = work / (opts.archive.name.removesuffix(".delta") + ".pex")
     sources = [p / KEPT_APPLIANCE for p in sorted(paths.releases.iterdir()) if (p / KEPT_APPLIANCE).is_file()]
     try:

@@ -135,14 +135,14 @@ def refuse_link(path: Path) -> None:
 
 
 def ensure_dir(path: Path, mode: int, *, follow: bool = False) -> Path:
-    """Create ``path`` (and missing parents) with exactly ``mode``, whatever the umask; an existing
-    one is left as it is (its owner and mode are checked by ``check_host_dirs``)."""
+    """Create ``path`` (and missing parents, with the same mode) with exactly ``mode``, whatever the
+    umask; an existing one is left as it is (its owner and mode are checked by ``check_host_dirs``)."""
     if not follow:
         refuse_link(path)
     if path.is_dir():
         return path
     if not path.parent.exists():
-        ensure_dir(path.parent, PUBLIC_DIR, follow=True)
+        ensure_dir(path.parent, mode, follow=True)
     try:
         os.mkdir(path, mode)
     except FileExistsError:

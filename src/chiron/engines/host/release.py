@@ -105,7 +105,8 @@ def metadata_to_keep(paths: Paths, trusted: dict[str, bytes], allow_downgrade: b
 
 
 def stage_metadata(paths: Paths, rid: str, files: dict[str, bytes]) -> None:
-    stage = ensure_dir(paths.staging / rid / "metadata", PRIVATE_DIR)
+    ensure_dir(paths.staging, PRIVATE_DIR)
+    stage = ensure_dir(ensure_dir(paths.staging / rid, PRIVATE_DIR) / "metadata", PRIVATE_DIR)
     for name, data in files.items():
         with naming(stage / name, "cannot write"):
             (stage / name).write_bytes(data)
