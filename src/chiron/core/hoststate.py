@@ -132,7 +132,7 @@ class Floor(_Model):
 
 
 class AuditHead(_Model):
-    """``PREFIX/audit-head.json``: the audit log's last entry, kept outside the state directory so that
+    """``PREFIX/audit.head``: the audit log's last entry, kept outside the state directory so that
     restoring the state from a backup cannot hide that entries were lost."""
 
     seq: int = Field(ge=0)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from chiron.errors import ChironError
 
 if TYPE_CHECKING:
+    from chiron.archive.reader import ArchiveReader
     from chiron.engines.host import Paths
 
 
@@ -32,13 +33,20 @@ class Check:
 
 
 def doctor(archive: Path | None, prefix: Path | None, state_dir: Path | None) -> list[Check]:
-    """Run every applicable probe; nothing is changed on the host."""
-    checks = [_python_check()]
-    report = None
+    """Run every applicable probe; nothing is changed on the host.
+
+    An archive that is missing, or not a regular file (a FIFO would block, a device never end), is a
+    usage error (exit 2), as for every command given a file: there is nothing to probe.
+    """
     if archive is not None:
-        checks.append(_archive_check(archive))
-        if checks[-1].ok:
-            report = _light_report(archive)
+        from chiron.archive.reader import open_regular
+
+        os.close(open_regular(archive))
+    checks = [_python_check()]
+    if archive is not None:
+        check, report = _archive_check(archive)
+        checks.append(check)
+        if report is not None:
             checks.append(_environment_check(archive, report))
             checks.append(_images_check(report))
             if prefix is not None:
@@ -68,19 +76,29 @@ def _python_check() -> Check:
     )
 
 
-def _archive_check(archive: Path) -> Check:
-    from chiron.archive.reader import read_layout
+class _Unreadable(Exception):
+    """A member doctor needs cannot be read as what it should be (the message names it)."""
+
+
+def _archive_check(archive: Path) -> tuple[Check, _Light | None]:
+    """The archive's structure (index, footer, how the members tile the file) and the few members
+    doctor reads; nothing here is trusted (run verify for that)."""
+    from chiron.archive.reader import ArchiveReader, check_tiling
     from chiron.errors import FormatError, UsageError
 
+    fix = "copy the file again, or rebuild the appliance"
     try:
-        layout = read_layout(archive)
-    except UsageError as exc:  # missing, unreadable, or not a regular file
-        return Check("archive", False, exc.message, "give the path of the appliance")
-    except (FormatError, OSError) as exc:
-        return Check("archive", False, f"{archive}: not readable as an appliance: {exc}", "copy the file again")
-    return Check(
-        "archive", True, f"{archive}: {len(layout.members)} members, {layout.size} bytes (run verify to trust it)"
-    )
+        with ArchiveReader(archive) as reader:
+            problems = check_tiling(reader.layout)
+            if problems:
+                return Check("archive", False, f"{archive}: {problems[0]}", fix), None
+            light = _light_report(reader)
+            members, size = len(reader.layout.members), reader.size
+    except UsageError as exc:  # unreadable
+        return Check("archive", False, exc.message, "give the path of the appliance"), None
+    except (FormatError, OSError, _Unreadable) as exc:
+        return Check("archive", False, f"{archive}: not readable as an appliance: {exc}", fix), None
+    return Check("archive", True, f"{archive}: {members} members, {size} bytes (run verify to trust it)"), light
 
 
 @dataclass
@@ -93,26 +111,32 @@ class _Light:
     images_required: bool = False
 
 
-def _light_report(archive: Path) -> _Light:
+_MEMBER_LIMIT = 64 << 20  # the manifest, lock and spec doctor reads: far below, whatever the archive says
+
+
+def _light_report(reader: ArchiveReader) -> _Light:
     import json
 
-    from chiron.archive.reader import read_layout
+    def member(name: str) -> bytes:
+        return reader.read(name, _MEMBER_LIMIT) if reader.has(name) else b""
 
-    layout = read_layout(archive)
-    regions = layout.regions()
-    with archive.open("rb") as f:
-
-        def read(name: str) -> bytes:
-            offset, length = regions[name]
-            return os.pread(f.fileno(), length, offset)
-
-        manifest = json.loads(read("appliance.json")) if "appliance.json" in regions else {}
-        lock_text = read("lock/pylock.toml").decode() if "lock/pylock.toml" in regions else ""
-        try:
-            spec = tomllib.loads(read("spec/appliance.toml").decode()) if "spec/appliance.toml" in regions else {}
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-            spec = {}
-    required = bool(spec.get("host", {}).get("images_required", False))
+    try:
+        manifest = json.loads(member("appliance.json") or b"{}")
+    except (ValueError, RecursionError):
+        raise _Unreadable("member appliance.json: is not valid JSON") from None
+    if not isinstance(manifest, dict):
+        raise _Unreadable("member appliance.json: is not a JSON object")
+    try:
+        lock_text = member("lock/pylock.toml").decode()
+    except UnicodeDecodeError:
+        raise _Unreadable("member lock/pylock.toml: is not UTF-8 text") from None
+    try:
+        spec = tomllib.loads(member("spec/appliance.toml").decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
+        spec = {}
+    host = spec.get("host")
+    required = isinstance(host, dict) and host.get("images_required") is True
+    regions = reader.layout.regions()
     return _Light(manifest, {n: r[1] for n, r in regions.items()}, lock_text, required)
 
 

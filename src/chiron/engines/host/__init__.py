@@ -5,7 +5,7 @@ Layout (PREFIX):
     bin/chiron -> ../current/bin/chiron    the installed, trusted tool (verifies later archives)
     current -> releases/<id>               switched by one rename of a symlink (the commit point)
     releases/<id>/{venv,bin/chiron,release.json}
-    audit-head.json                        the audit log's head, outside the state (a restore shows)
+    audit.head                             the audit log's head, outside the state (a restore shows)
     state/    (or --state-dir)             lock, metadata/ (trusted TUF), floor.json, state.json,
                                            audit.jsonl, txn.json, staging/
 

@@ -1,5 +1,5 @@
 """The host's audit glue: who did what and with which result, hash-chained in ``state/audit.jsonl``,
-with the last entry's seq and hash also kept beside ``current`` (``PREFIX/audit-head.json``).
+with the last entry's seq and hash also kept beside ``current`` (``PREFIX/audit.head``).
 
 The copy beside ``current`` is what a state restore does not roll back: when the log in a restored
 state directory is behind it, ``audit verify`` says entries were lost, and the next entry records the
@@ -41,18 +41,28 @@ def _outside_head(paths: Paths) -> AuditHead | None:
         return None  # damaged: audit verify reports it; logging goes on and rewrites it
 
 
-def _lost(paths: Paths) -> dict[str, int] | None:
-    """The entries the log lacks compared with the head kept beside ``current``, if any."""
-    head = _outside_head(paths)
-    if head is None:
+def _last_seq(paths: Paths) -> int:
+    """The highest seq of a chained entry in the log (0 when there is none)."""
+    last = 0
+    try:
+        with paths.audit.open("rb") as f:
+            for line in f:
+                try:
+                    last = max(last, int(json.loads(line)["seq"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        pass
+    return last
+
+
+def _lost(paths: Paths, head: AuditHead | None) -> dict[str, int] | None:
+    """The entries the log lacks compared with the head kept beside ``current`` (None when it holds
+    the entry that head records)."""
+    if head is None or head.seq == 0 or _audit.entry_hash(paths.audit, head.seq) == head.sha256:
         return None
-    tail = _audit.tail(paths.audit)
-    seq, sha = tail if tail is not None else (0, "")
-    if head.seq > seq:
-        return {"after": seq, "through": head.seq}
-    if head.seq == seq and head.sha256 != sha and seq > 0:
-        return {"after": seq - 1, "through": head.seq}
-    return None
+    last = _last_seq(paths)
+    return {"after": min(last, head.seq - 1), "through": head.seq}
 
 
 def audit(paths: Paths, op: str, result: str, **fields: Any) -> None:
@@ -60,7 +70,7 @@ def audit(paths: Paths, op: str, result: str, **fields: Any) -> None:
     entry = {"time": format_time(now()), "user": _user(), "pid": os.getpid(), "op": op, "result": result, **fields}
     ensure_dir(paths.state, PRIVATE_DIR, follow=True)
     _check_regular(paths)
-    lost = _lost(paths)
+    lost = _lost(paths, _outside_head(paths))
     if lost is not None:
         entry["lost_entries"] = lost
     with naming(paths.audit, "cannot append to the audit log"):
@@ -82,18 +92,17 @@ def audit_verify(prefix: Path, state_dir: Path | None) -> _audit.AuditReport:
     except HostStateError as exc:
         report.problems.append(exc.message)
         return report
-    tail = _audit.tail(paths.audit)
-    last = tail[0] if tail is not None else 0
-    if head is not None and paths.audit.exists():
-        if head.seq > last:
+    if head is not None and paths.audit.exists() and _lost(paths, head) is not None:
+        last = _last_seq(paths)
+        if last < head.seq:
             report.problems.append(
                 f"{paths.audit}: entries after {last} were lost: {paths.audit_head} records {head.seq} "
                 "(state restored from a backup?)"
             )
-        elif _audit.entry_hash(paths.audit, head.seq) != head.sha256:
+        else:
             report.problems.append(
                 f"{paths.audit}: entry {head.seq} differs from the one {paths.audit_head} records "
-                "(the log was replaced: state restored from a backup?)"
+                "(entries replaced: state restored from a backup?)"
             )
     report.notices += _recorded_losses(paths)
     return report

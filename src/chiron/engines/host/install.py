@@ -118,13 +118,14 @@ def _upgrade_delta(paths: Paths, opts: InstallOptions, state: HostState) -> Host
     try:
         delta.apply(opts.archive, sources, rebuilt)
     except ChironError as exc:
+        remove_tree(work)
         outcome = "refused" if isinstance(exc, Refused) else "failed"
         audit(paths, "upgrade", outcome, archive=_given(opts), reason=exc.diagnostics())
         raise
     try:
         return _upgrade(paths, dataclasses.replace(opts, archive=rebuilt, delta=opts.archive), state)
     finally:
-        rebuilt.unlink(missing_ok=True)  # the new release keeps its own copy
+        remove_tree(work)  # the new release keeps its own copy of the rebuilt appliance
 
 
 def _upgrade(paths: Paths, opts: InstallOptions, state: HostState) -> HostResult:

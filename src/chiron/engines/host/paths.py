@@ -16,7 +16,7 @@ from pathlib import Path
 
 from chiron.core.fs import fsync_dir
 from chiron.core.hoststate import check_release_id, damaged
-from chiron.errors import EnvironmentProblem, HostStateError, Refused
+from chiron.errors import EnvironmentProblem, HostStateError, Refused, UsageError
 
 STEPS = ("verified", "staged", "venv", "tool", "health", "switched", "committed")
 KEPT_APPLIANCE = "appliance"  # releases/<id>/appliance: the verified file the release was installed from
@@ -55,7 +55,7 @@ class Paths:
     @property
     def audit_head(self) -> Path:
         """The audit log's head kept beside ``current``: a state restore does not roll it back."""
-        return self.prefix / "audit-head.json"
+        return self.prefix / "audit.head"
 
     @property
     def metadata(self) -> Path:
@@ -100,6 +100,8 @@ def check_dir(path: Path) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
+    except NotADirectoryError:
+        raise UsageError(f"{path}: a parent of it is not a directory") from None
     if stat.S_ISLNK(st.st_mode):
         st = os.stat(path)  # a prefix or state directory given as a symlink is the operator's choice
     if not stat.S_ISDIR(st.st_mode):

@@ -12,7 +12,7 @@ from chiron.engines.host import release as _release
 from chiron.engines.host.auditlog import audit
 from chiron.engines.host.paths import KEPT_APPLIANCE, Paths, live_release, remove_tree, switch_link
 from chiron.engines.host.result import HostResult, result
-from chiron.engines.host.state import commit, load_state, locked, read_txn, reference_time, write_model
+from chiron.engines.host.state import ahead_of_clock, commit, load_state, locked, read_txn, reference_time, write_model
 from chiron.engines.verify import HostTrust, verified
 from chiron.errors import HostStateError, Refused, UsageError
 
@@ -114,15 +114,18 @@ def adopt(paths: Paths, state: HostState) -> str | None:
         outcome = f"adopted the live release {live} (state.json named {state.current} as current)"
         audit(paths, "recover", "ok", detail=outcome, release=live, adopted=True)
         return outcome
-    _adopt_unknown(paths, state, live)
+    release = _adopt_unknown(paths, state, live)
+    ahead = ahead_of_clock(release.created_time())
     outcome = (
         f"adopted the live release {live}, verified against this host's trusted metadata (state.json did not know it)"
     )
-    audit(paths, "recover", "ok", detail=outcome, release=live, adopted=True)
-    return outcome
+    extra = {"signed_ahead_of_clock": release.created} if ahead else {}
+    audit(paths, "recover", "ok", detail=outcome + (f"; {ahead}" if ahead else ""), release=live, adopted=True, **extra)
+    return outcome + (f"; {ahead}" if ahead else "")
 
 
-def _adopt_unknown(paths: Paths, state: HostState, live: str) -> None:
+def _adopt_unknown(paths: Paths, state: HostState, live: str) -> ReleaseRecord:
+    """Verify and commit an unknown live release; returns its record."""
     kept = paths.release(live) / KEPT_APPLIANCE
     if not kept.is_file():
         raise HostStateError(
@@ -160,6 +163,7 @@ def _adopt_unknown(paths: Paths, state: HostState, live: str) -> None:
     )
     write_model(paths.txn, txn)
     commit(paths, txn)
+    return release
 
 
 def rollback(prefix: Path, state_dir: Path | None, wait: float = 0.0) -> HostResult:

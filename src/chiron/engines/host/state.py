@@ -74,6 +74,9 @@ def locked(paths: Paths, op: str, wait: float, *, create: bool = True) -> Iterat
             return
         ensure_dir(paths.prefix, PUBLIC_DIR, follow=True)
         ensure_dir(paths.state, PRIVATE_DIR, follow=True)
+        lock = paths.state / "lock"
+        if os.path.lexists(lock) and (lock.is_symlink() or not lock.is_file()):
+            raise damaged(lock, "is not a regular file")
         with contextlib.ExitStack() as stack:
             with naming(paths.state / "lock", "cannot take the lock"):
                 stack.enter_context(_lockfile.hold(paths.state / "lock", op, wait))
@@ -116,6 +119,8 @@ def load_state(paths: Paths, *, check_disk: bool = True) -> HostState | None:
     recorded = {str(k): v for k, v in state.metadata_digests.items()}
     for name in TRUSTED_FILES:
         path = paths.metadata / name
+        if path.is_symlink():
+            raise damaged(path, "is a symlink (trusted metadata is kept as files in the state directory)")
         if not path.is_file():
             raise HostStateError(f"{path}: trusted metadata is missing (state damaged or tampered)", hint=RESTORE_HINT)
         if recorded.get(name) != digest(path):
