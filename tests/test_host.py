@@ -582,7 +582,7 @@ def _tree(root: Path) -> dict[str, tuple[object, ...]]:
         for name in dirs + files:
             path = Path(top) / name
             rel = str(path.relative_to(root))
-            if rel == "state/lock":
+            if rel == "state/lock" or rel.endswith("/state/lock"):
                 continue
             st = path.lstat()
             link = os.readlink(path) if path.is_symlink() else None
@@ -865,12 +865,71 @@ def test_fifo_and_missing_inputs_never_hang_or_hold_the_lock(apps: Appliances, t
     ]
     for args, says in cases:
         proc = _chiron(args, timeout=120)  # a hang fails here instead of blocking the suite
-        expect = 3 if args[0] == "doctor" else 2
-        assert proc.returncode == expect, (args, proc.stderr)
+        assert proc.returncode == 2, (args, proc.stderr)
         assert says in proc.stdout + proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert not fresh.exists(), args  # nothing created for an input that is not there
     # The lock was never held: an operation that does not wait gets it at once.
     assert host.recover_only(prefix, None, wait=0) is None
+
+
+def _lock_is_a_directory(prefix: Path) -> Path:
+    (prefix / "state" / "lock").unlink()
+    (prefix / "state" / "lock").mkdir()
+    return prefix / "state" / "lock"
+
+
+def _metadata_is_a_symlink(prefix: Path) -> Path:
+    md = prefix / "state" / "metadata" / "root.json"
+    shutil.move(md, prefix.parent / "root.json")
+    md.symlink_to(prefix.parent / "root.json")
+    return md
+
+
+def _current_outside_releases(prefix: Path) -> Path:
+    outside = prefix.parent / "elsewhere"
+    shutil.copytree(prefix / os.readlink(prefix / "current"), outside, symlinks=True)
+    (prefix / "current").unlink()
+    (prefix / "current").symlink_to(outside)
+    return prefix / "current"
+
+
+def _audit_log_is_a_fifo(prefix: Path) -> Path:
+    log = prefix / "state" / "audit.jsonl"
+    log.unlink()
+    os.mkfifo(log)
+    return log
+
+
+DAMAGED_LAYOUT = [
+    # (case, damage (returns the path the refusal names), commands that must refuse with exit 4)
+    ("the lock is a directory", _lock_is_a_directory, ["upgrade", "rollback", "recover"]),
+    ("a trusted metadata file is a symlink", _metadata_is_a_symlink, ["upgrade", "rollback", "status", "inventory"]),
+    ("current points outside releases/", _current_outside_releases, ["upgrade", "rollback", "recover", "status"]),
+    ("the audit log is a FIFO", _audit_log_is_a_fifo, ["audit"]),
+]
+
+
+@pytest.mark.parametrize(("case", "damage", "commands"), DAMAGED_LAYOUT, ids=[d[0] for d in DAMAGED_LAYOUT])
+def test_damaged_host_layout_is_refused(
+    apps: Appliances, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, damage: object, commands: list[str]
+) -> None:
+    prefix = tmp_path / "p"
+    _install(apps, prefix)
+    assert callable(damage)
+    named = damage(prefix)
+    argv = {
+        "upgrade": ["upgrade", str(apps.v2), "--prefix", str(prefix)],
+        "rollback": ["rollback", "--prefix", str(prefix)],
+        "recover": ["recover", "--prefix", str(prefix)],
+        "status": ["status", "--prefix", str(prefix)],
+        "inventory": ["inventory", "--prefix", str(prefix)],
+        "audit": ["audit", "verify", "--prefix", str(prefix)],
+    }
+    before = _tree(tmp_path)
+    for command in commands:
+        code, _out, err = _cli(argv[command], capsys)
+        _assert_one_line_refusal(code, err, 4, str(named))
+        assert _tree(tmp_path) == before, (case, command)
 
 
 def test_full_state_disk_names_the_file(apps: Appliances, tmp_path: Path) -> None:
