@@ -117,10 +117,11 @@ def _upgrade_delta(paths: Paths, opts: InstallOptions, state: HostState) -> Host
     sources = [p / KEPT_APPLIANCE for p in sorted(paths.releases.iterdir()) if (p / KEPT_APPLIANCE).is_file()]
     try:
         delta.apply(opts.archive, sources, rebuilt)
-    except ChironError as exc:
-        remove_tree(work)
-        outcome = "refused" if isinstance(exc, Refused) else "failed"
-        audit(paths, "upgrade", outcome, archive=_given(opts), reason=exc.diagnostics())
+    except BaseException as exc:
+        remove_tree(work)  # nothing of a delta that cannot be applied stays behind
+        if isinstance(exc, ChironError):
+            outcome = "refused" if isinstance(exc, Refused) else "failed"
+            audit(paths, "upgrade", outcome, archive=_given(opts), reason=exc.diagnostics())
         raise
     try:
         return _upgrade(paths, dataclasses.replace(opts, archive=rebuilt, delta=opts.archive), state)
