@@ -15,7 +15,7 @@ from pathlib import Path
 from chiron.archive.layout import TOOL_TARGET
 from chiron.core import proc as _proc
 from chiron.core.fs import copy_range
-from chiron.core.hoststate import ReleaseRecord, Txn, format_time
+from chiron.core.hoststate import ReleaseRecord, Txn, check_release_id, format_time
 from chiron.core.models import ApplianceSpec, TargetEnvironment
 from chiron.engines.host.paths import (
     KEPT_APPLIANCE,
@@ -30,7 +30,7 @@ from chiron.engines.host.paths import (
 )
 from chiron.engines.host.state import write_model
 from chiron.engines.verify import VerifiedAppliance, VerifyReport
-from chiron.errors import EnvironmentProblem, VerificationError
+from chiron.errors import EnvironmentProblem, Refused, VerificationError
 from chiron.sources import lock as _lock
 
 
@@ -46,7 +46,12 @@ def appliance_spec(appliance: VerifiedAppliance, where: Path) -> ApplianceSpec:
 
 
 def release_id(paths: Paths, report: VerifyReport) -> str:
+    """NAME-VERSION-T, then .2, .3, ... when taken: one safe path segment, or refused."""
     base = f"{report.name}-{report.version}-{report.roles['targets']['version']}"
+    try:
+        check_release_id(base)
+    except ValueError as exc:
+        raise Refused(f"{report.path}: its name and version do not make a release id: {exc}") from None
     rid, n = base, 1
     while os.path.lexists(paths.releases / rid):
         n += 1
