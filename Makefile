@@ -1,5 +1,6 @@
 # chiron: `make appliance` builds and verifies the default appliance; `make test` runs every check.
-# Both create .venv and install what they need; nothing else must be installed by hand.
+# Both create .venv and install what they need; `make test` also brings up the system packages and the Docker
+# Engine the tests use (tests/provision.py). Nothing else must be installed by hand.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ SPEC := bundle/appliance.toml
 OUT := dist/chiron.pex
 COV_MIN ?= 85
 
-.PHONY: appliance test venv tool-wheels keys lint typecheck lock bench clean
+.PHONY: appliance test provision venv tool-wheels keys lint typecheck lock bench clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -54,8 +55,14 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: tool-wheels lint typecheck
-	CHIRON_TOOL_WHEELS=$(CURDIR)/$(TOOL_WHEELS) $(BIN)/pytest -m 'not network' \
+# The system packages and the Docker Engine the tests use: installed and started when run as root with
+# apt-get, else a message naming what is missing (the list is in tests/provision.py). Cheap when all is there.
+provision:
+	$(PYTHON) tests/provision.py
+
+# Provisioned, every component must be used: a skipped test fails (CHIRON_REQUIRE_COMPONENTS, tests/conftest.py).
+test: provision tool-wheels lint typecheck
+	CHIRON_REQUIRE_COMPONENTS=1 CHIRON_TOOL_WHEELS=$(CURDIR)/$(TOOL_WHEELS) $(BIN)/pytest -m 'not network' \
 	  --cov=chiron --cov-branch --cov-report=term --cov-fail-under=$(COV_MIN) $(PYTEST_ARGS)
 
 bench: tool-wheels
