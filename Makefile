@@ -11,6 +11,10 @@ SPEC := bundle/appliance.toml
 OUT := dist/chiron.pex
 COV_MIN ?= 85
 
+# Coverage is gated on the full run only: a subset chosen with PYTEST_ARGS (`make test PYTEST_ARGS='-k foo'`)
+# always covers less, so it is measured and shown but not gated.
+COV_GATE = $(if $(strip $(PYTEST_ARGS)),,--cov-fail-under=$(COV_MIN))
+
 .PHONY: appliance test provision venv tool-wheels keys lint typecheck lock bench clean
 
 venv: $(VENV)/.installed
@@ -61,9 +65,11 @@ provision:
 	$(PYTHON) tests/provision.py
 
 # Provisioned, every component must be used: a skipped test fails (CHIRON_REQUIRE_COMPONENTS, tests/conftest.py).
+# -v prints each test as it starts and ends; the 20 slowest are listed at the end.
 test: provision tool-wheels lint typecheck
-	CHIRON_REQUIRE_COMPONENTS=1 CHIRON_TOOL_WHEELS=$(CURDIR)/$(TOOL_WHEELS) $(BIN)/pytest -m 'not network' \
-	  --cov=chiron --cov-branch --cov-report=term --cov-fail-under=$(COV_MIN) $(PYTEST_ARGS)
+	CHIRON_REQUIRE_COMPONENTS=1 CHIRON_TOOL_WHEELS=$(CURDIR)/$(TOOL_WHEELS) PYTHONUNBUFFERED=1 \
+	  $(BIN)/pytest -v -rfEs --durations=20 -m 'not network' \
+	  --cov=chiron --cov-branch --cov-report=term $(COV_GATE) $(PYTEST_ARGS)
 
 bench: tool-wheels
 	$(BIN)/python benchmarks/run.py
