@@ -4,7 +4,7 @@
 As root with apt-get, it installs the missing Debian packages below (an apt-get update first, only if
 something is missing) and starts a Docker Engine without a bridge network if none answers. Otherwise it
 exits 1 with one message naming each missing piece and how to get it. With everything present it only
-looks (a few file checks and one `docker info`) and exits 0, after which `make test` runs pytest with
+looks (a few file checks and one `docker version`) and exits 0, after which `make test` runs pytest with
 CHIRON_REQUIRE_COMPONENTS=1: a test that skips for want of a component then fails (tests/conftest.py).
 
 Standard library only: it runs on the system Python, before .venv exists.
@@ -39,6 +39,9 @@ def _static_busybox() -> bool:
     return subprocess.run(["ldd", busybox], capture_output=True).returncode != 0
 
 
+STATIC_BUSYBOX = (_static_busybox, "a statically linked busybox")
+
+
 @dataclass(frozen=True)
 class Package:
     """A Debian package the tests use: what shows it is installed, and which tests need it."""
@@ -46,11 +49,20 @@ class Package:
     name: str
     provides: tuple[str, ...]  # commands (looked up on PATH, then sbin) or absolute paths
     used_by: str
-    check: Callable[[], bool] | None = None  # an extra test when a file's presence is not enough
+    check: tuple[Callable[[], bool], str] | None = None  # an extra test when a file's presence is not enough
+
+    def absent(self) -> list[str]:
+        """What of the package is not found: commands, files, or what the extra check wants."""
+        gone = [p for p in self.provides if not (Path(p).exists() if p.startswith("/") else _which(p))]
+        if not gone and self.check is not None and not self.check[0]():
+            gone.append(self.check[1])
+        return gone
 
     def present(self) -> bool:
-        found = all(Path(p).exists() if p.startswith("/") else _which(p) is not None for p in self.provides)
-        return found and (self.check is None or self.check())
+        return not self.absent()
+
+    def problem(self) -> str:
+        return f"{self.name} (Debian package), for {self.used_by}: {', '.join(self.absent())} not found"
 
 
 # Everything the tests need from the system, one package per line.
@@ -63,7 +75,7 @@ PACKAGES = (
     Package("docker.io", ("dockerd",), "the image tests (the Docker Engine)"),
     Package("docker-registry", ("docker-registry",), "the image tests (a registry on 127.0.0.1)"),
     Package("skopeo", ("skopeo",), "the image tests (copying images)"),
-    Package("busybox-static", ("busybox",), "the image tests (the test images' root filesystem)", _static_busybox),
+    Package("busybox-static", ("busybox",), "the image tests (the test images' root filesystem)", STATIC_BUSYBOX),
 )
 
 
@@ -72,32 +84,32 @@ def _which(command: str) -> str | None:
 
 
 def _engine_problem() -> str | None:
-    """None when a Docker Engine answers, else what `docker info` said."""
+    """None when a Docker Engine answers, else what `docker version` said (it exits 1 without a server)."""
     docker = _which("docker")
     if docker is None:
         return "no docker command"
-    proc = subprocess.run(
-        [docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
-    if proc.returncode == 0 and proc.stdout.strip():
+    proc = subprocess.run([docker, "version"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode == 0:
         return None
-    lines = (proc.stderr or proc.stdout).strip().splitlines()
-    return lines[-1] if lines else f"docker info exited {proc.returncode}"
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"docker version exited {proc.returncode}"
 
 
 def _apt_install(names: list[str]) -> str | None:
     """Install the packages with apt-get; None on success, else the end of apt-get's output."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     wait_lock = ("-o", "DPkg::Lock::Timeout=300")  # a fresh machine may be running its own apt jobs
+    failures: list[str] = []
+    # An update that fails (one unreachable extra source) need not stop the install: only the install's result counts.
     for args in (
         ["apt-get", *wait_lock, "update", "-qq"],
         ["apt-get", *wait_lock, "install", "-y", "-qq", "--no-install-recommends", *names],
     ):
         proc = subprocess.run(args, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
-            return f"`{' '.join(args)}` exited {proc.returncode}:\n    " + "\n    ".join(tail)
-    return None
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-10:]
+            failures.append(f"`{' '.join(args)}` exited {proc.returncode}:\n    " + "\n    ".join(tail))
+    return "\n  ".join(failures) if proc.returncode != 0 else None
 
 
 def _start_engine() -> str | None:
@@ -107,6 +119,7 @@ def _start_engine() -> str | None:
         return "no dockerd command"
     print(f"provision: no Docker Engine answers; starting {' '.join(DOCKERD)} (log: {DOCKERD_LOG})", flush=True)
     with open(DOCKERD_LOG, "ab") as log:
+        start = log.tell()  # earlier runs' lines stay above
         proc = subprocess.Popen(
             [dockerd, *DOCKERD[1:]], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
@@ -114,9 +127,13 @@ def _start_engine() -> str | None:
     while (problem := _engine_problem()) is not None:
         if proc.poll() is not None or time.monotonic() > deadline:
             state = (
-                f"exited {proc.returncode}" if proc.returncode is not None else f"gave no answer in {DOCKERD_WAIT_S} s"
+                f"exited {proc.returncode}"
+                if proc.returncode is not None
+                else f"gave no answer in {DOCKERD_WAIT_S} s (pid {proc.pid} left running)"
             )
-            tail = DOCKERD_LOG.read_text(errors="replace").strip().splitlines()[-5:]
+            with open(DOCKERD_LOG, "rb") as log:
+                log.seek(start)
+                tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
             return f"dockerd {state} ({problem}); end of {DOCKERD_LOG}:\n    " + "\n    ".join(tail)
         time.sleep(1)
     return None
@@ -131,15 +148,20 @@ def main() -> int:
         print(f"provision: installing {' '.join(names)} with apt-get (a minute or two)", flush=True)
         failure = _apt_install(names)
         missing = [p for p in missing if not p.present()]
-        if failure and missing:
-            problems.append(f"apt-get failed: {failure}")
-    problems += [f"{p.name} (Debian package): {p.used_by}" for p in missing]
+        if missing:
+            problems.append(
+                f"apt-get failed: {failure}"
+                if failure
+                else "apt-get installed them, but these are still not found (PATH?):"
+            )
+    problems += [p.problem() for p in missing]
 
     engine = _engine_problem()
-    if engine is not None and can_install and _which("dockerd") is not None:
+    # Only the local default engine is ours to start: DOCKER_HOST names one that someone else runs.
+    if engine is not None and can_install and not os.environ.get("DOCKER_HOST") and _which("dockerd"):
         engine = _start_engine()
     if engine is not None:
-        problems.append(f"a Docker Engine that answers `docker info` ({engine}): the image tests")
+        problems.append(f"a Docker Engine that answers, for the image tests: {engine}")
 
     if not problems:
         print(f"provision: the {len(PACKAGES)} packages the tests use are installed and a Docker Engine answers")
