@@ -2,10 +2,11 @@
 """Bring up what the tests need, or say what is missing: `make test` runs this before anything else.
 
 As root with apt-get, it installs the missing Debian packages below (an apt-get update first, only if
-something is missing) and starts a Docker Engine without a bridge network if none answers. Otherwise it
-exits 1 with one message naming each missing piece and how to get it. With everything present it only
-looks (a few file checks and one `docker version`) and exits 0, after which `make test` runs pytest with
-CHIRON_REQUIRE_COMPONENTS=1: a test that skips for want of a component then fails (tests/conftest.py).
+something is missing) and starts a Docker Engine without a bridge network if none answers. What it cannot
+bring up (not root, no apt-get) makes it exit 1 with one message naming each missing piece and how to get
+it. With everything present it only looks (a few file checks and one `docker version`) and exits 0, after
+which `make test` runs pytest with CHIRON_REQUIRE_COMPONENTS=1: a test that skips for want of a component
+then fails (tests/conftest.py).
 
 Standard library only: it runs on the system Python, before .venv exists.
 """
