@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -12,11 +12,9 @@ from chiron.cli.app import (
     app,
     emit,
     keys_app,
+    say,
 )
 from chiron.errors import ExitCode
-
-if TYPE_CHECKING:
-    pass
 
 
 def _role_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
@@ -44,8 +42,8 @@ def _print_status(path: Path, status: Any, as_json: bool) -> None:
             }
         )
         return
-    typer.echo(f"{path}: root v{status.version}: {status.describe()}")
-    typer.echo("complete: ready to publish" if status.complete else "NOT complete: more signatures are needed")
+    say(f"{path}: root v{status.version}: {status.describe()}")
+    say("complete: ready to publish" if status.complete else "NOT complete: more signatures are needed")
 
 
 @app.command()
@@ -60,7 +58,8 @@ def sign(
     from chiron.trust.ceremony import sign_file
 
     status = sign_file(file, key, keyid, secret_env)
-    assert status is not None
+    if status is None:  # sign_file refuses anything but root metadata, so this is a bug
+        raise RuntimeError(f"{file}: signed, but no signature status for a root file")
     _print_status(file, status, as_json)
 
 
@@ -108,7 +107,7 @@ def keys_new_root(
         raise UsageError(f"--key: no key given for role(s) {', '.join(empty)}")
     thresholds = {role: int(value) for role, value in _role_pairs(threshold, "--threshold")}
     out = new_root(directory, role_keys, thresholds, timedelta(seconds=parse_duration(expires)), datetime.now(UTC))
-    typer.echo(f"wrote unsigned {out}; sign it with: chiron sign {out} --key URI (each root key holder)")
+    say(f"wrote unsigned {out}; sign it with: chiron sign {out} --key URI (each root key holder)")
 
 
 @keys_app.command("rotate")
@@ -128,7 +127,7 @@ def keys_rotate(
 
     keys = [key_from_file(p) for p in add]
     out = rotate(root_dir, role, keys, revoke, threshold, timedelta(seconds=parse_duration(expires)), datetime.now(UTC))
-    typer.echo(
+    say(
         f"wrote unsigned {out}: it needs the root threshold of the previous AND of this root; "
         f"sign with: chiron sign {out} --key URI"
     )
@@ -164,9 +163,9 @@ def keys_init(
             }
         )
         return
-    typer.echo(f"wrote development keys to {made.directory} (private keys: mode 0600, never packed)")
+    say(f"wrote development keys to {made.directory} (private keys: mode 0600, never packed)")
     for role, keyid in made.keyids.items():
-        typer.echo(f"  {role:<10} {keyid}")
-    typer.echo(f"root metadata: {made.root_path}")
-    typer.echo(f"root fingerprint: {made.fingerprint}")
-    typer.echo("These keys are for development only: use HSM/KMS keys and a signing ceremony in production.")
+        say(f"  {role:<10} {keyid}")
+    say(f"root metadata: {made.root_path}")
+    say(f"root fingerprint: {made.fingerprint}")
+    say("These keys are for development only: use HSM/KMS keys and a signing ceremony in production.")

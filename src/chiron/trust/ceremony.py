@@ -136,7 +136,8 @@ def key_from_file(path: Path) -> SSlibKey:
         return SSlibKey.from_dict(obj.get("keyid", ""), {k: v for k, v in obj.items() if k != "keyid"})
     if b"PRIVATE KEY" in data:
         public = public_key_of(f"file2:{path}")
-        assert public is not None
+        if public is None:  # public_key_of answers every file2: URI or raises: a bug if not
+            raise SigningKeyError(f"{path}: no public key could be derived from this private key")
         return public
     try:
         return SSlibKey.from_crypto(load_pem_public_key(data))

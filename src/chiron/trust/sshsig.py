@@ -30,7 +30,8 @@ def _ssh_public_blob(key: Key) -> tuple[str, bytes]:
         from cryptography.hazmat.primitives.asymmetric import ec
 
         pk = serialization.load_pem_public_key(key.keyval["public"].encode())
-        assert isinstance(pk, ec.EllipticCurvePublicKey)
+        if not isinstance(pk, ec.EllipticCurvePublicKey):  # the key's keyval contradicts its keytype
+            raise SigningKeyError(f"key {key.keyid[:16]}...: its public key is not an ECDSA key")
         point = pk.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         name = b"ecdsa-sha2-nistp256"
         return name.decode(), _ssh_string(name) + _ssh_string(b"nistp256") + _ssh_string(point)

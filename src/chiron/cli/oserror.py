@@ -1,0 +1,64 @@
+"""An OSError that no check of chiron's turned into a ChironError, told as one: the file(s) it names,
+what chiron was doing, and what to do about it.
+
+A file the user named on the command line that does not exist (or whose directory does not) is bad
+usage (exit 2), like every other missing input. Everything else is the host's: a full disk, a
+permission, a file that vanished while chiron ran (exit 3).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from chiron.core.progress import failed_step
+from chiron.errors import ChironError, EnvironmentProblem, UsageError
+
+_HINTS = {
+    errno.ENOSPC: "free space on that filesystem, then run again",
+    errno.EDQUOT: "the disk quota is used up: free space or raise the quota, then run again",
+    errno.EACCES: "check the owner and mode of that path, or run as the user who owns it",
+    errno.EPERM: "check the owner and mode of that path, or run as the user who owns it",
+    errno.EROFS: "the filesystem is mounted read-only: use a writable location",
+    errno.EIO: "the disk or medium reported an I/O error: check it (dmesg); copy the files to a healthy disk",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run again",
+    errno.ENFILE: "the system's open-file table is full: try again later",
+    errno.ENOENT: "it vanished while chiron ran, or its directory does not exist",
+}
+
+
+def _text(name: object) -> str:
+    return os.fsdecode(name) if isinstance(name, str | bytes | os.PathLike) else str(name)
+
+
+def _named_by_user(missing: str, args: list[str]) -> str | None:
+    """A one-line message if ``missing`` is (the directory of) a path given on the command line."""
+    target = os.path.abspath(missing)
+    values = [a.partition("=")[2] if a.startswith("-") else a for a in args]
+    values = [v for v in values if v and not v.startswith("-")]
+    parent = os.path.dirname(target)
+    for value in values:
+        if os.path.abspath(value) == target and os.path.isdir(parent):
+            return f"{value}: no such file or directory"
+        if os.path.dirname(os.path.abspath(value)) == parent and not os.path.isdir(parent):
+            # An output (or its temporary file beside it) in a directory that does not exist.
+            return f"{value}: its directory {os.path.dirname(value) or '.'} does not exist"
+    return None
+
+
+def describe_os_error(exc: OSError, args: list[str], command: list[str]) -> ChironError:
+    """The ChironError to report for ``exc``, raised while running ``chiron COMMAND ARGS``."""
+    files = [_text(f) for f in (exc.filename, exc.filename2) if f not in (None, "")]
+    if isinstance(exc, FileNotFoundError) and files:
+        usage = _named_by_user(files[0], args)
+        if usage is not None:
+            return UsageError(usage)
+    what = exc.strerror or str(exc) or type(exc).__name__
+    doing = failed_step(exc)
+    run = " ".join(["chiron", *command])
+    where = f"while {doing} in '{run}'" if doing else f"in '{run}'"
+    if files:
+        message = f"{' -> '.join(files)}: {what}, {where}"
+    else:
+        message = f"{what}, {where} (the system did not name the file)"
+    return EnvironmentProblem(message, hint=_HINTS.get(exc.errno or 0))
