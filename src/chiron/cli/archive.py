@@ -239,3 +239,33 @@ def make_delta(
         )
     else:
         say(f"wrote {made.path}: {made.size} bytes ({made.carried} carried, {made.reused} from the base)")
+
+
+@app.command()
+def extract(
+    archive: Annotated[Path | None, typer.Argument(help="The appliance; default: the one running.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new or empty directory for the files.")] = Path(
+        "extracted"
+    ),
+    root: Annotated[Path | None, typer.Option("--root", help="Trusted root to verify the appliance first.")] = None,
+    root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of a trusted root.")] = None,
+    unverified: Annotated[
+        bool,
+        typer.Option("--unverified", help="Do not verify (an appliance whose metadata expired); the output says so."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the spec, lock (pylock.toml, requirements-*.txt) and SBOM an appliance carries, after verifying it."""
+    from chiron.engines.extract import extract as run_extract
+
+    target = archive_arg(archive, "extract")
+    result = run_extract(target, output, root_file=root, root_sha256=root_sha256, verify=not unverified)
+    if as_json:
+        emit(result.as_dict())
+        return
+    for notice in result.notices:
+        log("notice", notice)
+    how = f"verified (anchor: {result.trust_anchor})" if result.verified else "NOT verified"
+    say(f"extracted {len(result.files)} files of {target} into {result.directory}, {how}:")
+    for name in result.files:
+        say(f"  {result.directory / name}")

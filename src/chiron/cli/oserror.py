@@ -34,7 +34,9 @@ def _text(name: object) -> str:
 def _named_by_user(missing: str, args: list[str]) -> str | None:
     """A one-line message if ``missing`` is (the directory of) a path given on the command line."""
     target = os.path.abspath(missing)
-    values = [a.partition("=")[2] if a.startswith("-") else a for a in args]
+    values: list[str] = []
+    for arg in args:  # PATH, --opt=PATH, ROLE=PATH (keys new-root --key), file2:PATH (a key URI)
+        values += [arg, *(arg.split("=")[1:]), arg.partition(":")[2]]
     values = [v for v in values if v and not v.startswith("-")]
     parent = os.path.dirname(target)
     for value in values:
