@@ -4,8 +4,6 @@ Heavy modules (tuf, pydantic models, rich, OpenTelemetry) are imported inside th
 ``--help`` stays fast.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import sys
@@ -17,6 +15,7 @@ import typer
 
 from chiron import __version__
 from chiron.cli.argv import place_options
+from chiron.cli.coercion import use_plain_coercion
 from chiron.cli.oserror import describe_os_error
 from chiron.core.runtime import self_archive
 from chiron.core.text import printable
@@ -144,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     state.update(verbose=False, json=False, log_format="human", global_args=[], command=[])
     try:
         root = typer.main.get_command(app)
+        use_plain_coercion(root)  # no pydantic for str and Path values (start-up time)
         # Global options are accepted anywhere (a systemd unit puts them last); --json is known
         # before parsing, so that errors from global options and every command honour it.
         placed = place_options(root, args)

@@ -1,7 +1,5 @@
 """Commands on appliance files: verify, inspect, build, rebuild, diff, lock, delta."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 

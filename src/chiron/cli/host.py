@@ -1,7 +1,5 @@
 """Commands on an air-gapped host: install, upgrade, recover, rollback, status, doctor, audit, inventory."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

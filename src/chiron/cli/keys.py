@@ -1,7 +1,5 @@
 """Commands for signing keys: sign, keys status / new-root / rotate / init."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -1,7 +1,5 @@
 """Commands for the mirror store: mirror refresh / restore / status / prune."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
