@@ -128,6 +128,27 @@ def test_telemetry_off_imports_nothing_and_warns_nothing(appliance: Path) -> Non
     assert "Warning" not in proc.stderr
 
 
+def test_verify_imports_only_the_layers_it_uses(appliance: Path) -> None:
+    """Start-up follows the layers: verify needs the archive, trust and verify modules, not pydantic
+    (typer's coercion of str/Path values included: chiron.cli.coercion), rich, docker, OpenTelemetry,
+    the sources, nor the host, mirror or build engines."""
+    code = (
+        "import sys\n"
+        "from chiron.cli import main\n"
+        "try:\n main(['verify', sys.argv[1], '--log-format', 'json'])\nexcept SystemExit as e:\n"
+        " assert e.code == 0, e.code\n"
+        " heavy = {'pydantic', 'rich', 'docker', 'opentelemetry', 'cyclonedx'}\n"
+        " print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(('chiron.sources',"
+        " 'chiron.engines.host', 'chiron.engines.mirror', 'chiron.engines.build', 'chiron.core.models'))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "CHIRON_TRACE_FILE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(appliance)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
 def test_trace_file_gets_verify_span(appliance: Path, tmp_path: Path) -> None:
     trace = tmp_path / "trace.jsonl"
     with warnings.catch_warnings():
