@@ -325,3 +325,32 @@ def test_os_errors_name_the_file_and_the_step() -> None:
         FileNotFoundError(errno.ENOENT, "No such file or directory", "/opt/c/state/x"), ["status"], ["status"]
     )
     assert err.exit_code == 3 and err.message.startswith("/opt/c/state/x: No such file or directory")
+
+
+def test_upgrade_hand_over_passes_the_global_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """./new.pex upgrade ... --log-format json hands over to PREFIX/bin/chiron with the global options
+    before the command's name, where every chiron version accepts them."""
+    from chiron.engines.host import handover
+
+    prefix = tmp_path / "p"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "chiron").write_text("#!/bin/sh\n")
+    new = tmp_path / "new.pex"
+    new.write_bytes(b"x")
+    calls: list[list[str]] = []
+
+    def execve(path: object, argv: list[str], env: dict[str, str]) -> None:
+        calls.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(handover, "self_archive", lambda: new)
+    monkeypatch.setattr(handover.os, "execve", execve)
+    monkeypatch.delenv("CHIRON_HANDED_OVER", raising=False)
+    trace = tmp_path / "t.jsonl"
+    assert run(["upgrade", str(new), "--prefix", str(prefix), "--log-format", "json", f"--trace-file={trace}"]) == 0
+    (argv,) = calls
+    assert argv[:4] == [str(prefix / "bin" / "chiron"), "--log-format", "json", f"--trace-file={trace}"]
+    assert argv[4:6] == ["upgrade", str(new)]
+    assert json.loads(capsys.readouterr().err.splitlines()[0])["message"].startswith("handing over")
