@@ -271,7 +271,7 @@ def bench_startup(work: Path, keys: Path) -> None:
     # "The venv" is the one pex made for the tool under PEX_ROOT: chiron and its runtime dependencies
     # only. The development .venv also holds the test dependencies, and securesystemslib imports
     # every signer backend it finds there (boto3 alone costs ~0.2 s): measured apart.
-    (venv_chiron,) = (work / "pex-root-s" / "venvs").glob("*/*/bin/chiron")
+    (venv_chiron,) = (work / "pex-root-s" / "venvs").glob("**/bin/chiron")
     r = side_by_side(
         {
             "venv_help": ([str(venv_chiron), "--help"], None),
