@@ -56,12 +56,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors. Global options go anywhere.")
+    ] = False,
     log_format: Annotated[
         str, typer.Option("--log-format", help="Messages on stderr: human (default) or json (one object per line).")
     ] = "human",
     trace_file: Annotated[
-        Path | None, typer.Option(help="Write OpenTelemetry spans and metrics as JSON lines to this file.")
+        Path | None, typer.Option(help="Append OpenTelemetry spans and metrics as JSON lines to this file.")
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
