@@ -374,7 +374,7 @@ def bench_refresh(work: Path, keys: Path) -> None:
         record("refresh", "spec gains a 2-layer image (whole image fetched)", f"{img_t:.2f} s")
         same_img_t, _same = _refresh(store)
         record("refresh", "no-change refresh with the image", f"{same_img_t:.2f} s")
-        step = "skopeo (_images.fetch: inspect, copy to the store's oci/)"
+        step = "skopeo (sources.images.fetch: inspect, copy to the store's oci/)"
         record("refresh", f"  profile: {step}", f"{_refresh_profile(store)[step]:.2f} s")
         _push(_oci_image(work / "oci-v2", [base, _layer(3)]), ref)  # same tag, second layer changed
         before = _blobs(store)
@@ -421,16 +421,19 @@ def _refresh_profile(store: Path) -> dict[str, float]:
     total = time.perf_counter() - start
     stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
 
-    def cum(module: str, func: str) -> float:
-        return float(sum(v[3] for (f, _line, fn), v in stats.items() if f.endswith(f"chiron/{module}") and fn == func))
+    def cum(where: str, func: str) -> float:
+        """Cumulative seconds of ``func`` in a chiron module or package (a path under src/chiron)."""
+        return float(sum(v[3] for (f, _line, fn), v in stats.items() if f"/chiron/{where}" in f and fn == func))
 
     steps = {
-        "pip resolution (_lock.resolve, a pip subprocess)": cum("_lock.py", "resolve"),
-        "tool zip lookup: hash tool wheels, re-hash cached zip": cum("build.py", "tool_zip_for"),
-        "hash the tool zip again for the content key": cum("mirror.py", "_sha256_file"),
-        "skopeo (_images.fetch: inspect, copy to the store's oci/)": cum("_images.py", "fetch"),
+        "pip resolution (sources.lock.resolve, a pip subprocess)": cum("sources/lock/", "resolve"),
+        "tool zip lookup: hash tool wheels, re-hash cached zip": cum("engines/build.py", "tool_zip_for"),
+        "sha256 of whole files (core.fs.sha256_file: the tool zip, [[files]])": cum("core/fs.py", "sha256_file"),
+        "skopeo (sources.images.fetch: inspect, copy to the store's oci/)": cum("sources/images.py", "fetch"),
     }
-    refresh = cum("mirror.py", "refresh")
+    refresh = cum("engines/mirror/", "refresh")
+    if not refresh:
+        raise SystemExit("refresh profile: no chiron.engines.mirror refresh() in the profile (moved? update run.py)")
     return {
         "whole command under cProfile": total,
         "interpreter start, imports, CLI (outside refresh())": total - refresh,
