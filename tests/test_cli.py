@@ -308,18 +308,27 @@ def test_os_errors_name_the_file_and_the_step() -> None:
     from chiron.cli.oserror import describe_os_error
     from chiron.core import progress
 
-    with pytest.raises(OSError) as raised, progress.bar(10, "packing wheels", enabled=False):
+    with (
+        pytest.raises(OSError) as raised,
+        progress.step("writing dist/app.pex"),
+        progress.bar(10, "packing wheels", enabled=False),
+    ):
         raise OSError(errno.ENOSPC, "No space left on device")
-    err = describe_os_error(raised.value, ["build", "s.toml"], ["build"])
+    err = describe_os_error(raised.value, ["-v", "build", "s.toml", "-o", "dist/app.pex"], ["build"])
     assert err.exit_code == 3
     assert err.diagnostics() == (
-        "No space left on device, while packing wheels in 'chiron build' (the system did not name the file) "
-        "(free space on that filesystem, then run again)"
+        "No space left on device (the system did not name the file), while writing dist/app.pex: packing wheels, "
+        "running: chiron build s.toml -o dist/app.pex (free space on that filesystem, then run again)"
     )
     err = describe_os_error(
-        PermissionError(errno.EACCES, "Permission denied", "/srv/s/x", None, "/srv/s/y"), [], ["mirror", "prune"]
+        PermissionError(errno.EACCES, "Permission denied", "/srv/s/x", None, "/srv/s/y"),
+        ["mirror", "prune", "--store", "/srv/my store", "--log-format", "json"],
+        ["mirror", "prune"],
     )
-    assert err.exit_code == 3 and err.message == "/srv/s/x -> /srv/s/y: Permission denied, in 'chiron mirror prune'"
+    assert err.exit_code == 3
+    assert (
+        err.message == "/srv/s/x -> /srv/s/y: Permission denied, running: chiron mirror prune --store '/srv/my store'"
+    )
     # A missing file that the user did not name is the environment's, not bad usage.
     err = describe_os_error(
         FileNotFoundError(errno.ENOENT, "No such file or directory", "/opt/c/state/x"), ["status"], ["status"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 
+from chiron.cli.argv import GLOBAL_FLAGS, GLOBAL_VALUED
 from chiron.core.progress import failed_step
 from chiron.errors import ChironError, EnvironmentProblem, UsageError
 
@@ -48,8 +50,23 @@ def _named_by_user(missing: str, args: list[str]) -> str | None:
     return None
 
 
+def command_line(args: list[str], command: list[str]) -> list[str]:
+    """``args`` without the global options, from the command's name on (as far as it can be found)."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in GLOBAL_FLAGS or arg.partition("=")[0] in GLOBAL_VALUED:
+            skip = arg in GLOBAL_VALUED
+        else:
+            out.append(arg)
+    return out[out.index(command[0]) :] if command and command[0] in out else out
+
+
 def describe_os_error(exc: OSError, args: list[str], command: list[str]) -> ChironError:
-    """The ChironError to report for ``exc``, raised while running ``chiron COMMAND ARGS``."""
+    """The ChironError to report for ``exc``, raised while running ``chiron ARGS`` (``command`` is
+    the command's path in ARGS, e.g. ["keys", "init"], without the global options)."""
     files = [_text(f) for f in (exc.filename, exc.filename2) if f not in (None, "")]
     if isinstance(exc, FileNotFoundError) and files:
         usage = _named_by_user(files[0], args)
@@ -57,10 +74,13 @@ def describe_os_error(exc: OSError, args: list[str], command: list[str]) -> Chir
             return UsageError(usage)
     what = exc.strerror or str(exc) or type(exc).__name__
     doing = failed_step(exc)
-    run = " ".join(["chiron", *command])
-    where = f"while {doing} in '{run}'" if doing else f"in '{run}'"
+    # The command line names what the command works on (the output, the directory, the store),
+    # which is all there is to go on when the system names no file.
+    run = shlex.join(["chiron", *command_line(args, command)])
+    run = run if len(run) <= 200 else run[:197] + "..."
+    context = f"while {doing}, running: {run}" if doing else f"running: {run}"
     if files:
-        message = f"{' -> '.join(files)}: {what}, {where}"
+        message = f"{' -> '.join(files)}: {what}, {context}"
     else:
-        message = f"{what}, {where} (the system did not name the file)"
+        message = f"{what} (the system did not name the file), {context}"
     return EnvironmentProblem(message, hint=_HINTS.get(exc.errno or 0))

@@ -11,28 +11,28 @@ from types import TracebackType
 from typing import Any, Protocol
 
 _steps: list[str] = []
-_failed: tuple[BaseException, str] | None = None
+_failed: tuple[BaseException, list[str]] | None = None
 
 
 @contextlib.contextmanager
 def step(what: str) -> Iterator[None]:
-    """Mark a block as ``what`` chiron is doing (e.g. "packing wheels"); an exception leaving it
-    remembers the innermost step it left (``failed_step``)."""
+    """Mark a block as ``what`` chiron is doing (e.g. "writing dist/chiron.pex", and inside it
+    "packing wheels"); an exception leaving it remembers the steps it was raised in (``failed_step``)."""
     global _failed
     _steps.append(what)
     try:
         yield
     except BaseException as exc:
         if _failed is None or _failed[0] is not exc:
-            _failed = (exc, what)
+            _failed = (exc, list(_steps))  # the innermost step is left first: the whole stack is here
         raise
     finally:
         _steps.pop()
 
 
 def failed_step(exc: BaseException) -> str | None:
-    """The innermost step ``exc`` was raised in, if it was raised inside one."""
-    return _failed[1] if _failed is not None and _failed[0] is exc else None
+    """The steps ``exc`` was raised in, outermost first ("writing X: packing wheels"), if any."""
+    return ": ".join(_failed[1]) if _failed is not None and _failed[0] is exc else None
 
 
 class Bar(Protocol):
