@@ -363,3 +363,31 @@ def test_upgrade_hand_over_passes_the_global_options(
     assert argv[:4] == [str(prefix / "bin" / "chiron"), "--log-format", "json", f"--trace-file={trace}"]
     assert argv[4:6] == ["upgrade", str(new)]
     assert json.loads(capsys.readouterr().err.splitlines()[0])["message"].startswith("handing over")
+
+
+def test_named_paths_that_exist_where_they_are_to_be_made_are_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file where the command line names a new directory is bad usage; damage below a named path
+    is the host's."""
+    import errno
+
+    from chiron.cli.oserror import describe_os_error
+
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("x")
+    assert run(["keys", "init", "afile"]) == 2
+    assert capsys.readouterr().err == "chiron: error: afile: already exists, and is not a directory\n"
+    Path("prefix").mkdir()
+    err = describe_os_error(
+        FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "prefix/state/x")),
+        ["status", "--prefix", "prefix"],
+        ["status"],
+    )
+    assert err.exit_code == 3  # below the named path: the host's state
+    err = describe_os_error(
+        FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "nodir/.x.delta.tmp")),
+        ["delta", "a.pex", "b.pex", "-o", "nodir/sub/../x.delta"],
+        ["delta"],
+    )
+    assert (err.exit_code, err.message) == (2, "nodir/sub/../x.delta: its directory nodir does not exist")

@@ -1,9 +1,10 @@
 """An OSError that no check of chiron's turned into a ChironError, told as one: the file(s) it names,
 what chiron was doing, and what to do about it.
 
-A file the user named on the command line that does not exist (or whose directory does not) is bad
-usage (exit 2), like every other missing input. Everything else is the host's: a full disk, a
-permission, a file that vanished while chiron ran (exit 3).
+A path the user named on the command line that does not exist, whose directory does not, or that
+already exists where it is to be created, is bad usage (exit 2), like every other bad input.
+Everything else is the host's: a full disk, a permission, a file that vanished while chiron ran,
+damage below the named path (exit 3).
 """
 
 from __future__ import annotations
@@ -33,20 +34,44 @@ def _text(name: object) -> str:
     return os.fsdecode(name) if isinstance(name, str | bytes | os.PathLike) else str(name)
 
 
-def _named_by_user(missing: str, args: list[str]) -> str | None:
-    """A one-line message if ``missing`` is (the directory of) a path given on the command line."""
-    target = os.path.abspath(missing)
+def _values(args: list[str]) -> list[str]:
+    """Every path the command line may name: PATH, --opt=PATH, ROLE=PATH (keys new-root --key) and
+    file2:PATH (a key URI)."""
     values: list[str] = []
-    for arg in args:  # PATH, --opt=PATH, ROLE=PATH (keys new-root --key), file2:PATH (a key URI)
+    for arg in args:
         values += [arg, *(arg.split("=")[1:]), arg.partition(":")[2]]
-    values = [v for v in values if v and not v.startswith("-")]
-    parent = os.path.dirname(target)
-    for value in values:
-        if os.path.abspath(value) == target and os.path.isdir(parent):
+    return [v for v in values if v and not v.startswith("-")]
+
+
+def _missing_ancestor(path: str) -> str | None:
+    """The first directory above ``path`` (absolute) that does not exist, if any."""
+    parent = os.path.dirname(path)
+    if parent == path:
+        return None
+    return _missing_ancestor(parent) or (None if os.path.lexists(parent) else parent)
+
+
+def _named_by_user(exc: OSError, failed: str, args: list[str]) -> str | None:
+    """A one-line usage message if ``exc`` on ``failed`` is the fault of a path given on the command
+    line: it does not exist, its directory does not, or it already exists where it is to be
+    created. None when the fault lies below what the user named (the host's state, a file that
+    vanished), and for a file where a directory must be (tests/test_cli.py holds that to exit 3)."""
+    target = os.path.abspath(failed)
+    for value in _values(args):
+        named = os.path.abspath(value)
+        if isinstance(exc, FileExistsError):
+            if named == target:
+                return f"{value}: already exists" + ("" if os.path.isdir(named) else ", and is not a directory")
+            continue
+        # The failing path is the named one or a temporary file beside it.
+        if target != named and os.path.dirname(target) != os.path.dirname(named):
+            continue
+        missing = _missing_ancestor(named)
+        if missing is not None:
+            missing = missing if os.path.isabs(value) else os.path.relpath(missing)  # as the user wrote it
+            return f"{value}: its directory {missing} does not exist"
+        if target == named:
             return f"{value}: no such file or directory"
-        if os.path.dirname(os.path.abspath(value)) == parent and not os.path.isdir(parent):
-            # An output (or its temporary file beside it) in a directory that does not exist.
-            return f"{value}: its directory {os.path.dirname(value) or '.'} does not exist"
     return None
 
 
@@ -68,8 +93,8 @@ def describe_os_error(exc: OSError, args: list[str], command: list[str]) -> Chir
     """The ChironError to report for ``exc``, raised while running ``chiron ARGS`` (``command`` is
     the command's path in ARGS, e.g. ["keys", "init"], without the global options)."""
     files = [_text(f) for f in (exc.filename, exc.filename2) if f not in (None, "")]
-    if isinstance(exc, FileNotFoundError) and files:
-        usage = _named_by_user(files[0], args)
+    if isinstance(exc, FileNotFoundError | FileExistsError) and files:
+        usage = _named_by_user(exc, files[0], args)
         if usage is not None:
             return UsageError(usage)
     what = exc.strerror or str(exc) or type(exc).__name__
