@@ -388,6 +388,8 @@ def out_error(
             (4, _install(capsys, appliance, installed, keys)),
             (4, run(capsys, ["rollback", "--prefix", str(installed), "--json"])),
             (3, run(capsys, ["lock", str(spec), "-o", str(tmp_path / "pylock.toml"), "--json"])),
+            # An OSError on a file the user named (here after the command: global options go anywhere).
+            (2, run(capsys, ["verify", str(appliance), "--json", "--trace-file", str(tmp_path / "no" / "t.jsonl")])),
         ]
     finally:
         lying.close()
@@ -426,6 +428,19 @@ def out_root_status(capsys: pytest.CaptureFixture[str], keys: Path, other_keys: 
     signed = run(capsys, ["sign", str(v2), "--key", f"file2:{keys / 'root.pem'}", "--json"])
     assert signed[1] == 0 and signed[2]["complete"] and signed[2]["version"] == 2
     return [v1, unsigned, signed]
+
+
+@pytest.fixture()
+def out_extract(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> list[Output]:
+    root = keys / "1.root.json"
+    checked = run(capsys, ["extract", str(appliance), "-o", str(tmp_path / "v"), "--root", str(root), "--json"])
+    unchecked = run(capsys, ["extract", str(appliance), "-o", str(tmp_path / "u"), "--unverified", "--json"])
+    assert (checked[1], checked[2]["verified"], unchecked[1], unchecked[2]["verified"]) == (0, True, 0, False)
+    assert checked[2]["files"] == unchecked[2]["files"]
+    assert (tmp_path / "v" / "spec" / "appliance.toml").read_bytes() == (
+        tmp_path / "u/spec/appliance.toml"
+    ).read_bytes()
+    return [checked, unchecked]
 
 
 def test_keys_init_error_is_json(capsys: pytest.CaptureFixture[str], keys: Path) -> None:

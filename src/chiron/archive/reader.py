@@ -300,7 +300,7 @@ def find_zip(fd: int, size: int) -> tuple[int, int, int, int]:
                 break
         pos = tail.rfind(_EOCD_SIG, 0, pos)
     if pos < 0:
-        raise FormatError("no zip end-of-central-directory record at the end of the file (truncated?)")
+        raise FormatError("no zip end record at the end of the file: the copy is truncated, or bytes were appended")
     _sig, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _comment = _EOCD.unpack_from(tail, pos)
     if disk or cd_disk or n_disk != n_total or 0xFFFFFFFF in (cd_size, cd_offset) or n_total == 0xFFFF:
         raise FormatError("the tool zip is multi-disk or zip64; chiron never writes either")

@@ -1,9 +1,7 @@
 """Commands on an air-gapped host: install, upgrade, recover, rollback, status, doctor, audit, inventory."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -20,12 +18,11 @@ from chiron.cli.app import (
     audit_app,
     emit,
     log,
+    say,
+    state,
 )
 from chiron.core.runtime import self_archive
 from chiron.errors import ExitCode
-
-if TYPE_CHECKING:
-    pass
 
 images_app = typer.Typer(
     help="The container images of the INSTALLED release: load them into the Docker Engine or push them.",
@@ -54,12 +51,12 @@ def _print_host_result(result: Any, as_json: bool) -> None:
     for notice in result.notices:
         log("notice", notice)
     if not result.changed:
-        typer.echo(f"already installed: {result.name} {result.version} is the live release {result.release}")
+        say(f"already installed: {result.name} {result.version} is the live release {result.release}")
         return
     verb = {"install": "installed", "upgrade": "upgraded to", "rollback": "rolled back to"}[result.op]
-    typer.echo(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
+    say(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
     if result.previous:
-        typer.echo(f"previous release kept: {result.previous}")
+        say(f"previous release kept: {result.previous}")
 
 
 @app.command()
@@ -132,6 +129,7 @@ def upgrade(
         lambda m: log("notice", m),
         images,
         registry,
+        state["global_args"],
     )
     opts = _host_opts(
         archive,
@@ -162,7 +160,7 @@ def recover(
     if as_json:
         emit({"schema": "chiron.recover/1", "prefix": str(prefix), "outcome": outcome})
     else:
-        typer.echo(outcome or "nothing to recover")
+        say(outcome or "nothing to recover")
 
 
 @app.command()
@@ -195,29 +193,25 @@ def status(
         emit(info)
         return
     cur = info["current"]
-    typer.echo(f"prefix {info['prefix']} (state {info['state_dir']})")
+    say(f"prefix {info['prefix']} (state {info['state_dir']})")
     if cur:
-        typer.echo(f"current: {cur['name']} {cur['version']} (release {cur['release']}, installed {cur['installed']})")
-    typer.echo(f"previous: {info['previous'] or '-'}")
+        say(f"current: {cur['name']} {cur['version']} (release {cur['release']}, installed {cur['installed']})")
+    say(f"previous: {info['previous'] or '-'}")
     if cur:
-        typer.echo(
-            f"packages: {len(info['packages'])} installed" + ("" if show_packages else " (list them with --packages)")
-        )
+        say(f"packages: {len(info['packages'])} installed" + ("" if show_packages else " (list them with --packages)"))
         for pkg in info["packages"] if show_packages else ():
-            typer.echo(f"  {pkg['name']} {pkg['version']}")
+            say(f"  {pkg['name']} {pkg['version']}")
     for role, m in info["metadata"].items():
-        typer.echo(f"trusted {role:<10} v{m['version']:<12} expires {m['expires']}")
+        say(f"trusted {role:<10} v{m['version']:<12} expires {m['expires']}")
     if info["root_fingerprint"]:
-        typer.echo(
-            f"root fingerprint: {info['root_fingerprint']} (sha256 of the trusted root; --root-sha256 for other hosts)"
-        )
+        say(f"root fingerprint: {info['root_fingerprint']} (sha256 of the trusted root; --root-sha256 for other hosts)")
     if info["pending_transaction"]:
-        typer.echo(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
+        say(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
     for w in info["warnings"]:
-        typer.echo(f"warning: {w}")
-    typer.echo("last operations:")
+        say(f"warning: {w}")
+    say("last operations:")
     for op in info["last_operations"]:
-        typer.echo(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
+        say(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
 
 
 @app.command()
@@ -239,8 +233,8 @@ def doctor(
     else:
         for c in checks:
             mark = "ok  " if c.ok else ("FAIL" if c.severity == "error" else "warn")
-            typer.echo(f"{mark} {c.name:<18} {c.detail}" + (f"\n     fix: {c.fix}" if not c.ok and c.fix else ""))
-        typer.echo("ready" if not failed else f"not ready: {len(failed)} problem(s)")
+            say(f"{mark} {c.name:<18} {c.detail}" + (f"\n     fix: {c.fix}" if not c.ok and c.fix else ""))
+        say("ready" if not failed else f"not ready: {len(failed)} problem(s)")
     raise typer.Exit(ExitCode.OK if not failed else ExitCode.ENVIRONMENT)
 
 
@@ -260,11 +254,11 @@ def audit_verify(
         for n in report.notices:
             log("notice", n)
         if report.ok:
-            typer.echo(f"audit log intact: {report.entries} entries, chain and head agree ({report.path})")
+            say(f"audit log intact: {report.entries} entries, chain and head agree ({report.path})")
         else:
-            typer.echo(f"chiron: audit log TAMPERED or damaged: {report.path}", err=True)
+            say(f"chiron: audit log TAMPERED or damaged: {report.path}", err=True)
             for problem in report.problems:
-                typer.echo(f"  - {problem}", err=True)
+                say(f"  - {problem}", err=True)
     raise typer.Exit(ExitCode.OK if report.ok else ExitCode.VERIFY_FAILED)
 
 
@@ -283,14 +277,14 @@ def inventory(
         emit(info)
     else:
         write_inventory(info, output)
-        typer.echo(f"wrote {output}: {len(info['content'])} pieces from {len(info['releases'])} release(s)")
+        say(f"wrote {output}: {len(info['content'])} pieces from {len(info['releases'])} release(s)")
 
 
 def _print_images(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit(info)
     else:
-        typer.echo(info["message"])
+        say(info["message"])
 
 
 @images_app.command("load")

@@ -1,7 +1,5 @@
 """Commands for signing keys: sign, keys status / new-root / rotate / init."""
 
-from __future__ import annotations
-
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +11,7 @@ from chiron.cli.app import (
     app,
     emit,
     keys_app,
+    say,
 )
 from chiron.errors import ExitCode, UsageError
 
@@ -60,8 +59,8 @@ def _print_status(path: Path, status: Any, as_json: bool) -> None:
             }
         )
         return
-    typer.echo(f"{path}: root v{status.version}: {status.describe()}")
-    typer.echo("complete: ready to publish" if status.complete else "NOT complete: more signatures are needed")
+    say(f"{path}: root v{status.version}: {status.describe()}")
+    say("complete: ready to publish" if status.complete else "NOT complete: more signatures are needed")
 
 
 @app.command()
@@ -115,7 +114,7 @@ def keys_new_root(
     if empty:
         raise UsageError(f"--key: no key given for role(s) {', '.join(empty)}")
     out = new_root(directory, role_keys, thresholds, validity, datetime.now(UTC))
-    typer.echo(f"wrote unsigned {out}; sign it with: chiron sign {out} --key URI (each root key holder)")
+    say(f"wrote unsigned {out}; sign it with: chiron sign {out} --key URI (each root key holder)")
 
 
 @keys_app.command("rotate")
@@ -135,7 +134,7 @@ def keys_rotate(
     validity = _duration("--expires", expires)
     keys = [key_from_file(p, "--add") for p in add]
     out = rotate(root_dir, role, keys, revoke, threshold, validity, datetime.now(UTC))
-    typer.echo(
+    say(
         f"wrote unsigned {out}: it needs the root threshold of the previous AND of this root; "
         f"sign with: chiron sign {out} --key URI"
     )
@@ -166,9 +165,9 @@ def keys_init(
             }
         )
         return
-    typer.echo(f"wrote development keys to {made.directory} (private keys: mode 0600, never packed)")
+    say(f"wrote development keys to {made.directory} (private keys: mode 0600, never packed)")
     for role, keyid in made.keyids.items():
-        typer.echo(f"  {role:<10} {keyid}")
-    typer.echo(f"root metadata: {made.root_path}")
-    typer.echo(f"root fingerprint: {made.fingerprint}")
-    typer.echo("These keys are for development only: use HSM/KMS keys and a signing ceremony in production.")
+        say(f"  {role:<10} {keyid}")
+    say(f"root metadata: {made.root_path}")
+    say(f"root fingerprint: {made.fingerprint}")
+    say("These keys are for development only: use HSM/KMS keys and a signing ceremony in production.")

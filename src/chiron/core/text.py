@@ -4,6 +4,7 @@ strings made safe to print."""
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from typing import Any
 
@@ -16,8 +17,13 @@ MAX_NAME = 1024
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
+_PLAIN_ASCII = re.compile(r"[ -~]*")  # the usual name: checked by one regex (verify checks thousands)
+
+
 def unsafe_char(text: str) -> str | None:
     """The first character of ``text`` that may not appear in a name, or None."""
+    if _PLAIN_ASCII.fullmatch(text):
+        return None
     for c in text:
         if unicodedata.category(c) in _UNSAFE_CATEGORIES:
             return c
@@ -83,3 +89,19 @@ def parse_json(data: bytes | str, what: str) -> Any:
         raise ValueError(f"{what}: JSON nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{what}: not valid JSON: {exc}") from None
+
+
+# What a terminal acts on rather than shows: C0 and C1 controls, DEL (ESC is C0), and the bidirectional
+# controls (LRM/RLM, ALM, embeddings, overrides, isolates).
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as ``\\xNN`` / ``\\uNNNN``
+    (newlines kept): the last guard on every line the CLI prints, whatever produced it."""
+    return _TERMINAL_CONTROLS.sub(_escape, text)
