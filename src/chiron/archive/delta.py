@@ -101,12 +101,12 @@ def base_content(base: Path) -> set[str]:
         return {str(c) for c in inv["content"]}
     try:
         # Every region, including metadata files that are not targets (the root chain rarely changes).
-        return {sha for name, _off, _len, sha in _extents(base) if name != INDEX_EXTENT}
+        return {sha for name, _off, _len, sha in extents(base) if name != INDEX_EXTENT}
     except FormatError as exc:
         raise UsageError(f"{base}: neither an appliance nor an inventory ({exc})") from None
 
 
-def _extents(archive: Path) -> list[tuple[str, int, int, str]]:
+def extents(archive: Path) -> list[tuple[str, int, int, str]]:
     """(name, offset, length, sha256) of every region of the full file, in file order.
 
     Targets take their hash from the targets metadata; the metadata files and the index (not targets
@@ -144,18 +144,18 @@ def make(base: Path, new: Path, out: Path) -> Made:
     if out.resolve() in (base.resolve(), new.resolve()):
         raise UsageError(f"{out}: the delta would overwrite its own input; choose another --output")
     have = base_content(base)
-    regions = _extents(new)
+    regions = extents(new)
     name: str | None = None
     version: str | None = None
     whole = hashlib.sha256()
     with new.open("rb") as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             whole.update(chunk)
-    extents: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
     for rname, _off, length, sha in regions:
         # The shebang and the index are tiny and always carried; metadata changes with every version.
         carried = rname == INDEX_EXTENT or sha not in have
-        extents.append({"name": rname, "length": length, "sha256": sha, "carried": carried})
+        entries.append({"name": rname, "length": length, "sha256": sha, "carried": carried})
     layout = read_layout(new)
     with new.open("rb") as f:
         if (m := layout.member("appliance.json")) is not None:
@@ -167,14 +167,14 @@ def make(base: Path, new: Path, out: Path) -> Made:
         "version": version,
         "size": layout.size,
         "sha256": whole.hexdigest(),
-        "extents": extents,
+        "extents": entries,
     }
     raw = canonical_json(header)
     tmp = out.with_name(f".{out.name}.tmp")
     with new.open("rb") as src, tmp.open("wb") as dst:
         dst.write(HEAD.pack(MAGIC, len(raw)))
         dst.write(raw)
-        for (_n, off, length, _s), e in zip(regions, extents, strict=True):
+        for (_n, off, length, _s), e in zip(regions, entries, strict=True):
             if e["carried"]:
                 src.seek(off)
                 left = length
@@ -185,7 +185,7 @@ def make(base: Path, new: Path, out: Path) -> Made:
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, out)
-    carried_bytes = sum(int(e["length"]) for e in extents if e["carried"])
+    carried_bytes = sum(int(e["length"]) for e in entries if e["carried"])
     return Made(out, out.stat().st_size, carried_bytes, layout.size - carried_bytes)
 
 
@@ -222,12 +222,14 @@ def read(path: Path) -> Delta:
     return Delta(path, header, extents, data_offset)
 
 
-def _pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
-    """sha256 -> every (appliance, offset, length) that claims to hold it (re-checked when copied)."""
+def held_pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
+    """sha256 -> every (appliance, offset, length) that claims to hold it (re-checked when copied).
+
+    The one answer to "what does this host already hold" for deltas and for OCI pulls alike."""
     pieces: dict[str, list[tuple[Path, int, int]]] = {}
     for src in sources:
         try:
-            for name, off, length, sha in _extents(src):
+            for name, off, length, sha in extents(src):
                 if name != INDEX_EXTENT:
                     pieces.setdefault(sha, []).append((src, off, length))
         except (FormatError, VerificationError, UsageError, OSError):
@@ -235,7 +237,7 @@ def _pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
     return pieces
 
 
-def _copy(src: Path, off: int, length: int, dst: Any) -> str:
+def copy_piece(src: Path, off: int, length: int, dst: Any) -> str:
     """Append ``length`` bytes of ``src`` at ``off`` to ``dst``; their sha256."""
     h = hashlib.sha256()
     with src.open("rb") as f:
@@ -258,7 +260,7 @@ def apply(delta_path: Path, sources: list[Path], out: Path) -> Delta:
     hash-checked as it is copied (a kept copy that does not match is skipped for the next one).
     """
     d = read(delta_path)
-    pieces = _pieces(sources)
+    pieces = held_pieces(sources)
     missing = [
         e for e in d.extents if not e.carried and not any(n == e.length for _s, _o, n in pieces.get(e.sha256, []))
     ]
@@ -295,7 +297,7 @@ def apply(delta_path: Path, sources: list[Path], out: Path) -> Delta:
                 else:
                     candidates = [c for c in pieces[e.sha256] if c[2] == e.length]
                 for src, off, _n in candidates:
-                    if _copy(src, off, e.length, dst) == e.sha256:
+                    if copy_piece(src, off, e.length, dst) == e.sha256:
                         break
                     dst.seek(start)
                     dst.truncate()
@@ -320,7 +322,7 @@ def inventory(name: str, releases: list[dict[str, Any]], archives: list[Path]) -
     content: set[str] = set()
     for a in archives:
         try:
-            content |= {sha for n, _o, _l, sha in _extents(a) if n != INDEX_EXTENT}
+            content |= {sha for n, _o, _l, sha in extents(a) if n != INDEX_EXTENT}
         except (FormatError, VerificationError, UsageError, OSError):
             continue
     return {"schema": INVENTORY_SCHEMA, "name": name, "releases": releases, "content": sorted(content)}
