@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import io
@@ -433,6 +434,7 @@ class LocalRegistry:
             raise RuntimeError("NO docker-registry: .ci/run installs the docker-registry package")
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
+        self._tls = tls is not None
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         auth = f"auth:\n  htpasswd:\n    realm: chiron-test\n    path: {htpasswd}\n" if htpasswd else ""
@@ -445,7 +447,7 @@ class LocalRegistry:
         self.log = root / "access.log"
         self._log = self.log.open("wb")
         self.proc = subprocess.Popen(
-            ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=self._log
+            ["docker-registry", "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT
         )
         for _ in range(100):
             try:
@@ -454,9 +456,29 @@ class LocalRegistry:
             except OSError:
                 time.sleep(0.1)
 
+    def settle(self) -> None:
+        """Wait until the access log holds every request answered so far: the registry logs a request
+        after its response is sent, so a client can be done before the line is written. A marker
+        request made now is logged after those (bounded wait)."""
+        import urllib.error
+        import urllib.request
+
+        self._marks = getattr(self, "_marks", 0) + 1
+        marker = f"/v2/settle-{self._marks}/tags/list"
+        scheme = "https" if self._tls else "http"
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            ctx = __import__("ssl")._create_unverified_context() if self._tls else None
+            urllib.request.urlopen(f"{scheme}://{self.address}{marker}", timeout=5, context=ctx)
+        for _ in range(100):
+            if marker in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+
     def requests(self, method: str = "GET", kind: str = "blobs") -> list[tuple[str, int, int]]:
         """(path, status, bytes) of each ``method`` request on ``/v2/.../{kind}/...`` in the access log."""
         import re
+
+        self.settle()
 
         pattern = re.compile(rf'"{method} (/v2/\S+/{kind}/\S+) HTTP/[0-9.]+" ([0-9]+) ([0-9]+|-)')
         out = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -124,15 +125,24 @@ def pull(opts: PullOptions) -> PullResult:
             (blobs / d[7:]).unlink(missing_ok=True)  # now in the output; partials of others stay
         if opts.signature:
             result.signature = _signature(registry, ref, digest, opts.output, result.notices)
+    if opts.staging is None:
+        _tidy(staging)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _tidy(staging: Path) -> None:
+    """Remove the default staging directory once no partial download is left in it."""
+    blobs = staging / "blobs" / "sha256"
+    if not any(blobs.iterdir()):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve(registry: Registry, ref: Reference) -> tuple[str, _art.Artifact]:
     """The manifest digest and the checked artifact a reference names."""
     manifest = registry.get_manifest(ref.repository, ref.reference, (MANIFEST,))
     if manifest is None:
-        tags = registry.tags(ref.repository)
+        tags = [t for t in registry.tags(ref.repository) if not re.fullmatch(r"sha256-[0-9a-f]{64}", t)]
         raise UsageError(
             f"{ref}: not found in the registry",
             hint=f"its tags are {', '.join(tags[:20])}" if tags else "check the repository and tag",

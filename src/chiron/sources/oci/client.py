@@ -61,6 +61,7 @@ class Registry:
         return self._base
 
     def _ping(self) -> str:
+        """https, or plain http where that is allowed and https is not spoken (GET /v2/, the API check)."""
         plain_ok = self.access.insecure or is_loopback(self.host)
         try:
             self._check_api(self._raw("GET", f"https://{self.host}/v2/"))
@@ -69,9 +70,11 @@ class Registry:
             if not plain_ok:
                 raise self._transport_error(exc) from None
             first = exc
+        except requests.exceptions.RequestException as exc:
+            raise self._transport_error(exc) from None
         try:
             self._check_api(self._raw("GET", f"http://{self.host}/v2/"))
-        except requests.exceptions.RequestException:
+        except (requests.exceptions.RequestException, EnvironmentProblem):
             raise self._transport_error(first) from None  # the TLS failure says more than the retry
         return f"http://{self.host}"
 
