@@ -66,8 +66,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise UsageError(f"auth file {path}: not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise UsageError(f"auth file {path}: not a JSON object")
-    auths = doc.get("auths") or {}
-    helpers = doc.get("credHelpers") or {}
+    auths = {} if doc.get("auths") is None else doc["auths"]
+    helpers = {} if doc.get("credHelpers") is None else doc["credHelpers"]
     if not isinstance(auths, dict) or not isinstance(helpers, dict):
         raise UsageError(f"auth file {path}: 'auths' and 'credHelpers' must be objects")
     return {
