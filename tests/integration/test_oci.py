@@ -367,3 +367,29 @@ def test_an_interrupted_pull_resumes(
     assert out.read_bytes() == versions[0].read_bytes()
     resumed = [(status, n) for d, status, n in _gets(oci_registry, mark) if d == digest]
     assert resumed == [(206, size - after)]  # only the rest was fetched
+
+
+def test_mirror_refresh_publishes_each_new_version(
+    tmp_path: Path, keys: Path, upstream, tool_wheels: Path, seeded, oci_registry: LocalRegistry, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from helpers import make_wheel
+
+    spec = write_spec(tmp_path / "spec", keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"])
+    store = seeded(tmp_path / "store")
+    target = f"oci://{oci_registry.address}/team/mirrored"
+    argv = ["mirror", "refresh", str(spec), "--store", str(store), "--tool-wheels", str(tool_wheels)]
+    argv += ["--publish", target, "--publish-tag", "latest", "--json"]
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 0, err
+    first = json.loads(stdout)
+    assert first["published"]["tags"] == [f"1.0.0-{first['metadata_version']}", "latest"]
+    make_wheel(upstream.directory, "beta", "1.1")  # upstream moves on: the next refresh signs N+1
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 0, err
+    second = json.loads(stdout)
+    assert second["changed"] and second["metadata_version"] == first["metadata_version"] + 1
+    assert 0 < second["published"]["uploaded_bytes"] < second["size"] // 10  # the tool zip was there already
+    out = tmp_path / "latest.pex"
+    code, _out, err = cli(capsys, "pull", f"{target}:latest", "-o", str(out), "--root", str(keys / "1.root.json"))
+    assert code == 0, err
+    assert out.read_bytes() == Path(second["appliance"]).read_bytes()

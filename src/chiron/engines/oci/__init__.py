@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 from chiron.engines.host import KEPT_APPLIANCE, Paths
+from chiron.engines.oci.artifact import tag_for
 from chiron.engines.oci.publish import PublishOptions, PublishResult, publish
 from chiron.engines.oci.pull import PullOptions, PullResult, pull
 from chiron.sources.oci import Access, is_oci, parse_reference
@@ -21,6 +22,7 @@ __all__ = [
     "publish",
     "pull",
     "pull_for_host",
+    "tag_for",
 ]
 
 

@@ -42,6 +42,7 @@ class PublishOptions:
     target: str
     access: Access = field(default_factory=Access)
     tags: list[str] = field(default_factory=list)
+    default_tag: str | None = None  # when the target names none; else the appliance's version
     signature: Path | None = None  # default: ARCHIVE.sig when it exists
     root_file: Path | None = None
     root_sha256: str | None = None
@@ -111,7 +112,7 @@ def publish(opts: PublishOptions) -> PublishResult:
         manifest = _art.manifest_bytes(regions, config, info)
         uploaded = _push_regions(registry, ref.repository, opts, regions)
         _push_bytes(registry, ref.repository, config)
-        tags = list(dict.fromkeys([ref.tag or _art.tag_for(info["version"]), *opts.tags]))
+        tags = list(dict.fromkeys([ref.tag or opts.default_tag or _art.tag_for(info["version"]), *opts.tags]))
         for tag in tags:
             registry.put_manifest(ref.repository, tag, manifest, MANIFEST)
         digest = digest_of(manifest)
