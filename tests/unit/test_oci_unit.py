@@ -156,12 +156,20 @@ def test_an_image_is_not_an_appliance() -> None:
         lambda m, c: (m, canonical_json({**json.loads(c), "format": "other/1"})),
         lambda m, c: (m, canonical_json({**json.loads(c), "sha256": "nope"})),
         lambda m, c: (m, canonical_json({k: v for k, v in json.loads(c).items() if k != "size"})),
+        lambda m, c: (m, canonical_json({**json.loads(c), "name": "demo\x1b[2J"})),
     ],
 )
 def test_malformed_artifacts_are_verification_errors(damage) -> None:  # type: ignore[no-untyped-def]
     manifest, config = damage(*_artifact())
     with pytest.raises(VerificationError, match="malformed chiron artifact"):
         artifact.parse(manifest, config, "here")
+
+
+def test_region_names_from_the_registry_are_printed_only_when_safe() -> None:
+    manifest, config = _artifact()
+    layers = [{**layer, "annotations": {artifact.TITLE: "wheels/\x9b31mred"}} for layer in manifest["layers"]]
+    parsed = artifact.parse({**manifest, "layers": layers}, config, "here")
+    assert [r.name for r in parsed.regions] == [f"layer {n}" for n in range(len(layers))]
 
 
 def test_config_descriptor_is_bounded() -> None:

@@ -150,7 +150,10 @@ def parse(manifest: dict[str, Any], config: bytes, where: str) -> Artifact:
         size, sha256 = int(info["size"]), str(info["sha256"])
         if sum(r.size for r in regions) != size or not re.fullmatch(r"[a-f0-9]{64}", sha256):
             raise ValueError("the layers' sizes do not add up to the appliance's size, or no sha256")
-        return Artifact(str(info["name"]), str(info["version"]), size, sha256, regions)
+        name, version = info["name"], info["version"]
+        if not all(isinstance(v, str) and 0 < len(v) <= 256 and v.isprintable() for v in (name, version)):
+            raise ValueError("the config's name or version is not a short printable string")
+        return Artifact(name, version, size, sha256, regions)
     except (ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise VerificationError([f"{where}: malformed chiron artifact: {exc}"]) from None
 
@@ -162,7 +165,9 @@ def _region(layer: Any, n: int) -> Region:
     if not re.fullmatch(r"sha256:[a-f0-9]{64}", digest) or not isinstance(size, int) or size < 0:
         raise ValueError(f"layer {n} has no valid sha256 digest and size")
     title = (layer.get("annotations") or {}).get(TITLE)
-    return Region(str(title) if isinstance(title, str) else f"layer {n}", digest, size)
+    # Only a name that is safe to print (it comes from the registry, unverified) names the region.
+    safe = isinstance(title, str) and 0 < len(title) <= 1024 and title.isprintable()
+    return Region(str(title) if safe else f"layer {n}", digest, size)
 
 
 def config_digest(manifest: dict[str, Any], where: str) -> tuple[str, int]:

@@ -117,6 +117,7 @@ def pull(opts: PullOptions) -> PullResult:
                         [f"{ref}: {p}" for p in report.problems], hint=f"nothing was written to {opts.output}"
                     )
                 result.verified, result.trust_anchor, result.notices = True, report.trust_anchor, report.notices
+                result.name, result.version = str(report.name), str(report.version)  # as signed, not as the config said
             os.replace(tmp, opts.output)
             fsync_dir(opts.output.parent)
         finally:

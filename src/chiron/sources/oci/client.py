@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class Registry:
         self._oras = OrasRegistry(host, verify, self.credentials)
         self._base: str | None = None
         self.fetched_bytes = 0
+        self._count = threading.Lock()  # blobs are fetched from several threads
 
     # ------------------------------------------------------------ requests and their failures
 
@@ -232,7 +234,8 @@ class Registry:
                     partial.unlink(missing_ok=True)
                     h, have = hashlib.sha256(), 0
                 got = stream_into(response, partial, h, size - have, label)
-                self.fetched_bytes += got
+                with self._count:
+                    self.fetched_bytes += got
                 fetched += got
                 have += got
             if have < size:
@@ -259,7 +262,8 @@ class Registry:
             response.close()
             raise self._fail(response, f"GET blob {digest} ({what})")
         raw = read_bounded(response, limit, f"{self}: blob {digest} ({what})")
-        self.fetched_bytes += len(raw)
+        with self._count:
+            self.fetched_bytes += len(raw)
         if digest_of(raw) != digest:
             raise VerificationError(
                 [f"registry {self.host}: served wrong bytes for blob {digest} ({what}) of {repository}"],
