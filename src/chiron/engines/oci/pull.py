@@ -92,6 +92,8 @@ def pull(opts: PullOptions) -> PullResult:
     ref = parse_reference(opts.source)
     if opts.jobs < 1:
         raise UsageError(f"--jobs: {opts.jobs} is not a positive number")
+    if opts.output.is_dir():
+        raise UsageError(f"--output {opts.output}: is a directory; name the appliance file to write")
     staging = (opts.staging or opts.output.parent / ".chiron-pull").absolute()
     blobs = staging / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
@@ -163,7 +165,7 @@ def _appliances(have: list[Path]) -> list[Path]:
         elif path.is_file():
             out.append(path)
         else:
-            raise UsageError(f"--have {path}: no such file or directory")
+            raise UsageError(f"--have {path}: not an appliance file or a directory of them")
     return out
 
 

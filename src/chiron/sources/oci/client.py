@@ -323,6 +323,7 @@ class Registry:
 def opened(host: str, access: Access | None) -> Iterator[Registry]:
     registry = Registry(host, access)
     try:
+        registry.base  # noqa: B018 - settle the scheme (and report an unreachable registry) before any thread starts
         yield registry
     finally:
         registry._oras.session.close()
