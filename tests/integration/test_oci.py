@@ -124,6 +124,9 @@ def test_publish_then_pull_is_byte_identical_and_its_signature_verifies(
     ).stdout
     types = sorted(m["artifactType"] for m in json.loads(index)["manifests"])
     assert types == ["application/vnd.chiron.appliance.signature.v1", "application/vnd.cyclonedx+json"]
+    # A tag that does not exist: a usage error that lists the tags there are (not the referrer tags).
+    code, _out, err = cli(capsys, "pull", f"{published['base']}:nope", "-o", str(tmp_path / "nope.pex"))
+    assert code == 2 and "not found" in err and "1.0.0, 1.1.0, latest" in err and "sha256-" not in err
 
 
 def test_the_second_version_uploads_only_what_changed(published: dict[str, Any], versions: tuple[Path, Path]) -> None:
