@@ -24,7 +24,7 @@ from chiron.archive.reader import read_layout
 from chiron.cli import app as cli_app
 from chiron.cli import main
 
-from conftest import REPO, do_build
+from conftest import REPO, do_build, start_registry
 from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec
 
 SCHEMA_DIR = REPO / "docs" / "schemas"
@@ -633,3 +633,37 @@ def out_inventory(
     assert written[1] == 0 and [r["version"] for r in written[2]["releases"]] == ["1.0.0", "1.1.0"]
     assert set(printed[2]["content"]) < set(written[2]["content"])
     return [printed, written]
+
+
+@pytest.fixture()
+def oci_target(tmp_path: Path):  # type: ignore[no-untyped-def]
+    registry = start_registry(tmp_path / "registry")
+    yield f"oci://{registry.address}/schemas/demo"
+    registry.stop()
+
+
+@pytest.fixture()
+def out_publish(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, oci_target: str) -> list[Output]:
+    first = run(capsys, ["publish", str(appliance), oci_target, "--tag", "latest", "--json"])
+    again = run(
+        capsys, ["publish", str(appliance), f"{oci_target}:stable", "--root", str(keys / "1.root.json"), "--json"]
+    )
+    assert first[1] == again[1] == 0
+    assert first[2]["tags"] == ["1.0.0", "latest"] and first[2]["uploaded_blobs"] == first[2]["blobs"]
+    assert again[2]["uploaded_blobs"] == 0 and again[2]["digest"] == first[2]["digest"]  # same appliance, same manifest
+    return [first, again]
+
+
+@pytest.fixture()
+def out_pull(
+    capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, oci_target: str, tmp_path: Path
+) -> list[Output]:
+    assert run(capsys, ["publish", str(appliance), oci_target, "--json"])[1] == 0
+    out = tmp_path / "pulled.pex"
+    fresh = run(capsys, ["pull", f"{oci_target}:1.0.0", "-o", str(out), "--json"])
+    again = run(capsys, ["pull", f"{oci_target}:1.0.0", "-o", str(out), "--root", str(keys / "1.root.json"), "--json"])
+    assert fresh[1] == again[1] == 0 and out.read_bytes() == appliance.read_bytes()
+    # The file being replaced serves every piece but the index, which held appliances never offer (as for deltas).
+    assert fresh[2]["fetched_blobs"] == fresh[2]["blobs"] and again[2]["fetched_blobs"] == 1
+    assert fresh[2]["signature"] == str(out) + ".sig" and again[2]["trust_anchor"] == "--root file"
+    return [fresh, again]
