@@ -1,42 +1,59 @@
-"""Build an appliance: lock, fetch, build the tool zip, sign everything with TUF, write the file."""
+"""Build an appliance: lock, fetch, build the tool zip, sign everything with TUF, write the file.
+
+``build`` runs its steps in order, and refuses everything it can before it writes anything: a spec
+or key that does not load, metadata that would already be expired (an old SOURCE_DATE_EPOCH), and a
+version that would fork a mirror store's sequence (the store signs this appliance under the same
+root directory: a build would sign its build time as the version, above the store's N, and every
+host that installs it would then refuse the store's next refresh as a rollback).
+
+The public names here (``__all__``) are what other engines (mirror, rebuild) use.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import Root, TargetFile
 
 from chiron import __version__
-from chiron.archive.layout import FORMAT, PIECE, SHEBANG_TARGET, TOOL_MEMBERS_TARGET, TOOL_TARGET, ZipTime
-from chiron.archive.toolzip import normalize_zip
+from chiron.archive.layout import FORMAT, PIECE, SHEBANG_TARGET, TOOL_MEMBERS_TARGET, TOOL_TARGET
 from chiron.archive.writer import ArchiveWriter, Written
 from chiron.core import progress as _progress
 from chiron.core import telemetry as _telemetry
 from chiron.core.clock import utc_from_epoch
 from chiron.core.fs import write_atomic
-from chiron.core.models import ImageRef, TargetEnvironment
+from chiron.core.models import ApplianceSpec, ImageRef, parse_duration
 from chiron.core.spec import LoadedSpec, load_spec
+from chiron.core.storestate import claim_path, find_claim
 from chiron.core.text import canonical_json
-from chiron.errors import ArtifactError, SpecError, UsageError
+from chiron.errors import ArtifactError, Refused, SigningKeyError, SpecError, UsageError
 from chiron.sources import images as _images
 from chiron.sources import lock as _lock
 from chiron.sources import sbom as _sbom
 from chiron.sources.cache import ArtifactCache
-from chiron.sources.tool import ToolFormat, build_tool, tool_platforms
+from chiron.sources.tool import ToolFormat, platforms_for
+from chiron.sources.toolcache import ToolZip, cached_tool_zip
 from chiron.trust import keys as _keys
 from chiron.trust import metadata as _trust
 from chiron.trust.sshsig import ssh_signature
 
-ZIP_TIME: ZipTime = (1980, 1, 1, 0, 0, 0)
+__all__ = [
+    "BuildOptions",
+    "BuildResult",
+    "build",
+    "check_no_fork",
+    "check_validity",
+    "image_refs",
+    "iso",
+    "root_dir_of",
+    "source_date_epoch",
+]
 
 
 @dataclass(frozen=True)
@@ -55,8 +72,13 @@ class BuildOptions:
     root_chain: Path | None = None  # instead of trust.root
     lock_file: Path | None = None  # instead of python.lock / resolving
     files_dir: Path | None = None  # [[files]] sources as files_dir/DEST
-    tool_zip: Path | None = None  # an already normalized tool zip, instead of building one
+    tool: ToolZip | None = None  # an already normalized tool zip, instead of building one
     images: tuple[Path, list[dict[str, Any]]] | None = None  # an OCI layout and its recorded images
+    appliance_version: str | None = None  # instead of the spec's (a mirror release; a rebuild's record)
+    # A mirror refresh signs the store's own next version and a rebuild an existing one: neither forks.
+    check_store: bool = True
+    # Only for drills and tests of the verifier: sign metadata that is already expired.
+    allow_expired: bool = False
 
 
 @dataclass
@@ -73,6 +95,7 @@ class BuildResult:
     reused: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +111,10 @@ class BuildResult:
             "reused": self.reused,
             "seconds": round(self.seconds, 3),
         }
+
+
+def iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def image_refs(loaded: LoadedSpec) -> list[ImageRef]:
@@ -110,14 +137,152 @@ def source_date_epoch(explicit: int | None) -> int | None:
         raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer number of seconds") from None
 
 
-def load_lock(loaded: LoadedSpec, override: Path | None = None) -> _lock.Lock:
-    """The given lock, else the spec's lock file if it names one, else a fresh resolution."""
-    path = override or loaded.lock_path
-    if path is not None:
-        lock = _lock.read_pylock(path, loaded.spec)
-        _lock.check_fits(lock, loaded.spec, str(path))
-        return lock
-    return _lock.resolve(loaded.spec, loaded.base)
+# ---------------------------------------------------------------- checks made before anything is written
+
+
+def check_validity(
+    spec: ApplianceSpec, root: Root, built_at: datetime, now: datetime, *, allow_expired: bool = False
+) -> list[str]:
+    """Refuse metadata that would already be expired now (a build time far in the past); return
+    warnings where a role's validity is shorter than the spec's carry interval."""
+    for role in () if allow_expired else _trust.ONLINE_ROLES:
+        expires = built_at + timedelta(seconds=spec.trust.roles[role].expires_seconds)
+        if expires <= now:
+            raise UsageError(
+                f"role {role}: metadata built at {iso(built_at)} with expires = "
+                f"{spec.trust.roles[role].expires} would expire at {iso(expires)}, before now ({iso(now)}): "
+                "every host would refuse it",
+                hint=f"build with a recent SOURCE_DATE_EPOCH (or none), or a longer trust.roles.{role}.expires",
+            )
+    if root.expires <= now and not allow_expired:
+        raise UsageError(
+            f"role root: root version {root.version} expired at {iso(root.expires)} (now {iso(now)})",
+            hint="sign a new root version with a later expiry (chiron keys rotate root --expires ...)",
+        )
+    carry = spec.trust.carry_interval
+    if carry is None:
+        return []
+    seconds = parse_duration(carry)
+    warnings = [
+        f"trust.roles.{role}.expires ({spec.trust.roles[role].expires}) is shorter than trust.carry_interval "
+        f"({carry}): an appliance signed now expires before it can reach the hosts"
+        for role in _trust.ONLINE_ROLES
+        if spec.trust.roles[role].expires_seconds < seconds
+    ]
+    if root.expires < now + timedelta(seconds=seconds):
+        warnings.append(
+            f"root version {root.version} expires at {iso(root.expires)}, within trust.carry_interval ({carry}): "
+            "sign a new root version before it does"
+        )
+    return warnings
+
+
+def root_dir_of(loaded: LoadedSpec) -> Path | None:
+    """The spec's root chain directory (trust.root naming a directory), where a store records itself."""
+    path = loaded.resolve_path(loaded.spec.trust.root, "trust.root")
+    return path if path.is_dir() else None
+
+
+def check_no_fork(loaded: LoadedSpec, chain: list[bytes], version: int) -> None:
+    """Refuse to sign ``version`` when a mirror store signs this appliance under the same root chain
+    directory: the store's next refresh would sign below it, and hosts would refuse it as a rollback."""
+    root_dir = root_dir_of(loaded)
+    if root_dir is None:
+        return
+    found = find_claim(root_dir, loaded.spec.appliance.name, _trust.fingerprint(chain[0]))
+    if found is None:
+        return
+    store, state = found
+    n = state.latest.metadata_version
+    raise Refused(
+        f"{claim_path(root_dir, loaded.spec.appliance.name)}: mirror store {store} signs "
+        f"{loaded.spec.appliance.name} under this root (metadata version {n}); this build would sign version "
+        f"{version} and fork its sequence: hosts that install it would refuse every later refresh as a rollback",
+        hint=f"ship it from the store: chiron mirror refresh --store {store} --force "
+        f"(it signs version {n + 1} or later, a key rotation included)",
+    )
+
+
+def _signer_hint(loaded: LoadedSpec, chain: list[bytes], exc: SigningKeyError) -> SigningKeyError:
+    """A key that the root does not list: say what to do after a rotation, not "rotate the root"."""
+    if "of the root metadata" not in exc.message:
+        return exc
+    given = loaded.resolve_path(loaded.spec.trust.root, "trust.root")
+    newest = _trust.parse_root(chain[-1], "root").signed.version
+    later = (
+        sorted(
+            int(p.name.split(".")[0])
+            for p in given.parent.glob("*.root.json")
+            if p.name.split(".")[0].isdigit() and int(p.name.split(".")[0]) > newest
+        )
+        if given.is_file()
+        else []
+    )
+    if later:
+        hint = (
+            f"trust.root names {given.name} (root version {newest}), but {given.parent} holds root version "
+            f"{later[-1]}: after a rotation, set trust.root to the chain directory {given.parent}"
+        )
+    elif len(chain) > 1:
+        hint = (
+            f"the newest root (version {newest}) does not list this key: after a rotation, each "
+            "trust.roles key must be one root version "
+            f"{newest} lists (replace a revoked key's URI with its successor's)"
+        )
+    else:
+        return exc
+    return SigningKeyError(exc.message, hint=hint)
+
+
+def _signers(loaded: LoadedSpec, chain: list[bytes]) -> tuple[dict[str, list[Any]], Any]:
+    """The online roles' signers and the detached-signature signer, each checked against the root."""
+    spec = loaded.spec
+    root = _trust.parse_root(chain[-1], "root").signed
+    try:
+        signers = {
+            role: [
+                _keys.load_signer(
+                    loaded.resolve_key_uri(k, f"trust.roles.{role}.keys[{i}]"), role, root, k.keyid, k.secret_env
+                )
+                for i, k in enumerate(spec.trust.roles[role].keys)
+            ]
+            for role in _trust.ONLINE_ROLES
+        }
+        ref = spec.trust.detached.key
+        detached = (
+            signers["targets"][0]
+            if ref is None
+            else _keys.load_signer(
+                loaded.resolve_key_uri(ref, "trust.detached.key"), "targets", root, ref.keyid, ref.secret_env
+            )
+        )
+    except SigningKeyError as exc:
+        raise _signer_hint(loaded, chain, exc) from None
+    for role in _trust.ONLINE_ROLES:
+        want = spec.trust.roles[role].threshold
+        if want != root.roles[role].threshold:
+            raise SpecError(
+                f"{loaded.path}: trust.roles.{role}.threshold: is {want} but the root metadata says "
+                f"{root.roles[role].threshold}"
+            )
+    return signers, detached
+
+
+# ---------------------------------------------------------------- the build
+
+
+@dataclass
+class _Inputs:
+    """What the payload is made of, gathered before the archive is written."""
+
+    loaded: LoadedSpec
+    chain: list[bytes]
+    now: datetime
+    version: int
+    lock: _lock.Lock
+    pylock: bytes
+    paths: dict[str, Path]
+    notes: list[str]
 
 
 def build(opts: BuildOptions) -> BuildResult:
@@ -129,121 +294,43 @@ def build(opts: BuildOptions) -> BuildResult:
     spec = loaded.spec
     epoch = source_date_epoch(opts.source_date_epoch)
     now = utc_from_epoch(epoch if epoch is not None else int(time.time()))
-    # Fixed zip entry times (as pex does): the tool zip then depends only on the tool's wheels, so it
-    # is reproducible and cacheable; the build time lives in appliance.json and the metadata.
-    zip_time = ZIP_TIME
     platforms, notes = platforms_for(opts.tool_format, spec.environments)
+    version = spec.appliance.version if opts.appliance_version is None else opts.appliance_version
 
-    with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=spec.appliance.version) as sp:
-        root_chain = _trust.load_root_chain(opts.root_chain or loaded.resolve_path(spec.trust.root, "trust.root"))
-        root = _trust.parse_root(root_chain[-1], "root").signed
-        signers = {
-            role: [
-                _keys.load_signer(
-                    loaded.resolve_key_uri(k, f"trust.roles.{role}.keys[{i}]"), role, root, k.keyid, k.secret_env
-                )
-                for i, k in enumerate(spec.trust.roles[role].keys)
-            ]
-            for role in _trust.ONLINE_ROLES
-        }
-        for role in _trust.ONLINE_ROLES:
-            want = spec.trust.roles[role].threshold
-            if want != root.roles[role].threshold:
-                raise SpecError(
-                    f"{loaded.path}: trust.roles.{role}.threshold: is {want} but the root metadata says "
-                    f"{root.roles[role].threshold}"
-                )
-        detached_ref = spec.trust.detached.key or spec.trust.roles["targets"].keys[0]
-        detached = (
-            signers["targets"][0]
-            if spec.trust.detached.key is None
-            else _keys.load_signer(
-                loaded.resolve_key_uri(detached_ref, "trust.detached.key"),
-                "targets",
-                root,
-                detached_ref.keyid,
-                detached_ref.secret_env,
-            )
-        )
-
-        lock = load_lock(loaded, opts.lock_file)
+    with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=version) as sp:
+        chain = _trust.load_root_chain(opts.root_chain or loaded.resolve_path(spec.trust.root, "trust.root"))
+        root = _trust.parse_root(chain[-1], "root").signed
+        warnings = check_validity(spec, root, now, utc_from_epoch(int(time.time())), allow_expired=opts.allow_expired)
+        signers, detached = _signers(loaded, chain)
+        metadata_version = opts.metadata_version or int(now.timestamp())
+        if opts.check_store and opts.root_chain is None:
+            check_no_fork(loaded, chain, metadata_version)
+        lock = _lock.load_lock(loaded, opts.lock_file)
         cache = ArtifactCache(opts.cache_dir)
-        measured: dict[str, tuple[str, int]] = {}
-        paths: dict[str, Path] = {}
         with _telemetry.span("chiron.fetch", artifacts=len(lock.artifacts())):
-            for art in lock.artifacts():
-                path, sha, size = cache.fetch(art.url, art.sha256, art.filename)
-                measured[art.filename] = (sha, size)
-                paths[art.filename] = path
-        _lock.fill_hashes(lock, measured)
-        pylock = _lock.write_pylock(lock, spec)
-
-        shebang = f"#!{opts.shebang}\n".encode()
+            fetched = cache.fetch_all(lock.artifacts())
+        _lock.fill_hashes(lock, fetched.measured)
+        inputs = _Inputs(
+            loaded, chain, now, metadata_version, lock, _lock.write_pylock(lock, spec), fetched.paths, notes
+        )
         with tempfile.TemporaryDirectory(prefix="chiron-build-") as tmp_s:
             tmp = Path(tmp_s)
             with _telemetry.span("chiron.build.tool", format=opts.tool_format):
-                tool_zip, tool_members = tool_zip_for(opts, zip_time, tmp, platforms)
-            layout = tmp / "oci"
-            with _telemetry.span("chiron.build.images", images=len(spec.images)):
-                if opts.images is not None:
-                    layout, recorded = opts.images
-                    images = _images.from_layout(layout, recorded)
-                else:
-                    images = _images.fetch(image_refs(loaded), layout)
-            manifest = {
-                "format": FORMAT,
-                "name": spec.appliance.name,
-                "version": spec.appliance.version,
-                "description": spec.appliance.description,
-                "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "chiron_version": __version__,
-                "tool_format": opts.tool_format,
-                "environments": [e.model_dump() for e in spec.environments],
-                "images": [i.as_dict() for i in images],
-                "images_shared_bytes": _shared_bytes(images, layout),
-                # Which kind of key signed each role (file2, hsm, awskms, ...), for inspect.
-                "signers": {
-                    role: sorted({k.uri.partition(":")[0] for k in spec.trust.roles[role].keys})
-                    for role in _trust.ONLINE_ROLES
-                },
-            }
-            written: list[tuple[Written, str]] = []
-            writer = ArchiveWriter(opts.output, shebang)
-            try:
-                writer_targets(
-                    writer, written, manifest, loaded, pylock, lock, tool_members, paths, opts, images=images
+                tool = opts.tool or cached_tool_zip(
+                    fmt=opts.tool_format,
+                    wheels=opts.tool_wheels,
+                    shebang=opts.shebang,
+                    platforms=platforms,
+                    cache_dir=opts.cache_dir,
+                    work=tmp,
                 )
-                for name, source in _images.members(layout, images):
-                    w = writer.add_bytes(name, source) if isinstance(source, bytes) else writer.add_file(name, source)
-                    written.append((w, "image"))
-                targets = {w.name: _target(w, kind) for w, kind in written}
-                targets[SHEBANG_TARGET] = TargetFile.from_data(SHEBANG_TARGET, shebang, ["sha256"])
-                targets[SHEBANG_TARGET].unrecognized_fields["custom"] = {"kind": "shebang"}
-                targets[TOOL_TARGET] = TargetFile.from_file(TOOL_TARGET, str(tool_zip), ["sha256"])
-                targets[TOOL_TARGET].unrecognized_fields["custom"] = {
-                    "kind": "tool",
-                    "format": opts.tool_format,
-                }
-                expires = {r: timedelta(seconds=spec.trust.roles[r].expires_seconds) for r in _trust.ONLINE_ROLES}
-                metadata = _trust.build_repository(
-                    root_chain,
-                    signers,
-                    targets,
-                    now=now,
-                    expires=expires,
-                    version=opts.metadata_version or int(now.timestamp()),
-                )
-                for name in sorted(metadata, key=_metadata_order):
-                    writer.add_bytes(name, metadata[name])
-                whole = writer.finish(tool_zip, opts.tool_format)
-            except BaseException:
-                writer.abort()
-                raise
+            if tool.note:
+                notes.append(tool.note)
+            whole, targets = _write(opts, inputs, version, tool, signers, tmp)
         sig_path = opts.output.with_name(opts.output.name + ".sig")
-        sig = ssh_signature(detached, spec.trust.detached.namespace, whole)
-        write_atomic(sig_path, sig)
+        write_atomic(sig_path, ssh_signature(detached, spec.trust.detached.namespace, whole))
         size = opts.output.stat().st_size
-        _telemetry.set_attr(sp, bytes=size, targets=len(targets), downloaded=cache.stats.downloaded)
+        _telemetry.set_attr(sp, bytes=size, targets=targets, downloaded=cache.stats.downloaded)
         _telemetry.count("chiron.build.downloads", cache.stats.downloaded)
         _telemetry.observe("chiron.build.duration", time.monotonic() - started)
     return BuildResult(
@@ -251,64 +338,87 @@ def build(opts: BuildOptions) -> BuildResult:
         signature=sig_path,
         size=size,
         name=spec.appliance.name,
-        version=spec.appliance.version,
-        targets=len(targets),
-        wheels=len(paths),
-        root_fingerprint=_trust.fingerprint(root_chain[0]),
+        version=version,
+        targets=targets,
+        wheels=len(fetched.paths),
+        root_fingerprint=_trust.fingerprint(chain[0]),
         downloaded=cache.stats.downloaded,
         reused=cache.stats.reused,
         seconds=time.monotonic() - started,
         notes=notes,
+        warnings=warnings,
     )
 
 
-def platforms_for(fmt: ToolFormat, environments: list[TargetEnvironment]) -> tuple[list[str], list[str]]:
-    """The extra platforms the tool zip is built for, and a note when the format cannot serve them."""
-    wanted = tool_platforms(environments)
-    if fmt == "pex" or not wanted:
-        return wanted, []
-    here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return [], [
-        f"a shiv tool zip runs only on Python {here} (the build interpreter); for {', '.join(wanted)} "
-        "chiron itself needs --format pex (the wheelhouse serves every environment either way)"
-    ]
+def _images_for(opts: BuildOptions, loaded: LoadedSpec, tmp: Path) -> tuple[Path, list[_images.PackedImage]]:
+    """The OCI layout to pack and its images: the given one (refresh, rebuild), else fetched now."""
+    with _telemetry.span("chiron.build.images", images=len(loaded.spec.images)):
+        if opts.images is not None:
+            layout, recorded = opts.images
+            return layout, _images.from_layout(layout, recorded)
+        layout = tmp / "oci"
+        return layout, _images.fetch(image_refs(loaded), layout)
 
 
-def tool_zip_for(
-    opts: BuildOptions, zip_time: ZipTime, tmp: Path, platforms: list[str]
-) -> tuple[Path, list[dict[str, Any]]]:
-    """The normalized tool zip, from the cache when the same wheels, format, shebang and time built it.
-
-    Building a pex takes seconds; a warm rebuild or a mirror refresh should not pay it again.
-    """
-    if opts.tool_zip is not None:
-        return opts.tool_zip, tool_members_of(opts.tool_zip)
-    wheels = sorted(opts.tool_wheels.glob("*.whl"))
-    key_data = {
-        "chiron": __version__,
-        "format": opts.tool_format,
-        "shebang": opts.shebang,
-        "zip_time": list(zip_time),
-        "wheels": {w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels},
-        "python": f"{sys.implementation.name}-{sys.version_info.major}.{sys.version_info.minor}",
-        "platforms": platforms,
+def _manifest(
+    opts: BuildOptions, inputs: _Inputs, version: str, images: list[_images.PackedImage], layout: Path
+) -> dict[str, Any]:
+    spec = inputs.loaded.spec
+    return {
+        "format": FORMAT,
+        "name": spec.appliance.name,
+        "version": version,
+        "description": spec.appliance.description,
+        "created": iso(inputs.now),
+        "chiron_version": __version__,
+        "tool_format": opts.tool_format,
+        "environments": [e.model_dump() for e in spec.environments],
+        "images": [i.as_dict() for i in images],
+        "images_shared_bytes": _shared_bytes(images, layout),
+        # Which kind of key signed each role (file2, hsm, awskms, ...), for inspect.
+        "signers": {
+            role: sorted({k.uri.partition(":")[0] for k in spec.trust.roles[role].keys}) for role in _trust.ONLINE_ROLES
+        },
     }
-    key = hashlib.sha256(canonical_json(key_data)).hexdigest()
-    cache = opts.cache_dir / "tool"
-    cached, record_file = cache / f"{key}.zip", cache / f"{key}.json"
-    if cached.is_file() and record_file.is_file():
-        record = json.loads(record_file.read_text())
-        # Re-hash before reuse: whatever is cached here gets signed into the appliance.
-        if hashlib.sha256(cached.read_bytes()).hexdigest() == record.get("sha256"):
-            return cached, list(record["members"])
-    raw, normalized = tmp / "tool.raw", tmp / "tool.zip"
-    build_tool(opts.tool_format, opts.tool_wheels, raw, opts.shebang, platforms)
-    members = normalize_zip(raw, normalized, zip_time)
-    cache.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(normalized.read_bytes()).hexdigest()
-    os.replace(normalized, cached)
-    write_atomic(record_file, canonical_json({"sha256": digest, "members": members}))
-    return cached, members
+
+
+def _write(
+    opts: BuildOptions,
+    inputs: _Inputs,
+    version: str,
+    tool: ToolZip,
+    signers: dict[str, list[Any]],
+    tmp: Path,
+) -> tuple[bytes, int]:
+    """Write the archive: payload members, images, signed metadata, the tool zip. Returns the whole
+    file's bytes for the detached signature, and the number of targets."""
+    shebang = f"#!{opts.shebang}\n".encode()
+    layout, images = _images_for(opts, inputs.loaded, tmp)
+    manifest = _manifest(opts, inputs, version, images, layout)
+    written: list[tuple[Written, str]] = []
+    writer = ArchiveWriter(opts.output, shebang)
+    try:
+        writer_targets(writer, written, manifest, inputs, tool.members, opts, images=images)
+        for name, source in _images.members(layout, images):
+            w = writer.add_bytes(name, source) if isinstance(source, bytes) else writer.add_file(name, source)
+            written.append((w, "image"))
+        targets = {w.name: _target(w, kind) for w, kind in written}
+        targets[SHEBANG_TARGET] = TargetFile.from_data(SHEBANG_TARGET, shebang, ["sha256"])
+        targets[SHEBANG_TARGET].unrecognized_fields["custom"] = {"kind": "shebang"}
+        targets[TOOL_TARGET] = TargetFile.from_file(TOOL_TARGET, str(tool.path), ["sha256"])
+        targets[TOOL_TARGET].unrecognized_fields["custom"] = {"kind": "tool", "format": opts.tool_format}
+        spec = inputs.loaded.spec
+        expires = {r: timedelta(seconds=spec.trust.roles[r].expires_seconds) for r in _trust.ONLINE_ROLES}
+        metadata = _trust.build_repository(
+            inputs.chain, signers, targets, now=inputs.now, expires=expires, version=inputs.version
+        )
+        for name in sorted(metadata, key=_metadata_order):
+            writer.add_bytes(name, metadata[name])
+        whole = writer.finish(tool.path, opts.tool_format)
+    except BaseException:
+        writer.abort()
+        raise
+    return whole, len(targets)
 
 
 def _shared_bytes(images: list[_images.PackedImage], layout: Path) -> int:
@@ -317,18 +427,6 @@ def _shared_bytes(images: list[_images.PackedImage], layout: Path) -> int:
 
     uses = Counter(d for i in images for d in i.layers)
     return sum((layout / "blobs" / "sha256" / d.partition(":")[2]).stat().st_size for d, n in uses.items() if n > 1)
-
-
-def tool_members_of(zip_path: Path) -> list[dict[str, Any]]:
-    """The signed tool-members list of an existing (normalized) tool zip."""
-    import zipfile
-
-    with zipfile.ZipFile(zip_path) as z:
-        return [
-            {"name": i.filename, "size": i.file_size, "sha256": hashlib.sha256(z.read(i)).hexdigest()}
-            for i in z.infolist()
-            if not i.is_dir()
-        ]
 
 
 def _metadata_order(name: str) -> tuple[int, int, str]:
@@ -351,21 +449,19 @@ def writer_targets(
     writer: ArchiveWriter,
     written: list[tuple[Written, str]],
     manifest: dict[str, Any],
-    loaded: LoadedSpec,
-    pylock: bytes,
-    lock: _lock.Lock,
+    inputs: _Inputs,
     tool_members: list[dict[str, Any]],
-    paths: dict[str, Path],
     opts: BuildOptions,
     *,
     images: list[_images.PackedImage],
 ) -> None:
     """Write every payload member that is a signed target, in a fixed order (the image layout comes
     after these; ``images`` is only described here, in the SBOM)."""
+    loaded, lock, paths = inputs.loaded, inputs.lock, inputs.paths
     spec = loaded.spec
     written.append((writer.add_bytes("appliance.json", canonical_json(manifest)), "manifest"))
     written.append((writer.add_bytes("spec/appliance.toml", loaded.raw), "spec"))
-    written.append((writer.add_bytes("lock/pylock.toml", pylock), "lock"))
+    written.append((writer.add_bytes("lock/pylock.toml", inputs.pylock), "lock"))
     for env in spec.environments:
         data = _lock.requirements_txt(lock, env.name)
         written.append((writer.add_bytes(f"lock/requirements-{env.name}.txt", data), "lock"))
