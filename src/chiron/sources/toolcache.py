@@ -52,7 +52,7 @@ def key_file() -> Path:
     return Path(state) / "chiron" / KEY_NAME
 
 
-def _secret(path: Path) -> tuple[bytes | None, str | None]:
+def secret_key(path: Path) -> tuple[bytes | None, str | None]:
     """The cache key (made on first use), or None and why it cannot be used."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -93,12 +93,12 @@ def inputs_key(fmt: ToolFormat, wheels: Path, shebang: str, platforms: list[str]
     return hashlib.sha256(canonical_json(data)).hexdigest()
 
 
-def _mac(secret: bytes, inputs: str, sha256: str, members: list[dict[str, Any]]) -> str:
+def record_mac(secret: bytes, inputs: str, sha256: str, members: list[dict[str, Any]]) -> str:
     body = canonical_json({"inputs": inputs, "sha256": sha256, "members": members})
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def _cached(zip_path: Path, record_path: Path, inputs: str, secret: bytes) -> ToolZip | str:
+def check_cached(zip_path: Path, record_path: Path, inputs: str, secret: bytes) -> ToolZip | str:
     """The cached zip when record, MAC and bytes agree; otherwise why not."""
     try:
         record = json.loads(record_path.read_bytes())
@@ -107,7 +107,7 @@ def _cached(zip_path: Path, record_path: Path, inputs: str, secret: bytes) -> To
         return "its record is unreadable or from an older chiron"
     if not (isinstance(sha, str) and isinstance(members, list) and isinstance(mac, str)):
         return "its record has fields of the wrong type"
-    if not hmac.compare_digest(mac, _mac(secret, inputs, sha, members)):
+    if not hmac.compare_digest(mac, record_mac(secret, inputs, sha, members)):
         return "its record is not authenticated by this user's cache key"
     # Re-hashed on every use: these bytes are signed into the appliance.
     if sha256_file(zip_path) != sha:
@@ -123,9 +123,9 @@ def cached_tool_zip(
     inputs = inputs_key(fmt, wheels, shebang, platforms)
     cache = cache_dir / "tool"
     zip_path, record_path = cache / f"{inputs}.zip", cache / f"{inputs}.json"
-    secret, note = _secret(key_file())
+    secret, note = secret_key(key_file())
     if secret is not None and zip_path.is_file():
-        got = _cached(zip_path, record_path, inputs, secret)
+        got = check_cached(zip_path, record_path, inputs, secret)
         if isinstance(got, ToolZip):
             return got
         note = f"the cached tool zip {zip_path} was not used ({got}): built anew"
@@ -142,7 +142,7 @@ def cached_tool_zip(
         dst.flush()
         os.fsync(dst.fileno())
         os.replace(tmp, zip_path)
-    record = {"sha256": sha, "members": members, "inputs": inputs, "mac": _mac(secret, inputs, sha, members)}
+    record = {"sha256": sha, "members": members, "inputs": inputs, "mac": record_mac(secret, inputs, sha, members)}
     write_atomic(record_path, canonical_json(record))
     return ToolZip(zip_path, sha, members, note)
 

@@ -238,7 +238,8 @@ def next_version(run: Run) -> int:
         return run.built_at
     number = latest.metadata_version + 1
     if 0 < run.signed_with < len(chain):
-        floor = max(run.built_at, int(time.time()))
+        # A build in this very second signed at most now: one above it.
+        floor = max(run.built_at, int(time.time()) + 1)
         if floor > number:
             run.notes.append(
                 f"root version {len(chain)} is new to this store: signed as version {floor} (the time), above "
@@ -306,7 +307,9 @@ def renewal(run: Run) -> str | None:
             expires = datetime.strptime(signed["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        window = timedelta(seconds=max(spec.trust.roles[role].expires_seconds / 2, carry))
+        validity = spec.trust.roles[role].expires_seconds
+        # A carry interval the validity cannot cover is warned about; renewing on every run would not help.
+        window = timedelta(seconds=max(validity / 2, carry) if carry < validity else validity / 2)
         if expires - datetime.now(UTC) <= window:
             return (
                 f"renewed: version {signed['version']}'s {role} metadata expires {signed['expires']}; "
