@@ -375,12 +375,11 @@ def _refresh_profile(store: Path) -> dict[str, float]:
         return float(sum(v[3] for (f, _line, fn), v in stats.items() if f.endswith(f"chiron/{module}") and fn == func))
 
     steps = {
-        "pip resolution (_lock.resolve, a pip subprocess)": cum("_lock.py", "resolve"),
-        "tool zip lookup: hash tool wheels, re-hash cached zip": cum("build.py", "tool_zip_for"),
-        "hash the tool zip again for the content key": cum("mirror.py", "_sha256_file"),
-        "skopeo (_images.fetch: inspect, copy to the store's oci/)": cum("_images.py", "fetch"),
+        "pip resolution (sources.lock.resolve, a pip subprocess)": cum("sources/lock/resolve.py", "resolve"),
+        "tool zip lookup: hash tool wheels, check the cached zip": cum("sources/toolcache.py", "cached_tool_zip"),
+        "skopeo (sources.images.fetch: inspect, copy to the store's oci/)": cum("sources/images.py", "fetch"),
     }
-    refresh = cum("mirror.py", "refresh")
+    refresh = cum("engines/mirror/refresh.py", "refresh")
     return {
         "whole command under cProfile": total,
         "interpreter start, imports, CLI (outside refresh())": total - refresh,

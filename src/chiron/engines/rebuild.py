@@ -19,6 +19,7 @@ from typing import Any
 
 from chiron.archive.layout import METADATA_PREFIX, TOOL_TARGET, Layout
 from chiron.archive.reader import read_layout
+from chiron.core.clock import iso, parse_iso
 from chiron.engines.verify import VerifiedAppliance, verified
 from chiron.errors import VerificationError
 from chiron.sources.toolcache import ToolZip, tool_members_of
@@ -125,10 +126,7 @@ def rebuild(
 
 
 def _epoch(created: str) -> int:
-    from calendar import timegm
-    from time import strptime
-
-    return timegm(strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+    return int(parse_iso(created).timestamp())
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -195,9 +193,7 @@ def _cause(name: str, pa: Path, a: Layout, pb: Path, b: Layout) -> str:
                 "signatures differ over identical content (a non-deterministic key such as ECDSA/HSM, or another key)"
             )
         if ma.signed.expires != mb.signed.expires:
-            return (
-                f"timestamps: expires {ma.signed.expires:%Y-%m-%dT%H:%M:%SZ} vs {mb.signed.expires:%Y-%m-%dT%H:%M:%SZ}"
-            )
+            return f"timestamps: expires {iso(ma.signed.expires)} vs {iso(mb.signed.expires)}"
         if ma.signed.version != mb.signed.version:
             return f"metadata version {ma.signed.version} vs {mb.signed.version}"
         return "signed content differs (it lists other targets: see the members above)"

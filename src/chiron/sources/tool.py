@@ -95,60 +95,49 @@ def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str, platforms
             f"{wheels}: no wheel of chiron itself to build the tool from",
             hint="pass --tool-wheels DIR holding chiron's wheel and its dependencies ('make tool-wheels')",
         )
-    req = f"chiron=={__version__}"
+    if fmt not in ("pex", "shiv"):  # pragma: no cover - the command line restricts the choice
+        raise UsageError(f"unknown format {fmt}")
     wheels, out = wheels.absolute(), out.absolute()  # the tools run in another working directory
+    platforms = list(platforms)
     with tempfile.TemporaryDirectory(prefix="chiron-tool-") as tmp_s:
         tmp = Path(tmp_s)
-        env = _clean_env(tmp)
         cwd = tmp / "cwd"
         cwd.mkdir()
-        if fmt == "pex":
-            pex = _proc.find_program("pex", module="pex")
-            args = [
-                req,
-                "--no-pypi",
-                "--find-links",
-                str(wheels),
-                "--entry-point",
-                ENTRY_POINT,
-                "--venv",
-                "--python-shebang",
-                shebang,
-                "--python",
-                sys.executable,
-                "--no-emit-warnings",
-                "-o",
-                str(out),
-            ]
-            for plat in platforms:
-                args += ["--platform", plat]
-            try:
-                _proc.run(pex, args, env=env, cwd=cwd, timeout=1800, what="building the pex tool zip")
-            except EnvironmentProblem as exc:
-                if platforms and "No matching distribution" in exc.message:
-                    raise EnvironmentProblem(
-                        f"{wheels}: the tool wheels lack a wheel for one of the platforms the tool must run on "
-                        f"({', '.join(platforms)}): {exc.message.splitlines()[-1]}",
-                        hint="add them with 'pip download --only-binary=:all: --no-deps --python-version X.Y "
-                        "--platform PLATFORM -r requirements/tool-constraints.txt -d TOOL_WHEELS' "
-                        "(make tool-wheels does this for CPython 3.12 on x86_64)",
-                    ) from None
-                raise
-        elif fmt == "shiv":
+        if fmt == "shiv":
             shiv = _proc.find_program("shiv", module="shiv")
-            args = [
-                "--output-file",
-                str(out),
-                "--entry-point",
-                ENTRY_POINT,
-                "--python",
-                shebang,
-                "--reproducible",
-                "--no-index",
-                "--find-links",
-                str(wheels),
-                req,
-            ]
-            _proc.run(shiv, args, env=env, cwd=cwd, timeout=1800, what="building the shiv tool zip")
-        else:  # pragma: no cover - typer restricts the choice
-            raise UsageError(f"unknown format {fmt}")
+            args = _shiv_args(wheels, out, shebang)
+            _proc.run(shiv, args, env=_clean_env(tmp), cwd=cwd, timeout=1800, what="building the shiv tool zip")
+            return
+        pex = _proc.find_program("pex", module="pex")
+        try:
+            _proc.run(
+                pex,
+                _pex_args(wheels, out, shebang, platforms),
+                env=_clean_env(tmp),
+                cwd=cwd,
+                timeout=1800,
+                what="building the pex tool zip",
+            )
+        except EnvironmentProblem as exc:
+            if platforms and "No matching distribution" in exc.message:
+                raise EnvironmentProblem(
+                    f"{wheels}: the tool wheels lack a wheel for one of the platforms the tool must run on "
+                    f"({', '.join(platforms)}): {exc.message.splitlines()[-1]}",
+                    hint="add them with 'pip download --only-binary=:all: --no-deps --python-version X.Y "
+                    "--platform PLATFORM -r requirements/tool-constraints.txt -d TOOL_WHEELS' "
+                    "(make tool-wheels does this for CPython 3.12 on x86_64)",
+                ) from None
+            raise
+
+
+def _pex_args(wheels: Path, out: Path, shebang: str, platforms: list[str]) -> list[str]:
+    args = [f"chiron=={__version__}", "--no-pypi", "--find-links", str(wheels), "--entry-point", ENTRY_POINT]
+    args += ["--venv", "--python-shebang", shebang, "--python", sys.executable, "--no-emit-warnings", "-o", str(out)]
+    for plat in platforms:
+        args += ["--platform", plat]
+    return args
+
+
+def _shiv_args(wheels: Path, out: Path, shebang: str) -> list[str]:
+    args = ["--output-file", str(out), "--entry-point", ENTRY_POINT, "--python", shebang, "--reproducible"]
+    return [*args, "--no-index", "--find-links", str(wheels), f"chiron=={__version__}"]

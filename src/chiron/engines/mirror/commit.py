@@ -94,6 +94,19 @@ def commit(
 
         made = delta.make(run.opts.delta_from, out, out.with_suffix(".delta"))
         result.delta, result.delta_size = made.path, made.size
+    keep_root = run.state is not None and run.state.root is not None and run.opts.spec is None
+    store.write_state(_next_state(run, built, number, key, pages, stats, keep_root))
+    note = claim(store, run.loaded, chain, number) if not keep_root else None
+    result.notes += [note] if note else []
+    result.seconds = time.monotonic() - run.started
+    return result
+
+
+def _next_state(
+    run: Run, built: BuildResult, number: int, key: str, pages: ResolvedFrom | None, stats: FetchStats, keep_root: bool
+) -> StoreState:
+    """The state with version N+1 appended (written last: the commit point)."""
+    store, out, state = run.store, built.output, run.state
     entry = VersionRecord(
         metadata_version=number,
         version=built.version,
@@ -106,28 +119,20 @@ def commit(
         downloaded=stats.downloaded,
         bytes_downloaded=stats.bytes_downloaded,
         resolved_from=pages,
-        root_version=_trust.parse_root(chain[-1], "root").signed.version,
+        root_version=_trust.parse_root(run.chain[-1], "root").signed.version,
     )
-    state = run.state
-    keep_root = state is not None and state.root is not None and run.opts.spec is None
-    store.write_state(
-        StoreState(
-            format="chiron-mirror/1",
-            name=built.name,
-            spec=str(run.spec_path.absolute()),
-            base=str(run.base.absolute()) if run.base else None,
-            files_dir=str(run.files_dir) if run.files_dir else None,
-            # Only a policy given with --policy is remembered; policy.toml beside the spec is found anew.
-            policy=str(run.opts.policy.absolute()) if run.opts.policy else (state.policy if state else None),
-            root=state.root if keep_root and state else None,
-            keys=key_uris(run.loaded),
-            versions=[*(state.versions if state else []), entry],
-        )
+    return StoreState(
+        format="chiron-mirror/1",
+        name=built.name,
+        spec=str(run.spec_path.absolute()),
+        base=str(run.base.absolute()) if run.base else None,
+        files_dir=str(run.files_dir) if run.files_dir else None,
+        # Only a policy given with --policy is remembered; policy.toml beside the spec is found anew.
+        policy=str(run.opts.policy.absolute()) if run.opts.policy else (state.policy if state else None),
+        root=state.root if keep_root and state else None,
+        keys=key_uris(run.loaded),
+        versions=[*(state.versions if state else []), entry],
     )
-    note = claim(store, run.loaded, chain, number) if not keep_root else None
-    result.notes += [note] if note else []
-    result.seconds = time.monotonic() - run.started
-    return result
 
 
 def claim(store: Store, loaded: LoadedSpec, chain: list[bytes], number: int) -> str | None:

@@ -22,13 +22,13 @@ from typing import Any
 from chiron.archive.layout import TOOL_TARGET
 from chiron.core import progress as _progress
 from chiron.core import telemetry as _telemetry
-from chiron.core.clock import utc_from_epoch
+from chiron.core.clock import iso, parse_iso, utc_from_epoch
 from chiron.core.fs import sha256_file, write_atomic
 from chiron.core.models import parse_duration
 from chiron.core.spec import LoadedSpec
 from chiron.core.storestate import StoreState
 from chiron.engines import policy
-from chiron.engines.build import BuildOptions, build, check_validity, image_refs, iso, source_date_epoch
+from chiron.engines.build import BuildOptions, build, check_validity, image_refs, source_date_epoch
 from chiron.engines.verify import verified
 from chiron.errors import PolicyViolation, SpecError, UsageError, VerificationError
 from chiron.sources import images as _images
@@ -184,7 +184,7 @@ def clock_warnings(run: Run) -> list[str]:
     if latest is None or latest.created is None:
         return []
     try:
-        last = int(datetime.strptime(latest.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+        last = int(parse_iso(latest.created).timestamp())
     except ValueError:
         return []
     when = iso(utc_from_epoch(run.built_at))
@@ -273,7 +273,7 @@ def tool_for(run: Run, chain: list[bytes], work: Path) -> tuple[ToolZip, ToolFor
             hint="pass --tool-wheels DIR (chiron's own wheel and its dependencies) or set CHIRON_TOOL_WHEELS",
         )
     path = run.store.root / latest.file
-    created = datetime.strptime(latest.created or "1970-01-01T00:00:00Z", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    created = parse_iso(latest.created or "1970-01-01T00:00:00Z")
     # As of its own signing time: the tool is what was signed, whether or not its metadata expired since.
     with verified(path, root_sha256=_trust.fingerprint(chain[0]), reference_time=created + timedelta(seconds=1)) as r:
         if not r.ok:
@@ -304,7 +304,7 @@ def renewal(run: Run) -> str | None:
     for role in ("timestamp", "snapshot", "targets"):
         try:
             signed = json.loads((run.store.tuf / f"{role}.json").read_text())["signed"]
-            expires = datetime.strptime(signed["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            expires = parse_iso(signed["expires"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         validity = spec.trust.roles[role].expires_seconds

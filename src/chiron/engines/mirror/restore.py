@@ -42,6 +42,16 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Carried:
+    """What the appliance carries for the store: its spec and lock bytes, and its root chain."""
+
+    spec_raw: bytes
+    pylock: bytes
+    chain: list[bytes]
+    spec_version: str  # the carried spec's [appliance] version: the store's file names use it
+
+
 def restore(
     archive: Path,
     store_dir: Path,
@@ -64,49 +74,12 @@ def restore(
                     f"{store.root} already holds a mirror store",
                     hint="restore into a new, empty directory (a store is never overwritten)",
                 )
-            spec_raw, pylock = appliance.read("spec/appliance.toml"), appliance.read("lock/pylock.toml")
-            roots = [m.name for m in appliance.layout.members if is_root_member(m.name)]
-            chain = sorted(
-                (appliance.reader.read(name, MAX_METADATA) for name in roots),
-                key=lambda data: _trust.parse_root(data, "root").signed.version,
-            )
-            plan = plan_restore(store, str(report.name), spec, base, spec_raw, chain)
-            store.sweep(None)
+            carried = _carried(appliance, archive)
+            plan = plan_restore(store, str(report.name), spec, base, carried.spec_raw, carried.chain)
+            store.sweep(None)  # nothing is written before this line
             files = _unpack(appliance, store, plan)
             number = int(report.roles["targets"]["version"])
-            write_atomic(store.locks / f"{number}.pylock.toml", pylock)
-            if plan.extracted is not None:
-                write_atomic(plan.extracted / "appliance.toml", spec_raw)
-            if plan.lock_copy is not None:
-                write_atomic(plan.lock_copy, pylock)
-            carried_version = load_spec_bytes(spec_raw, f"{archive}: spec/appliance.toml").spec.appliance.version
-            ext = ".pyz" if appliance.layout.tool_format == "shiv" else ".pex"
-            dest = store.appliances / f"{report.name}-{carried_version}-{number}{ext}"
-            copy_region(archive, 0, appliance.reader.size, dest)
-            sig = archive.with_name(archive.name + ".sig")
-            if sig.is_file():
-                copy_region(sig, 0, sig.stat().st_size, dest.with_name(dest.name + ".sig"))
-            save_tuf(store, dest, chain)
-            key = content_key(
-                spec=spec_raw,
-                pylock=pylock,
-                images=list(report.manifest.get("images", [])),
-                files=files,
-                root=chain[-1],
-                tool_sha256=appliance.target(TOOL_TARGET).sha256,
-            )
-            record = VersionRecord(
-                metadata_version=number,
-                version=str(report.version),
-                created=report.manifest.get("created"),
-                file=str(dest.relative_to(store.root)),
-                sha256=sha256_file(dest),
-                size=dest.stat().st_size,
-                content_key=key,
-                lock=f"locks/{number}.pylock.toml",
-                restored_from=str(archive.absolute()),
-                root_version=_trust.parse_root(chain[-1], "root").signed.version,
-            )
+            dest = _write_files(store, archive, appliance, plan, carried, str(report.name), number)
             state = StoreState(
                 format="chiron-mirror/1",
                 name=str(report.name),
@@ -115,10 +88,10 @@ def restore(
                 files_dir=str(plan.extracted / "files") if plan.extracted and files else None,
                 root=str(plan.root) if plan.root else None,
                 keys=key_uris(plan.loaded),
-                versions=[record],
+                versions=[_record(store, dest, report.manifest, appliance, carried, files, number, archive)],
             )
             store.write_state(state)
-            note = claim(store, plan.loaded, chain, number) if plan.root is None else None
+            note = claim(store, plan.loaded, carried.chain, number) if plan.root is None else None
     return {
         "schema": "chiron.mirror-restore/1",
         "store": str(store.root),
@@ -131,9 +104,72 @@ def restore(
         "spec": str(plan.spec_path),
         "root": state.root,
         "keys": state.keys,
-        **root_info(chain),
+        **root_info(carried.chain),
         "notices": [*report.notices, *plan.notes, *([note] if note else [])],
     }
+
+
+def _carried(appliance: VerifiedAppliance, archive: Path) -> Carried:
+    spec_raw, pylock = appliance.read("spec/appliance.toml"), appliance.read("lock/pylock.toml")
+    roots = [m.name for m in appliance.layout.members if is_root_member(m.name)]
+    chain = sorted(
+        (appliance.reader.read(name, MAX_METADATA) for name in roots),
+        key=lambda data: _trust.parse_root(data, "root").signed.version,
+    )
+    version = load_spec_bytes(spec_raw, f"{archive}: spec/appliance.toml").spec.appliance.version
+    return Carried(spec_raw, pylock, chain, version)
+
+
+def _write_files(
+    store: Store, archive: Path, appliance: VerifiedAppliance, plan: Plan, carried: Carried, name: str, number: int
+) -> Path:
+    """The lock, the carried spec and lock (without --spec), the appliance and its signature, and
+    the public TUF state. Returns the store's copy of the appliance."""
+    stem = f"{name}-{carried.spec_version}-{number}"
+    write_atomic(store.locks / f"{number}.pylock.toml", carried.pylock)
+    if plan.extracted is not None:
+        write_atomic(plan.extracted / "appliance.toml", carried.spec_raw)
+    if plan.lock_copy is not None:
+        write_atomic(plan.lock_copy, carried.pylock)
+    dest = store.appliances / f"{stem}{'.pyz' if appliance.layout.tool_format == 'shiv' else '.pex'}"
+    copy_region(archive, 0, appliance.reader.size, dest)
+    sig = archive.with_name(archive.name + ".sig")
+    if sig.is_file():
+        copy_region(sig, 0, sig.stat().st_size, dest.with_name(dest.name + ".sig"))
+    save_tuf(store, dest, carried.chain)
+    return dest
+
+
+def _record(
+    store: Store,
+    dest: Path,
+    manifest: dict[str, Any],
+    appliance: VerifiedAppliance,
+    carried: Carried,
+    files: dict[str, str],
+    number: int,
+    archive: Path,
+) -> VersionRecord:
+    key = content_key(
+        spec=carried.spec_raw,
+        pylock=carried.pylock,
+        images=list(manifest.get("images", [])),
+        files=files,
+        root=carried.chain[-1],
+        tool_sha256=appliance.target(TOOL_TARGET).sha256,
+    )
+    return VersionRecord(
+        metadata_version=number,
+        version=str(manifest.get("version")),
+        created=manifest.get("created"),
+        file=str(dest.relative_to(store.root)),
+        sha256=sha256_file(dest),
+        size=dest.stat().st_size,
+        content_key=key,
+        lock=f"locks/{number}.pylock.toml",
+        restored_from=str(archive.absolute()),
+        root_version=_trust.parse_root(carried.chain[-1], "root").signed.version,
+    )
 
 
 def _unpack(appliance: VerifiedAppliance, store: Store, plan: Plan) -> dict[str, str]:

@@ -22,7 +22,7 @@ from packaging.utils import (
 )
 
 from chiron.core import proc as _proc
-from chiron.core.models import ApplianceSpec, TargetEnvironment
+from chiron.core.models import ApplianceSpec, PythonSection, TargetEnvironment
 from chiron.errors import ArtifactError, ChironError, EnvironmentProblem, LockError, UsageError
 from chiron.sources.http import probe
 from chiron.sources.lock.model import Artifact, Lock, LockedPackage
@@ -37,7 +37,6 @@ def resolve(spec: ApplianceSpec, spec_dir: Path) -> Lock:
     pip = _proc.find_program("pip", module="pip")
     packages: dict[tuple[str, str], LockedPackage] = {}
     selection: dict[str, dict[str, Artifact]] = {}
-    host_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     with tempfile.TemporaryDirectory(prefix="chiron-resolve-") as tmp:
         cwd = Path(tmp) / "cwd"
         cwd.mkdir()
@@ -47,42 +46,7 @@ def resolve(spec: ApplianceSpec, spec_dir: Path) -> Lock:
             reqs = Path(tmp) / f"requirements-{env.name}.in"
             reqs.write_text("\n".join(requirements_for(py.requirements, env)) + "\n")
             report_path = Path(tmp) / f"report-{env.name}.json"
-            args = [
-                "--isolated",
-                "install",
-                "--dry-run",
-                "--ignore-installed",
-                "--quiet",
-                "--no-input",
-                "--report",
-                str(report_path),
-                "-r",
-                str(reqs),
-            ]
-            if py.allow_sdists:
-                # pip cannot pick sdists for a foreign platform: only the running interpreter's own.
-                if env.python_version != host_version:
-                    raise UsageError(
-                        f"environment {env.name}: python.allow_sdists needs a resolver running Python "
-                        f"{env.python_version} (this is {host_version})",
-                        hint="run chiron lock under that interpreter, or disallow sdists",
-                    )
-                args += ["--prefer-binary"]
-            else:
-                args += [
-                    "--only-binary=:all:",
-                    "--python-version",
-                    env.python_version,
-                    "--implementation",
-                    env.implementation,
-                ]
-                for plat in env_platforms(env):
-                    args += ["--platform", plat]
-                for abi in env.abi_list():
-                    args += ["--abi", abi]
-            args += ["--index-url", py.index_url] if py.index_url else ["--no-index"]
-            for link in py.find_links:
-                args += ["--find-links", _link(link, spec_dir)]
+            args = [*_pip_args(py, env, spec_dir), "--report", str(report_path), "-r", str(reqs)]
             try:
                 _proc.run(pip, args, cwd=cwd, timeout=1800, what=f"resolving for environment {env.name}")
             except EnvironmentProblem as exc:
@@ -92,6 +56,32 @@ def resolve(spec: ApplianceSpec, spec_dir: Path) -> Lock:
             report = json.loads(report_path.read_text())
             selection[env.name] = _from_report(report, env, packages, py.allow_sdists, py.index_url)
     return Lock(packages=sorted(packages.values(), key=lambda p: (p.name, p.version)), selection=selection)
+
+
+def _pip_args(py: PythonSection, env: TargetEnvironment, spec_dir: Path) -> list[str]:
+    """pip's options for one environment: its tags (or the running interpreter's, for sdists), the
+    index and the find-links."""
+    args = ["--isolated", "install", "--dry-run", "--ignore-installed", "--quiet", "--no-input"]
+    if py.allow_sdists:
+        # pip cannot pick sdists for a foreign platform: only the running interpreter's own.
+        host_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if env.python_version != host_version:
+            raise UsageError(
+                f"environment {env.name}: python.allow_sdists needs a resolver running Python "
+                f"{env.python_version} (this is {host_version})",
+                hint="run chiron lock under that interpreter, or disallow sdists",
+            )
+        args += ["--prefer-binary"]
+    else:
+        args += ["--only-binary=:all:", "--python-version", env.python_version, "--implementation", env.implementation]
+        for plat in env_platforms(env):
+            args += ["--platform", plat]
+        for abi in env.abi_list():
+            args += ["--abi", abi]
+    args += ["--index-url", py.index_url] if py.index_url else ["--no-index"]
+    for link in py.find_links:
+        args += ["--find-links", _link(link, spec_dir)]
+    return args
 
 
 _NOT_FOUND = re.compile(r"No matching distribution found for ([A-Za-z0-9][A-Za-z0-9._-]*)")
