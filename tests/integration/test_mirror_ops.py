@@ -305,7 +305,7 @@ def test_the_tool_builds_in_a_checkout_and_a_tampered_cache_is_rebuilt(
     evil = tmp_path / "evil.zip"
     shutil.copyfile(first.path, evil)
     with zipfile.ZipFile(evil, "a") as z:
-        z.writestr("__main__.py", "print('owned')\n")
+        z.writestr("payload/evil.py", "print('owned')\n")
     sha = hashlib.sha256(evil.read_bytes()).hexdigest()
     shutil.copyfile(evil, first.path)
     record = first.path.with_suffix(".json")

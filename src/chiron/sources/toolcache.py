@@ -24,6 +24,7 @@ import secrets
 import shutil
 import stat
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,6 @@ def cached_tool_zip(
 
 def tool_members_of(zip_path: Path) -> list[dict[str, Any]]:
     """The signed tool-members list of an existing (normalized) tool zip, read from the zip itself."""
-    import zipfile
-
     with zipfile.ZipFile(zip_path) as z:
         return [
             {"name": i.filename, "size": i.file_size, "sha256": hashlib.sha256(z.read(i)).hexdigest()}

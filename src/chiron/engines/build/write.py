@@ -3,6 +3,7 @@ the TUF metadata over all of it, and the tool zip at the end."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -115,8 +116,6 @@ def write_archive(
 
 def _shared_bytes(images: list[_images.PackedImage], layout: Path) -> int:
     """Bytes of blobs that more than one image uses (stored once in the appliance)."""
-    from collections import Counter
-
     uses = Counter(d for i in images for d in i.layers)
     return sum((layout / "blobs" / "sha256" / d.partition(":")[2]).stat().st_size for d, n in uses.items() if n > 1)
 

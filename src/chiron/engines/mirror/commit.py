@@ -4,10 +4,12 @@ its root chain directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
+from chiron.archive import delta
 from chiron.archive.reader import ArchiveReader
 from chiron.core.fs import sha256_file
 from chiron.core.spec import LoadedSpec
@@ -46,8 +48,6 @@ def unchanged(run: Run, latest: VersionRecord, stats: FetchStats, new_blobs: dic
         root=root_info(run.chain),
     )
     if run.opts.delta_from is not None and result.appliance and result.appliance.is_file():
-        from chiron.archive import delta
-
         # Nothing new to sign, but the operator still needs a delta to the newest version.
         made = delta.make(run.opts.delta_from, result.appliance, result.appliance.with_suffix(".delta"))
         result.delta, result.delta_size = made.path, made.size
@@ -90,8 +90,6 @@ def commit(
     if previous is not None and previous.is_file():
         result.changelog = diff.diff(previous, out)
     if run.opts.delta_from is not None:
-        from chiron.archive import delta
-
         made = delta.make(run.opts.delta_from, out, out.with_suffix(".delta"))
         result.delta, result.delta_size = made.path, made.size
     keep_root = run.state is not None and run.state.root is not None and run.opts.spec is None
@@ -145,7 +143,5 @@ def claim(store: Store, loaded: LoadedSpec, chain: list[bytes], number: int) -> 
 
 
 def _created(archive: Path) -> str:
-    import json
-
     with ArchiveReader(archive) as reader:
         return str(json.loads(reader.read("appliance.json", 1 << 20))["created"])

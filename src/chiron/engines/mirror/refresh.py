@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from chiron.archive import delta
 from chiron.archive.layout import TOOL_TARGET
 from chiron.core import progress as _progress
 from chiron.core import telemetry as _telemetry
@@ -57,7 +58,8 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         number = next_version(run)
         recorded = [i.as_dict() for i in packed]
         with contextlib.ExitStack() as stack:
-            tool, fmt = tool_for(run, chain, Path(stack.enter_context(tempfile.TemporaryDirectory(**_work(store)))))
+            work = stack.enter_context(tempfile.TemporaryDirectory(prefix=".tool-", dir=store.root))
+            tool, fmt = tool_for(run, chain, Path(work))
             key = content_key(
                 spec=run.loaded.raw,
                 pylock=pylock,
@@ -103,10 +105,6 @@ def refresh(opts: RefreshOptions) -> RefreshResult:
         return result
 
 
-def _work(store: Store) -> dict[str, Any]:
-    return {"prefix": ".tool-", "dir": store.root}
-
-
 def _ext(fmt: ToolFormat) -> str:
     return "pex" if fmt == "pex" else "pyz"
 
@@ -135,8 +133,6 @@ def begin(store: Store, opts: RefreshOptions, started: float) -> Run:
         defaults = policy.Policy(sources=policy.SourceRules(sdists=spec.python.allow_sdists))
         rules = policy.LoadedPolicy(defaults, None, {})
     if opts.delta_from is not None:
-        from chiron.archive import delta
-
         delta.base_content(opts.delta_from)  # a wrong --delta-from fails now, not after the build
     epoch = source_date_epoch(opts.source_date_epoch)
     root_path = (
