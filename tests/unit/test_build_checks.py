@@ -88,3 +88,17 @@ def test_the_carry_interval_is_a_duration() -> None:
 
     with pytest.raises(SpecError, match=r"trust\.carry_interval: '2 weeks' is not a duration"):
         _spec("2 weeks")
+
+
+@pytest.mark.parametrize(
+    ("spec_version", "expect"), [("1.0.0", "1.0.0+{n}"), ("2.1rc1", "2.1rc1+{n}"), ("1.0+site", "1.0+site.{n}")]
+)
+def test_a_release_version_tells_releases_apart_and_sorts_by_n(spec_version: str, expect: str) -> None:
+    """docs/mirror.md#versions: SPEC+N, increasing with N, above the spec's own version."""
+    from packaging.version import Version
+
+    from chiron.engines.mirror import release_version
+
+    first, second = release_version(spec_version, 1795485861), release_version(spec_version, 1795485862)
+    assert first == expect.format(n=1795485861)
+    assert Version(spec_version) < Version(first) < Version(second)
