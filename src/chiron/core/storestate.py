@@ -24,7 +24,7 @@ from chiron.core.fs import write_atomic
 from chiron.errors import StoreStateError
 
 STORE_FORMAT = "chiron-mirror/1"
-CLAIM_SCHEMA = "chiron.mirror-claim/1"
+CLAIM_FORMAT = "chiron-mirror-claim/1"  # a file format (like the state), not a command's output
 RESTORE_HINT = "restore the store from the last appliance with chiron mirror restore"
 
 _APPLIANCE_FILE = re.compile(r"appliances/[A-Za-z0-9][^/\x00-\x1f]*")
@@ -188,7 +188,7 @@ def write_state(path: Path, state: StoreState) -> None:
 class StoreClaim(_Model):
     """``ROOTDIR/chiron-mirror-NAME.json``: a store signs appliance NAME under this root chain."""
 
-    schema_: Literal["chiron.mirror-claim/1"] = Field(alias="schema")
+    format: Literal["chiron-mirror-claim/1"]
     store: str
     name: str
     root_fingerprint: str
@@ -203,7 +203,7 @@ def write_claim(root_dir: Path, store: Path, name: str, root_fingerprint: str, v
     """Record the store beside its root chain directory; returns a note when that cannot be done
     (a read-only root directory only loses the early refusal in ``chiron build``)."""
     data: dict[str, Any] = {
-        "schema": CLAIM_SCHEMA,
+        "format": CLAIM_FORMAT,
         "store": str(store),
         "name": name,
         "root_fingerprint": root_fingerprint,
