@@ -152,7 +152,8 @@ def test_after_a_rotation_the_key_error_says_what_to_do(
     with pytest.raises(SigningKeyError) as exc:
         build(opts)
     assert "is not a targets key of the root metadata" in exc.value.message
-    assert exc.value.hint and f"set trust.root to the chain directory {root_dir}" in exc.value.hint
+    assert exc.value.hint and "trust.root must name the DIRECTORY of N.root.json files" in exc.value.hint
+    assert f"here {root_dir}, which holds root version 2" in exc.value.hint
     text = spec.read_text().replace(f'root = "{root_dir}/1.root.json"', f'root = "{root_dir}"')
     spec.write_text(text.replace(new_key, "targets.pem"))  # the chain directory, but the revoked key
     with pytest.raises(SigningKeyError) as exc:

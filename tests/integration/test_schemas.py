@@ -322,6 +322,13 @@ def out_recover(capsys: pytest.CaptureFixture[str], installed: Path) -> list[Out
 
 
 @pytest.fixture()
+def out_images(capsys: pytest.CaptureFixture[str], installed: Path) -> list[Output]:
+    loaded = run(capsys, ["images", "load", "--prefix", str(installed), "--json"])
+    assert loaded[1] == 0 and loaded[2]["op"] == "load" and loaded[2]["images"] == []
+    return [loaded]
+
+
+@pytest.fixture()
 def out_audit_verify(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Path) -> list[Output]:
     intact = run(capsys, ["audit", "verify", "--prefix", str(installed), "--json"])
     assert intact[1] == 0 and intact[2]["ok"] and intact[2]["entries"] == 1
@@ -334,17 +341,24 @@ def out_audit_verify(capsys: pytest.CaptureFixture[str], installed: Path, tmp_pa
     return [intact, edited, missing]
 
 
+def _not_an_appliance(tmp_path: Path) -> Path:
+    bad = tmp_path / "nope.pex"
+    bad.write_bytes(b"#!/usr/bin/env python3\nnot an appliance\n")
+    return bad
+
+
 @pytest.fixture()
 def out_doctor(capsys: pytest.CaptureFixture[str], appliance: Path, installed: Path, tmp_path: Path) -> list[Output]:
     outs = [
         run(capsys, ["doctor", "--json"]),
         run(capsys, ["doctor", str(appliance), "--prefix", str(tmp_path / "fresh"), "--json"]),
         run(capsys, ["doctor", str(appliance), "--prefix", str(installed), "--json"]),
-        run(capsys, ["doctor", str(tmp_path / "nope.pex"), "--json"]),
+        run(capsys, ["doctor", str(_not_an_appliance(tmp_path)), "--json"]),
     ]
     for what, code, doc in outs:
         assert code == (0 if doc["ok"] else 3), f"chiron {what}"
-    assert outs[-1][2]["ok"] is False  # the missing archive is an error
+    # A file that is not an appliance is a failed check (a missing one is a usage error: chiron.error/1).
+    assert outs[-1][2]["ok"] is False
     return outs
 
 

@@ -112,7 +112,7 @@ StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Host state (
 WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for another operation's lock.")]
 InstallerOpt = Annotated[str, typer.Option("--installer", help="auto (uv if present, else pip), uv or pip.")]
 ImagesOpt = Annotated[str, typer.Option("--images", help="load (into the Docker Engine), push (--registry) or skip.")]
-RegistryOpt = Annotated[str | None, typer.Option("--registry", help="Enclave registry HOST[:PORT] for --images push.")]
+RegistryOpt = Annotated[str | None, typer.Option("--registry", help="Registry HOST[:PORT][/PREFIX] to push to.")]
 
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="The mirror store directory.")]

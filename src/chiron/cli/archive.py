@@ -44,6 +44,8 @@ def verify(
     else:
         for notice in report.notices:
             log("notice", notice)
+        for warning in report.warnings:
+            log("warning", warning)
         if report.ok:
             typer.echo(
                 f"verified {target}: {report.name} {report.version}, {report.targets} signed targets, "

@@ -27,6 +27,12 @@ from chiron.errors import ExitCode
 if TYPE_CHECKING:
     pass
 
+images_app = typer.Typer(
+    help="The container images of the INSTALLED release: load them into the Docker Engine or push them.",
+    no_args_is_help=True,
+)
+app.add_typer(images_app, name="images")
+
 
 def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> Any:
     from chiron.engines.host import InstallOptions
@@ -63,6 +69,12 @@ def install(
     state_dir: StateOpt = None,
     root: Annotated[Path | None, typer.Option("--root", help="Trusted root metadata obtained out of band.")] = None,
     root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of the trusted root.")] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use", help="Trust the archive's own root (no --root/--root-sha256): pins the host to it."
+        ),
+    ] = False,
     installer: InstallerOpt = "auto",
     images: ImagesOpt = "load",
     registry: RegistryOpt = None,
@@ -79,6 +91,7 @@ def install(
         state_dir=state_dir,
         root_file=root,
         root_sha256=root_sha256,
+        trust_on_first_use=trust_on_first_use,
         installer=installer,
         images=images,
         registry=registry,
@@ -169,9 +182,12 @@ def rollback(
 def status(
     prefix: PrefixOpt = Path("/opt/chiron"),
     state_dir: StateOpt = None,
+    show_packages: Annotated[
+        bool, typer.Option("--packages", help="List the packages installed in the current release.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Releases, the current one, trusted metadata versions and expiry, last operations."""
+    """Releases, the current one and its packages, trusted metadata and expiry, root fingerprint, last operations."""
     from chiron.engines.host import status as run_status
 
     info = run_status(prefix, state_dir)
@@ -183,8 +199,18 @@ def status(
     if cur:
         typer.echo(f"current: {cur['name']} {cur['version']} (release {cur['release']}, installed {cur['installed']})")
     typer.echo(f"previous: {info['previous'] or '-'}")
+    if cur:
+        typer.echo(
+            f"packages: {len(info['packages'])} installed" + ("" if show_packages else " (list them with --packages)")
+        )
+        for pkg in info["packages"] if show_packages else ():
+            typer.echo(f"  {pkg['name']} {pkg['version']}")
     for role, m in info["metadata"].items():
         typer.echo(f"trusted {role:<10} v{m['version']:<12} expires {m['expires']}")
+    if info["root_fingerprint"]:
+        typer.echo(
+            f"root fingerprint: {info['root_fingerprint']} (sha256 of the trusted root; --root-sha256 for other hosts)"
+        )
     if info["pending_transaction"]:
         typer.echo(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
     for w in info["warnings"]:
@@ -225,10 +251,9 @@ def audit_verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check that no audit entry was edited, inserted or removed. Exit 0 intact, 1 tampered."""
-    from chiron.core import audit as _audit
-    from chiron.engines.host import Paths
+    from chiron.engines.host import audit_verify as run_audit_verify
 
-    report = _audit.verify_log(Paths.make(prefix, state_dir).audit)
+    report = run_audit_verify(prefix, state_dir)
     if as_json:
         emit(report.as_dict())
     else:
@@ -259,3 +284,37 @@ def inventory(
     else:
         write_inventory(info, output)
         typer.echo(f"wrote {output}: {len(info['content'])} pieces from {len(info['releases'])} release(s)")
+
+
+def _print_images(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit(info)
+    else:
+        typer.echo(info["message"])
+
+
+@images_app.command("load")
+def images_load(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load the current release's images (from its kept appliance, re-hashed) into the Docker Engine."""
+    from chiron.engines.host import installed_images
+
+    _print_images(installed_images(prefix, state_dir, "load", None, wait), as_json)
+
+
+@images_app.command("push")
+def images_push(
+    registry: Annotated[str, typer.Option("--registry", help="Enclave registry HOST[:PORT][/PREFIX].")],
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Push the current release's images (from its kept appliance, re-hashed) into an enclave registry."""
+    from chiron.engines.host import installed_images
+
+    _print_images(installed_images(prefix, state_dir, "push", registry, wait), as_json)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chiron.archive.layout import METADATA_PREFIX, TOOL_TARGET, Layout
+from chiron.archive.layout import METADATA_PREFIX, TOOL_TARGET, Layout, root_member_version
 from chiron.archive.reader import read_layout
 from chiron.core.clock import iso, parse_iso
 from chiron.engines.verify import VerifiedAppliance, verified
@@ -58,7 +58,7 @@ def _unpack(appliance: VerifiedAppliance, ws: Path, *, wheels: bool) -> tuple[Pa
     roots.mkdir()
     has_images = False
     for m in appliance.layout.members:
-        if m.name.startswith(METADATA_PREFIX) and m.name.removeprefix(METADATA_PREFIX).split(".")[0].isdigit():
+        if root_member_version(m.name) is not None:
             # Root metadata is not a target: python-tuf verified the chain while verify ran.
             (roots / m.name.removeprefix(METADATA_PREFIX)).write_bytes(appliance.reader.read(m.name))
         elif m.name.startswith("files/"):

@@ -10,6 +10,7 @@ from typing import Any
 
 from tuf.api.metadata import Root
 
+from chiron.archive.layout import root_version
 from chiron.core.clock import iso
 from chiron.core.models import ApplianceSpec, parse_duration
 from chiron.core.spec import LoadedSpec
@@ -83,26 +84,18 @@ def check_no_fork(loaded: LoadedSpec, chain: list[bytes], version: int) -> None:
 
 
 def _signer_hint(loaded: LoadedSpec, chain: list[bytes], exc: SigningKeyError) -> SigningKeyError:
-    """A key that the root does not list: say what to do after a rotation, not "rotate the root"."""
+    """A key that the root does not list, with what this spec shows: the directory trust.root should
+    name (a newer root lies beside the file it names), or, when it already names the directory of a
+    rotated chain, that the key was revoked."""
     if "of the root metadata" not in exc.message:
         return exc
     given = loaded.resolve_path(loaded.spec.trust.root, "trust.root")
     newest = _trust.parse_root(chain[-1], "root").signed.version
-    later = (
-        sorted(
-            int(p.name.split(".")[0])
-            for p in given.parent.glob("*.root.json")
-            if p.name.split(".")[0].isdigit() and int(p.name.split(".")[0]) > newest
-        )
-        if given.is_file()
-        else []
-    )
+    versions = [root_version(p.name) or 0 for p in given.parent.glob("*.root.json")] if given.is_file() else []
+    later = sorted(v for v in versions if v > newest)
     if later:
-        hint = (
-            f"trust.root names {given.name} (root version {newest}), but {given.parent} holds root version "
-            f"{later[-1]}: after a rotation, set trust.root to the chain directory {given.parent}"
-        )
-    elif len(chain) > 1:
+        hint = f"{exc.hint}: here {given.parent}, which holds root version {later[-1]}"
+    elif len(chain) > 1 and given.is_dir():
         hint = (
             f"the newest root (version {newest}) does not list this key: after a rotation, each "
             "trust.roles key must be one root version "

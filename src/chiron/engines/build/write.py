@@ -12,7 +12,14 @@ from typing import Any
 from tuf.api.metadata import TargetFile
 
 from chiron import __version__
-from chiron.archive.layout import FORMAT, PIECE, SHEBANG_TARGET, TOOL_MEMBERS_TARGET, TOOL_TARGET
+from chiron.archive.layout import (
+    FORMAT,
+    PIECE,
+    SHEBANG_TARGET,
+    TOOL_MEMBERS_TARGET,
+    TOOL_TARGET,
+    root_member_version,
+)
 from chiron.archive.writer import ArchiveWriter, Written
 from chiron.core import progress as _progress
 from chiron.core import telemetry as _telemetry
@@ -122,9 +129,8 @@ def _shared_bytes(images: list[_images.PackedImage], layout: Path) -> int:
 
 def _metadata_order(name: str) -> tuple[int, int, str]:
     # Root chain first (by version), then the rest; any fixed order keeps the output reproducible.
-    base = name.removeprefix("metadata/")
-    head = base.split(".")[0]
-    return (0, int(head), base) if head.isdigit() else (1, 0, base)
+    version = root_member_version(name)
+    return (0, version, name) if version is not None else (1, 0, name)
 
 
 def _target(w: Written, kind: str) -> TargetFile:

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from chiron.archive.layout import METADATA_PREFIX
+from chiron.archive.layout import METADATA_PREFIX, root_member_version, root_version
 from chiron.archive.reader import ArchiveReader
 from chiron.core import filelock as _lockfile
 from chiron.core.fs import write_atomic
@@ -18,7 +18,7 @@ from chiron.errors import Refused
 from chiron.sources.cache import PARTIAL
 from chiron.trust import metadata as _trust
 
-_VERSIONED = re.compile(r"-(\d+)\.(?:pex|pyz|delta)(?:\.sig)?$|^(\d+)\.pylock\.toml$")
+_VERSIONED = re.compile(r"-([0-9]+)\.(?:pex|pyz|delta)(?:\.sig)?$|^([0-9]+)\.pylock\.toml$")
 MAX_METADATA = 64 << 20  # a metadata member larger than this is not what chiron wrote
 
 
@@ -66,8 +66,8 @@ class Store:
     def root_chain(self) -> list[bytes]:
         """The root chain the store last signed with (tuf/root/N.root.json, by version)."""
         stored = sorted(
-            (p for p in self.tuf.glob("root/*.root.json") if p.name.split(".")[0].isdigit()),
-            key=lambda p: int(p.name.split(".")[0]),
+            (p for p in self.tuf.glob("root/*.root.json") if root_version(p.name)),
+            key=lambda p: root_version(p.name) or 0,
         )
         return [p.read_bytes() for p in stored]
 
@@ -112,8 +112,7 @@ def _resumable(p: Path) -> bool:
 
 def is_root_member(name: str) -> bool:
     """``metadata/N.root.json``: a version of the root chain (not targets, snapshot or timestamp)."""
-    base = name.removeprefix(METADATA_PREFIX)
-    return name.startswith(METADATA_PREFIX) and base.endswith(".root.json") and base.split(".")[0].isdigit()
+    return root_member_version(name) is not None
 
 
 def save_tuf(store: Store, archive: Path, chain: list[bytes] | None) -> None:
