@@ -25,15 +25,17 @@ def check_validity(
 ) -> list[str]:
     """Refuse metadata that would already be expired now (a build time far in the past); return
     warnings where a role's validity is shorter than the spec's carry interval."""
-    for role in () if allow_expired else _trust.ONLINE_ROLES:
-        expires = built_at + timedelta(seconds=spec.trust.roles[role].expires_seconds)
-        if expires <= now:
-            raise UsageError(
-                f"role {role}: metadata built at {iso(built_at)} with expires = "
-                f"{spec.trust.roles[role].expires} would expire at {iso(expires)}, before now ({iso(now)}): "
-                "every host would refuse it",
-                hint=f"build with a recent SOURCE_DATE_EPOCH (or none), or a longer trust.roles.{role}.expires",
-            )
+    expiries = {r: built_at + timedelta(seconds=spec.trust.roles[r].expires_seconds) for r in _trust.ONLINE_ROLES}
+    expired = sorted((when, role) for role, when in expiries.items() if when <= now and not allow_expired)
+    if expired:
+        when, role = expired[0]  # the first to expire: the one a host would refuse first
+        others = [r for _w, r in expired[1:]]
+        also = f" ({' and '.join(others)} too)" if others else ""
+        raise UsageError(
+            f"role {role}: metadata built at {iso(built_at)} with expires = {spec.trust.roles[role].expires} "
+            f"would expire at {iso(when)}, before now ({iso(now)}){also}: every host would refuse it",
+            hint=f"build with a recent SOURCE_DATE_EPOCH (or none), or a longer trust.roles.{role}.expires",
+        )
     if root.expires <= now and not allow_expired:
         raise UsageError(
             f"role root: root version {root.version} expired at {iso(root.expires)} (now {iso(now)})",

@@ -14,7 +14,7 @@ from chiron.archive.reader import ArchiveReader
 from chiron.core import filelock as _lockfile
 from chiron.core.fs import write_atomic
 from chiron.core.storestate import StoreState, read_state, write_state
-from chiron.errors import Refused
+from chiron.errors import Refused, UsageError
 from chiron.sources.cache import PARTIAL
 from chiron.trust import metadata as _trust
 
@@ -52,12 +52,18 @@ class Store:
 
     def state(self) -> StoreState | None:
         """The typed state; None for a new store; StoreStateError (exit 4) when it is damaged."""
+        self._check_dir()
         return read_state(self.state_file)
+
+    def _check_dir(self) -> None:
+        if (self.root.exists() or self.root.is_symlink()) and not self.root.is_dir():
+            raise UsageError(f"{self.root}: the store is not a directory", hint="give --store a directory")
 
     def write_state(self, state: StoreState) -> None:
         write_state(self.state_file, state)
 
     def locked(self, op: str) -> AbstractContextManager[None]:
+        self._check_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         return _lockfile.hold(
             self.root / ".lock", op, hint="another refresh or restore is running on this store; let it finish"
