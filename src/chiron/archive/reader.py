@@ -9,7 +9,7 @@ import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from chiron.archive.layout import (
     CHUNK,
@@ -89,6 +89,27 @@ def sha256_range(fd: int, offset: int, length: int, advance: Callable[[int], Non
         if advance is not None:
             advance(n)
     return h.hexdigest()
+
+
+class MemberSource(Protocol):
+    """What reads an appliance's members by name through one descriptor: an ArchiveReader over the
+    appliance itself, or a volume's reader over the members it carries (archive/volume.py). The TUF
+    client (trust/client.py) reads the metadata members through this, whichever it is."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def fd(self) -> int: ...
+
+    @property
+    def layout(self) -> Layout: ...
+
+    def has(self, name: str) -> bool: ...
+
+    def region(self, name: str) -> tuple[int, int]: ...
+
+    def read(self, name: str, limit: int | None = None) -> bytes: ...
 
 
 class ArchiveReader:
@@ -179,9 +200,8 @@ def _parse_layout(fd: int, size: int) -> Layout:
     zip_offset, _cd, _cds, _n = find_zip(fd, size)
     if zip_offset < FOOTER_SIZE:
         raise FormatError("no chiron footer before the tool zip (not a chiron appliance?)")
-    magic, index_offset, index_length, footer_zip, index_sha = FOOTER.unpack(
-        pread_exact(fd, FOOTER_SIZE, zip_offset - FOOTER_SIZE)
-    )
+    footer = pread_exact(fd, FOOTER_SIZE, zip_offset - FOOTER_SIZE)
+    magic, index_offset, index_length, footer_zip, _sha = FOOTER.unpack(footer)
     if magic != FOOTER_MAGIC:
         raise FormatError("no chiron footer before the tool zip (not a chiron appliance, or data was inserted)")
     if footer_zip != zip_offset:
@@ -192,7 +212,36 @@ def _parse_layout(fd: int, size: int) -> Layout:
     if index_length > MAX_INDEX or index_offset + index_length != zip_offset - FOOTER_SIZE:
         raise FormatError("index does not end where the footer begins (data inserted after the payload?)")
     data = pread_exact(fd, index_length, index_offset)
-    if hashlib.sha256(data).digest() != index_sha:
+    index = parse_index(data, footer)
+    shebang_len: int = index["shebang_length"]
+    if not 2 < shebang_len <= MAX_SHEBANG:
+        raise FormatError("shebang length in the index is out of range")
+    return _layout(index, pread_exact(fd, shebang_len, 0), size, footer)
+
+
+def layout_from_parts(shebang: bytes, index_and_footer: bytes, size: int) -> Layout:
+    """The layout of an appliance of ``size`` bytes from copies of its shebang and of its index with
+    the footer (what a volume carries), checked exactly as when they are read from the file itself:
+    the footer's magic, offsets and index hash, and the index's shape, canonical form and order."""
+    if len(index_and_footer) < FOOTER_SIZE:
+        raise FormatError("the index and footer are shorter than a footer")
+    data, footer = index_and_footer[:-FOOTER_SIZE], index_and_footer[-FOOTER_SIZE:]
+    magic, index_offset, index_length, zip_offset, _sha = FOOTER.unpack(footer)
+    if magic != FOOTER_MAGIC:
+        raise FormatError("no chiron footer at the end of the index")
+    if index_length != len(data) or index_length > MAX_INDEX:
+        raise FormatError(f"footer gives an index of {index_length} bytes, the index is {len(data)}")
+    if zip_offset != index_offset + index_length + FOOTER_SIZE or zip_offset > size:
+        raise FormatError("footer's tool zip offset is not right after the footer, or past the end of the file")
+    index = parse_index(data, footer)
+    if index["shebang_length"] != len(shebang) or not 2 < len(shebang) <= MAX_SHEBANG:
+        raise FormatError("the index's shebang length differs from the shebang, or is out of range")
+    return _layout(index, shebang, size, footer)
+
+
+def parse_index(data: bytes, footer: bytes) -> dict[str, Any]:
+    """The index in ``data``, checked against the footer's hash and for shape, canonical form and order."""
+    if hashlib.sha256(data).digest() != FOOTER.unpack(footer)[4]:
         raise FormatError("index bytes do not match the footer's index hash")
     try:
         index = parse_json(data, "index")
@@ -204,20 +253,19 @@ def _parse_layout(fd: int, size: int) -> Layout:
     offsets = [m["offset"] for m in index["members"]]
     if offsets != sorted(offsets):
         raise FormatError("index members are not in file order")
-    shebang_len: int = index["shebang_length"]
-    members = tuple(Member(m["name"], m["offset"], m["length"]) for m in index["members"])
-    tool_format: str = index["tool_format"]
-    if not 2 < shebang_len <= MAX_SHEBANG:
-        raise FormatError("shebang length in the index is out of range")
-    shebang = pread_exact(fd, shebang_len, 0)
+    return index  # type: ignore[no-any-return]
+
+
+def _layout(index: dict[str, Any], shebang: bytes, size: int, footer: bytes) -> Layout:
+    _magic, index_offset, index_length, zip_offset, _sha = FOOTER.unpack(footer)
     return Layout(
         size=size,
         shebang=shebang,
-        members=members,
+        members=tuple(Member(m["name"], m["offset"], m["length"]) for m in index["members"]),
         index_offset=index_offset,
         index_length=index_length,
         zip_offset=zip_offset,
-        tool_format=tool_format,
+        tool_format=index["tool_format"],
         index=index,
     )
 

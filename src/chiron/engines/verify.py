@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from chiron.archive.layout import TOOL_MEMBERS_TARGET, TOOL_TARGET, Region
+from chiron.archive.layout import TOOL_MEMBERS_TARGET, TOOL_TARGET, Layout, Region
 from chiron.archive.manifest import MANIFEST, MAX_MANIFEST, parse_manifest
 from chiron.archive.reader import ArchiveReader, sha256_range
 from chiron.archive.toolzip import ZipEntry, check_zip, diagnose_tool
+from chiron.archive.volume import read_header
 from chiron.core import progress as _progress
 from chiron.core import telemetry as _telemetry
 from chiron.core.text import plain
@@ -44,6 +45,8 @@ __all__ = [
     "TrustedTarget",
     "VerifiedAppliance",
     "VerifyReport",
+    "check_coverage",
+    "signed_pieces",
     "verified",
     "verify",
 ]
@@ -74,6 +77,7 @@ class VerifyReport:
     seconds: float = 0.0
     rollback: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)
+    volume: dict[str, Any] | None = None  # what a volume says of itself (engines/media), None for an appliance
     trusted: dict[str, bytes] = field(default_factory=dict, repr=False)
     targets_meta: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     appliance: VerifiedAppliance | None = field(default=None, repr=False)  # open only inside verified()
@@ -102,6 +106,7 @@ class VerifyReport:
             "notices": self.notices,
             "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
+            "volume": self.volume,
         }
 
     def record_trust(self, result: TrustedMetadata | Untrusted) -> None:
@@ -171,6 +176,7 @@ def verified(
     if anchor is None:
         anchor = host if host is not None else anchor_from_options(root_file, root_sha256)
     _refuse_delta(path)
+    _refuse_volume(path)
     reader: ArchiveReader | None = None
     trusted: TrustedMetadata | None = None
     try:
@@ -232,6 +238,20 @@ def _refuse_delta(path: Path) -> None:
         )
 
 
+def _refuse_volume(path: Path) -> None:
+    """A volume is checked alone by ``chiron verify`` (engines/media); as an appliance it must be
+    joined first."""
+    try:
+        header = read_header(path)
+    except FormatError:
+        return  # a damaged volume header: the layout check below names what is wrong with the file
+    if header is not None:
+        raise UsageError(
+            f"{path} is volume {header.number} of {header.count} of {header.label}, not a whole appliance",
+            hint=f"check it alone with chiron verify {path}; join the volumes (chiron join DIR -o FILE) to use it",
+        )
+
+
 def _verify(
     reader: ArchiveReader,
     report: VerifyReport,
@@ -273,32 +293,40 @@ def _check_structure(reader: ArchiveReader, report: VerifyReport) -> list[ZipEnt
 def _check_coverage(reader: ArchiveReader, trusted: TrustedMetadata, report: VerifyReport) -> dict[str, Region]:
     """Every signed target is in the archive, and every region but the TUF metadata is a signed target
     of its own kind and length. Returns the regions to hash, by name."""
-    targets = trusted.targets
-    layout = reader.layout
+    todo, problems = check_coverage(reader.layout, trusted.targets)
+    report.problems += problems
+    return todo
+
+
+def check_coverage(layout: Layout, targets: dict[str, TrustedTarget]) -> tuple[dict[str, Region], list[str]]:
+    """The regions of ``layout`` to hash against ``targets`` by name, and the problems: a signed target
+    missing from the layout, a region (the TUF metadata aside) that is not a signed target of its own
+    kind and length, a tool format other than the signed one. Volumes are checked by the same rules."""
+    problems: list[str] = []
     signed_format = targets[TOOL_TARGET].custom.get("format") if TOOL_TARGET in targets else None
     if signed_format != layout.tool_format:
-        report.problems.append(
+        problems.append(
             f"index: tool_format {plain(repr(layout.tool_format))} differs from the signed tool format "
             f"{plain(repr(signed_format))}"
         )
     spans = [r for r in layout.spans() if r.kind != "metadata"]
     present = {r.name for r in spans}
     for name in sorted(set(targets) - present):
-        report.problems.append(f"member {plain(name)}: signed in targets but missing from the archive (removed?)")
+        problems.append(f"member {plain(name)}: signed in targets but missing from the archive (removed?)")
     todo: dict[str, Region] = {}
     for region in spans:
         name = plain(region.name)
         target = targets.get(region.name)
         wrong_kind = _kind_problem(region, target) if target is not None else None
         if target is None:
-            report.problems.append(f"member {name}: not signed (unlisted member added to the archive?)")
+            problems.append(f"member {name}: not signed (unlisted member added to the archive?)")
         elif wrong_kind is not None:
-            report.problems.append(f"member {name}: {wrong_kind}")
+            problems.append(f"member {name}: {wrong_kind}")
         elif region.length != target.length:
-            report.problems.append(f"member {name}: is {region.length} bytes, signed length is {target.length}")
+            problems.append(f"member {name}: is {region.length} bytes, signed length is {target.length}")
         else:
             todo[region.name] = region
-    return todo
+    return todo, problems
 
 
 def _kind_problem(region: Region, target: TrustedTarget) -> str | None:
@@ -346,7 +374,7 @@ def _hash_regions(
     tasks: list[tuple[str, int, int, str]] = []  # name, offset, length, expected sha256
     bad: set[str] = set()
     for name, r in regions.items():
-        pieces = _pieces(targets[name], r.length)
+        pieces = signed_pieces(targets[name], r.length)
         if pieces is None:
             bad.add(name)
         elif pieces:
@@ -368,8 +396,9 @@ def _hash_regions(
     return bad
 
 
-def _pieces(target: TrustedTarget, length: int) -> list[str] | None:
-    """The signed piece hashes of a target ([] if it has none; None if they are malformed)."""
+def signed_pieces(target: TrustedTarget, length: int) -> list[str] | None:
+    """The signed piece hashes of a target ([] if it has none; None if they are malformed): each
+    covers ``custom.pieces.size`` bytes of the target in turn, the last one the rest."""
     spec = target.custom.get("pieces")
     if spec is None:
         return []

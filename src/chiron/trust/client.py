@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chiron.archive.layout import METADATA_PREFIX, TUF_ROLE_FILES, Layout, root_member_version
-from chiron.archive.reader import ArchiveReader, read_file
+from chiron.archive.reader import MemberSource, read_file
 from chiron.core.clock import iso
 from chiron.core.text import plain, printable
 from chiron.errors import EnvironmentProblem, FormatError, UsageError
@@ -159,7 +159,7 @@ TOFU_WARNING = (
 
 
 def trust_archive(
-    reader: ArchiveReader, anchor: Anchor, *, reference_time: datetime | None = None
+    reader: MemberSource, anchor: Anchor, *, reference_time: datetime | None = None
 ) -> TrustedMetadata | Untrusted:
     """Run the TUF client over the archive's metadata from ``anchor``."""
     roots, problems = _metadata_members(reader.layout)
@@ -196,12 +196,12 @@ def _limit(name: str) -> int:
     return METADATA_LIMITS["root" if root_member_version(name) is not None else name.split("/")[-1].split(".")[0]]
 
 
-def _read(reader: ArchiveReader, name: str) -> bytes:
+def _read(reader: MemberSource, name: str) -> bytes:
     """A metadata member, refused before it is read when it exceeds its role's size bound."""
     return reader.read(name, _limit(name))
 
 
-def _check_metadata_files(reader: ArchiveReader, roots: list[str]) -> tuple[dict[str, str], list[str]]:
+def _check_metadata_files(reader: MemberSource, roots: list[str]) -> tuple[dict[str, str], list[str]]:
     """Each file bounded and in the canonical form chiron writes; the root chain walked one root at a
     time. Returns the sha256 of each root member (for ``--root-sha256``) and the problems."""
     from tuf.api.metadata import Metadata
@@ -242,7 +242,7 @@ class _Start:
     warnings: tuple[str, ...] = ()
 
 
-def _start(reader: ArchiveReader, anchor: Anchor, roots: list[str], hashes: dict[str, str]) -> _Start | Untrusted:
+def _start(reader: MemberSource, anchor: Anchor, roots: list[str], hashes: dict[str, str]) -> _Start | Untrusted:
     """Where the Updater starts: the anchor's root bytes, or the host's metadata."""
     if isinstance(anchor, HostTrust):
         label = "host trusted metadata" + (" (rollback allowed)" if anchor.allow_rollback else "")
@@ -277,7 +277,7 @@ def _updater_config() -> Any:
 
 
 def _refresh(
-    reader: ArchiveReader, anchor: Anchor, start: _Start, roots: list[str], reference_time: datetime | None
+    reader: MemberSource, anchor: Anchor, start: _Start, roots: list[str], reference_time: datetime | None
 ) -> TrustedMetadata | Untrusted:
     """python-tuf's refresh in a scratch metadata directory; the trusted result read back from it."""
     with tempfile.TemporaryDirectory(prefix="chiron-verify-") as md_dir:
@@ -299,7 +299,7 @@ def _copy_host_metadata(host: HostTrust, md_dir: Path) -> None:
             (md_dir / name).write_bytes(read_file(src, limit, "trusted metadata"))
 
 
-def _run(reader: ArchiveReader, md_dir: str, bootstrap: bytes | None, when: datetime | None) -> tuple[str, bool] | None:
+def _run(reader: MemberSource, md_dir: str, bootstrap: bytes | None, when: datetime | None) -> tuple[str, bool] | None:
     """Start python-tuf's Updater (from ``bootstrap``, else the root in ``md_dir``) and refresh; a
     failure as (problem, whether it is a rollback), or None."""
     from tuf.api import exceptions as tuf_exc
@@ -338,7 +338,7 @@ def _untrusted(start: _Start, problem: str, rollback: bool = False) -> Untrusted
 
 
 def _trusted(
-    reader: ArchiveReader, start: _Start, roots: list[str], files: dict[str, bytes]
+    reader: MemberSource, start: _Start, roots: list[str], files: dict[str, bytes]
 ) -> TrustedMetadata | Untrusted:
     """The trusted metadata, after two checks python-tuf leaves to its caller."""
     from tuf.api.metadata import Metadata

@@ -10,13 +10,13 @@ from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
 from chiron.archive.layout import METADATA_PREFIX, is_metadata_file
-from chiron.archive.reader import ArchiveReader
+from chiron.archive.reader import MemberSource
 
 _CHUNK = 1 << 16
 
 
 class ArchiveFetcher(FetcherInterface):
-    """Serves ``metadata/`` members of an appliance to python-tuf's Updater, in chunks.
+    """Serves ``metadata/`` members of an appliance (or of what a volume carries) to python-tuf's Updater, in chunks.
 
     A missing member is a 404, which is what ends the Updater's root-rotation loop. python-tuf
     stops reading once a file passes its role's length limit.
@@ -24,7 +24,7 @@ class ArchiveFetcher(FetcherInterface):
 
     BASE = "chiron-archive:/metadata/"
 
-    def __init__(self, reader: ArchiveReader) -> None:
+    def __init__(self, reader: MemberSource) -> None:
         self._reader = reader
 
     def _fetch(self, url: str) -> Iterator[bytes]:

@@ -1,0 +1,170 @@
+"""Where ``chiron receive`` assembles a whole file, across runs: ``DIR/.chiron-receive/KEY/`` holds
+``data`` (the whole file's size, allocated at once) and ``state.json`` (the byte ranges received
+and checked so far). A run that is interrupted (a read error, Ctrl-C, a damaged copy) records what
+it checked; the next run resumes there. KEY names the build (the sha256 of what every volume
+carries), so volumes from several media, or the appliance itself, all land in one staging.
+
+The state is ours but lives on disk between runs: it is read strictly, and when damaged it is
+discarded (the data is received again). The kept bytes are hashed again before the file is
+finished, so nothing is trusted for having been written by an earlier run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chiron.core import filelock
+from chiron.core.fs import read_small, write_atomic
+from chiron.core.text import canonical_json, parse_json
+from chiron.engines.media.files import ensure_space, is_no_space, no_space, reserve
+from chiron.errors import UsageError
+
+FORMAT = "chiron-receive/1"
+STAGING = ".chiron-receive"
+MAX_STATE = 1 << 20
+
+
+@dataclass
+class Staging:
+    """One whole file being received; ``done`` holds sorted, disjoint [start, end) ranges."""
+
+    root: Path
+    size: int
+    file: str
+    done: list[tuple[int, int]] = field(default_factory=list)
+    parts: list[int] = field(default_factory=list)  # the volumes received whole, by number
+    fd: int = -1
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def received(self) -> int:
+        return sum(b - a for a, b in self.done)
+
+    @property
+    def complete(self) -> bool:
+        return self.done == [(0, self.size)]
+
+    def add(self, start: int, end: int) -> None:
+        """Mark ``[start, end)`` as received and checked (merged with its neighbours)."""
+        if end <= start:
+            return
+        ranges = sorted([*self.done, (start, end)])
+        merged = [ranges[0]]
+        for a, b in ranges[1:]:
+            if a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        self.done = merged
+
+    def drop(self, start: int, end: int) -> None:
+        """Forget ``[start, end)``: kept bytes there no longer match."""
+        out: list[tuple[int, int]] = []
+        for a, b in self.done:
+            out += [r for r in ((a, min(b, start)), (max(a, end), b)) if r[1] > r[0]]
+        self.done = out
+
+    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of ``[start, end)`` not received yet."""
+        out: list[tuple[int, int]] = []
+        pos = start
+        for a, b in self.done:
+            if b <= pos or a >= end:
+                continue
+            if a > pos:
+                out.append((pos, a))
+            pos = max(pos, b)
+        if pos < end:
+            out.append((pos, end))
+        return out
+
+    def checkpoint(self) -> None:
+        """Make the received bytes durable, then record them: a crash between the two loses the
+        record of the last bytes, never records bytes that are not on the disk."""
+        os.fdatasync(self.fd)
+        body = {
+            "format": FORMAT,
+            "size": self.size,
+            "file": self.file,
+            "done": [list(r) for r in self.done],
+            "parts": sorted(set(self.parts)),
+        }
+        write_atomic(self.state, canonical_json(body))
+
+    def discard(self) -> None:
+        self.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@contextlib.contextmanager
+def staging(directory: Path, key: str, size: int, file: str) -> Iterator[Staging]:
+    """The staging of the whole file ``key`` names in ``directory``, created (its space allocated)
+    or resumed, held under a lock so that two receives never write it at once."""
+    root = directory / STAGING / key[:32]
+    root.mkdir(parents=True, exist_ok=True)
+    with filelock.hold(root / "lock", "receive", hint="another chiron receive is writing this file; wait for it"):
+        st = Staging(root, size, file)
+        created = not st.data.exists()
+        loaded = None if created else _load(st)
+        if loaded is None and not created:
+            st.notices.append(f"{root}: its record of what was received is damaged or missing: receiving anew")
+        st.done, st.parts = loaded or ([], [])
+        if created:
+            ensure_space(directory, size, file)
+        st.fd = os.open(st.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if created or os.fstat(st.fd).st_size != size:
+                st.done = []
+                reserve(st.fd, size, directory, file)
+                os.ftruncate(st.fd, size)
+            yield st
+        except OSError as exc:
+            if is_no_space(exc):  # leave nothing behind, and say so
+                st.discard()
+                raise no_space(directory, size, file) from None
+            raise
+        finally:
+            st.close()
+
+
+def _load(st: Staging) -> tuple[list[tuple[int, int]], list[int]] | None:
+    """The ranges and volumes an earlier run recorded; None when there is no record or it is not
+    one chiron wrote for this file."""
+    try:
+        obj = parse_json(read_small(st.state, MAX_STATE, "receive state"), str(st.state))
+    except (ValueError, UsageError):  # missing, too large, not JSON: start over
+        return None
+    if not isinstance(obj, dict) or set(obj) != {"format", "size", "file", "done", "parts"} or obj["format"] != FORMAT:
+        return None
+    done, parts = obj["done"], obj["parts"]
+    if obj["size"] != st.size or obj["file"] != st.file or not isinstance(done, list) or not isinstance(parts, list):
+        return None
+    if not all(type(n) is int and n > 0 for n in parts):
+        return None
+    out: list[tuple[int, int]] = []
+    for r in done:
+        if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r) and 0 <= r[0] < r[1] <= st.size):
+            return None
+        out.append((r[0], r[1]))
+    if any(a[1] >= b[0] for a, b in itertools.pairwise(out)):
+        return None  # not sorted, overlapping or unmerged: not what add() writes
+    return out, parts
