@@ -238,6 +238,15 @@ def _carried(entry: Any, i: int) -> tuple[str, int]:
     return entry["name"], entry["length"]
 
 
+def is_volume(path: Path) -> bool:
+    """Whether ``path`` starts like a volume (a FIFO or a device is refused, never read)."""
+    fd = open_regular(path)
+    try:
+        return os.pread(fd, len(MAGIC), 0) == MAGIC
+    finally:
+        os.close(fd)
+
+
 def read_header(path: Path) -> VolumeHeader | None:
     """The header of the volume at ``path``; None when the file is not a volume (a FIFO or a device
     is refused without blocking, as everywhere)."""

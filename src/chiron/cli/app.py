@@ -135,7 +135,7 @@ StoreOpt = Annotated[Path, typer.Option("--store", help="The mirror store direct
 
 def register_commands() -> None:
     """Import the command modules; each registers its commands with ``app`` (in --help order)."""
-    from chiron.cli import archive, host, keys, mirror, oci  # noqa: F401
+    from chiron.cli import archive, host, keys, media, mirror, oci  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

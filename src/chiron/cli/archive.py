@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 @app.command()
 def verify(
-    path: Annotated[Path | None, typer.Argument(help="Appliance to verify; default: the one running.")] = None,
+    path: Annotated[
+        Path | None, typer.Argument(help="Appliance (or one volume of it) to verify; default: the one running.")
+    ] = None,
     root: Annotated[
         Path | None, typer.Option("--root", help="Trusted root metadata (JSON) obtained out of band.")
     ] = None,
@@ -32,10 +34,14 @@ def verify(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify every byte of an appliance against its TUF metadata. Exit 0 verified, 1 failed."""
-    from chiron.engines.verify import verify as run_verify
+    """Verify every byte of an appliance (or of one volume) against its TUF metadata. Exit 0 verified, 1 failed."""
+    from chiron.archive.volume import is_volume
 
     target = archive_arg(path, "verify")
+    if is_volume(target):
+        from chiron.engines.media import verify_volume as run_verify
+    else:
+        from chiron.engines.verify import verify as run_verify
     report = run_verify(target, root_file=root, root_sha256=root_sha256, show_progress=not as_json)
     if as_json:
         emit(report.as_dict())
@@ -44,7 +50,14 @@ def verify(
             log("notice", notice)
         for warning in report.warnings:
             log("warning", warning)
-        if report.ok:
+        if report.ok and report.volume is not None:
+            v = report.volume
+            say(
+                f"verified {target}: volume {v['number']} of {v['count']} of {report.name} {report.version} (bytes "
+                f"{v['offset']}-{v['offset'] + v['length']} of {v['file']}), {report.bytes_hashed} bytes hashed "
+                f"against the signed targets, every byte accounted for (anchor: {report.trust_anchor})"
+            )
+        elif report.ok:
             say(
                 f"verified {target}: {report.name} {report.version}, {report.targets} signed targets, "
                 f"{report.bytes_hashed} bytes hashed, every byte accounted for (anchor: {report.trust_anchor})"

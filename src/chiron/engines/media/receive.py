@@ -155,8 +155,6 @@ def _receive(incoming: Incoming, to: Path, output: Path, result: ReceiveResult, 
             result.resumed_bytes = finish(st, incoming, this_run, output)
             result.output = output
     if result.output is not None:
-        with contextlib.suppress(OSError):
-            (to / ".chiron-receive").rmdir()  # only when no other receive is staged there
         fsync_dir(to)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from chiron.archive.volume import (
 )
 from chiron.core import progress as _progress
 from chiron.core.fs import fsync_dir, temp_beside, write_atomic
-from chiron.core.text import plain
+from chiron.core.text import plain, printable
 from chiron.engines.media.files import copy_signature, ensure_space, signature_beside
 from chiron.engines.media.plan import Plan, opaque
 from chiron.engines.verify import TrustedTarget
@@ -42,6 +43,23 @@ from chiron.errors import FormatError, UsageError, VerificationError
 from chiron.trust.client import METADATA_LIMITS
 
 CHUNK = 4 << 20
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``--size``: bytes, or a number with K, M, G or T (binary: ``4480M`` is 4480 MiB, as ``4480MiB``);
+    with KB, MB, GB or TB decimal (``4700MB`` is 4,700,000,000 bytes)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or (not match.group(2) and match.group(3).lower() == "ib"):
+        raise UsageError(
+            f"--size: {printable(text)} is not a size (bytes, or a number with K, M, G, T, KB, MB, GB, TB)"
+        )
+    number, prefix, suffix = match.groups()
+    unit = _UNITS[prefix.lower()]
+    if prefix and suffix.lower() == "b":
+        unit = 1000 ** (" kmgt".index(prefix.lower()))
+    return int(float(number) * unit) if "." in number else int(number) * unit
 
 
 @dataclass
@@ -218,7 +236,7 @@ def _ranges(src: Source, max_size: int) -> list[tuple[int, int]]:
         why = f"; {largest.describe()} is {largest.length} bytes and must be in one volume" if largest else ""
         raise UsageError(
             f"--size {max_size} is too small for {src.path.name}: each volume carries {overhead} bytes of header "
-            f"and metadata{why}; the smallest --size for it is {smallest}"
+            f"and metadata{why}; use a --size of {smallest} or more"
         )
     ranges: list[tuple[int, int]] = []
     pos = 0

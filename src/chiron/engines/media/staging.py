@@ -23,7 +23,7 @@ from chiron.core import filelock
 from chiron.core.fs import read_small, write_atomic
 from chiron.core.text import canonical_json, parse_json
 from chiron.engines.media.files import ensure_space, is_no_space, no_space, reserve
-from chiron.errors import UsageError
+from chiron.errors import EnvironmentProblem, UsageError
 
 FORMAT = "chiron-receive/1"
 STAGING = ".chiron-receive"
@@ -118,32 +118,44 @@ class Staging:
 @contextlib.contextmanager
 def staging(directory: Path, key: str, size: int, file: str) -> Iterator[Staging]:
     """The staging of the whole file ``key`` names in ``directory``, created (its space allocated)
-    or resumed, held under a lock so that two receives never write it at once."""
+    or resumed, held under a lock so that two receives never write it at once. A disk too full for
+    it leaves nothing behind."""
     root = directory / STAGING / key[:32]
     root.mkdir(parents=True, exist_ok=True)
-    with filelock.hold(root / "lock", "receive", hint="another chiron receive is writing this file; wait for it"):
-        st = Staging(root, size, file)
-        created = not st.data.exists()
-        loaded = None if created else _load(st)
-        if loaded is None and not created:
-            st.notices.append(f"{root}: its record of what was received is damaged or missing: receiving anew")
-        st.done, st.parts = loaded or ([], [])
-        if created:
-            ensure_space(directory, size, file)
-        st.fd = os.open(st.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            if created or os.fstat(st.fd).st_size != size:
-                st.done = []
-                reserve(st.fd, size, directory, file)
-                os.ftruncate(st.fd, size)
+    st = Staging(root, size, file)
+    try:
+        with filelock.hold(root / "lock", "receive", hint="another chiron receive is writing this file; wait for it"):
+            _open(st, directory)
             yield st
-        except OSError as exc:
-            if is_no_space(exc):  # leave nothing behind, and say so
-                st.discard()
-                raise no_space(directory, size, file) from None
+    except OSError as exc:
+        if not is_no_space(exc):
             raise
-        finally:
-            st.close()
+        st.discard()
+        raise no_space(directory, size, file) from None
+    except EnvironmentProblem:  # no room for it (checked before anything was written)
+        if not st.done:
+            st.discard()
+        raise
+    finally:
+        st.close()
+        with contextlib.suppress(OSError):
+            (directory / STAGING).rmdir()  # gone once nothing is staged there
+
+
+def _open(st: Staging, directory: Path) -> None:
+    """Resume the staging's data file and record, or create the file with its space allocated."""
+    created = not st.data.exists()
+    loaded = None if created else _load(st)
+    if loaded is None and not created:
+        st.notices.append(f"{st.root}: its record of what was received is damaged or missing: receiving anew")
+    st.done, st.parts = loaded or ([], [])
+    if created:
+        ensure_space(directory, st.size, st.file)
+    st.fd = os.open(st.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if created or os.fstat(st.fd).st_size != st.size:
+        st.done, st.parts = [], []
+        reserve(st.fd, st.size, directory, st.file)
+        os.ftruncate(st.fd, st.size)
 
 
 def _load(st: Staging) -> tuple[list[tuple[int, int]], list[int]] | None:

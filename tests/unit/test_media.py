@@ -1,0 +1,358 @@
+"""Volumes on the in-memory appliances of sim.py: split, each volume verified alone, join, receive and
+resume, and what is refused (a tampered or truncated volume, a missing one, one of another version,
+two copies that differ, an edited header, a size too small)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from sim import Sim
+from tuf.api.metadata import TargetFile
+
+from chiron.archive import delta
+from chiron.archive.reader import read_layout
+from chiron.archive.volume import HEAD, MAGIC, VolumeReader, parse_header, read_header, safe_name, volume_file
+from chiron.core.text import canonical_json
+from chiron.engines.media import join, receive, split, verify_volume
+from chiron.engines.media.split import parse_size
+from chiron.engines.verify import verify
+from chiron.errors import FormatError, Refused, UsageError, VerificationError
+
+MiB = 1 << 20
+
+
+def _members(seed: int = 1, count: int = 8) -> dict[str, bytes]:
+    rnd = random.Random(seed)
+    return {f"files/m{i}.bin": rnd.randbytes(rnd.randint(100_000, 700_000)) for i in range(count)}
+
+
+@pytest.fixture()
+def sim() -> Sim:
+    return Sim()
+
+
+@pytest.fixture()
+def app(sim: Sim, tmp_path: Path) -> Path:
+    return sim.appliance(tmp_path / "demo.pex", _members())
+
+
+@pytest.fixture()
+def root(sim: Sim, tmp_path: Path) -> Path:
+    path = tmp_path / "1.root.json"
+    path.write_bytes(sim.root)
+    return path
+
+
+def _flip(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _split(app: Path, out: Path, size: int = MiB) -> list[Path]:
+    result = split(app, out, size)
+    return [Path(v["file"]) for v in result.volumes]
+
+
+def test_split_makes_volumes_that_each_verify_alone(app: Path, root: Path, tmp_path: Path) -> None:
+    result = split(app, tmp_path / "out", MiB)
+    vols = [Path(v["file"]) for v in result.volumes]
+    assert len(vols) >= 4
+    assert [p.name for p in vols] == [f"demo-1.0.0.part{n:03d}-of-{len(vols):03d}.chv" for n in range(1, len(vols) + 1)]
+    assert all(p.stat().st_size <= MiB for p in vols)
+    # The ranges tile the whole file, in order.
+    headers = [read_header(p) for p in vols]
+    assert [h.offset for h in headers if h] == [0, *[h.end for h in headers[:-1] if h]]
+    assert headers[-1] is not None and headers[-1].end == app.stat().st_size
+    assert all(h is not None and h.sha256 == hashlib.sha256(app.read_bytes()).hexdigest() for h in headers)
+    fingerprint = hashlib.sha256(root.read_bytes()).hexdigest()
+    for p in vols:
+        report = verify_volume(p, root_sha256=fingerprint)
+        assert report.ok, report.problems
+        assert (report.name, report.version) == ("demo", "1.0.0")
+        assert report.volume is not None and report.bytes_hashed == report.volume["length"] > 0
+        assert report.as_dict()["volume"]["number"] == vols.index(p) + 1
+    # The manifest lists every volume with its size and sha256, as sha256sum would compute it.
+    lines = (tmp_path / "out" / "demo-1.0.0.volumes.txt").read_text().splitlines()
+    assert lines[0].startswith("# chiron volumes of demo 1.0.0")
+    listed = [line.split(" ") for line in lines[1:]]
+    assert listed == [[str(p.stat().st_size), hashlib.sha256(p.read_bytes()).hexdigest(), p.name] for p in vols]
+
+
+def test_a_tampered_volume_is_refused_and_the_others_still_verify(app: Path, root: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out")
+    bad = vols[2]
+    with VolumeReader(bad) as v:
+        h, data_offset = v.header, v.data_offset
+    layout = read_layout(app)
+    inside = next(m for m in layout.members if h.offset <= m.offset and m.offset + m.length <= h.end)
+    _flip(bad, data_offset + inside.offset - h.offset + inside.length // 2)
+    report = verify_volume(bad, root_file=root)
+    assert not report.ok
+    assert report.problems == [f"member {inside.name}: sha256 does not match the signed targets (modified or damaged)"]
+    for p in vols:
+        if p != bad:
+            assert verify_volume(p, root_file=root).ok
+    # join names the damaged volume and the member, and writes nothing.
+    with pytest.raises(VerificationError) as exc:
+        join([tmp_path / "out"], tmp_path / "joined.pex", root_file=root)
+    assert str(bad) in exc.value.message and inside.name in exc.value.message
+    assert not (tmp_path / "joined.pex").exists() and not list(tmp_path.glob(".joined.pex.*"))
+
+
+def test_join_in_any_order_from_two_directories_gives_the_same_bytes(app: Path, root: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out")
+    a, b = tmp_path / "dvd-a", tmp_path / "dvd-b"
+    a.mkdir()
+    b.mkdir()
+    order = list(vols)
+    random.Random(7).shuffle(order)
+    for i, p in enumerate(order):  # renamed, too: a volume is known by its header, not its name
+        shutil.copyfile(p, (a if i % 2 else b) / f"disc-{i}.chv")
+    result = join([b, a], tmp_path / "joined.pex", root_file=root)
+    assert (tmp_path / "joined.pex").read_bytes() == app.read_bytes()
+    assert os.stat(tmp_path / "joined.pex").st_mode & 0o111
+    assert result.bytes_hashed == app.stat().st_size and result.trust_anchor == "--root file"
+    assert verify(tmp_path / "joined.pex", root_file=root).ok
+
+
+def test_a_missing_volume_and_one_of_another_version_are_named(sim: Sim, app: Path, root: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out")
+    newer = sim.appliance(tmp_path / "demo-1.1.0.pex", _members(), version="1.1.0+1795485862")
+    other = _split(newer, tmp_path / "other")
+    assert other[0].name.startswith("demo-1.1.0_1795485862.part001-of-")
+    vols[1].unlink()
+    shutil.copyfile(other[1], tmp_path / "out" / other[1].name)
+    with pytest.raises(UsageError) as exc:
+        join([tmp_path / "out"], tmp_path / "joined.pex", root_file=root)
+    message = exc.value.message
+    assert f"missing volume(s) 2 ({vols[1].name})" in message
+    assert f"volume 2 of {len(other)} of demo 1.1.0+1795485862" in message
+    # Alone, the other version's volume verifies, and says what it is.
+    report = verify_volume(tmp_path / "out" / other[1].name, root_file=root)
+    assert report.ok and report.version == "1.1.0+1795485862"
+
+
+def test_two_copies_of_a_volume_must_be_identical(app: Path, root: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copyfile(vols[0], copy / vols[0].name)
+    assert join([tmp_path / "out", copy], tmp_path / "joined.pex", root_file=root).size == app.stat().st_size
+    _flip(copy / vols[0].name, vols[0].stat().st_size - 10)
+    with pytest.raises(Refused, match=r"are both volume 1 of .* but they differ"):
+        join([tmp_path / "out", copy], tmp_path / "joined2.pex", root_file=root)
+    assert not (tmp_path / "joined2.pex").exists()
+
+
+def test_a_volume_is_trusted_only_through_the_anchor(app: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out")
+    stranger = tmp_path / "stranger.json"
+    stranger.write_bytes(Sim().root)
+    report = verify_volume(vols[0], root_file=stranger)
+    assert not report.ok and report.bytes_hashed == 0
+    assert "signature" in report.problems[0] or "root" in report.problems[0]
+    with pytest.raises(VerificationError):
+        join([tmp_path / "out"], tmp_path / "j.pex", root_file=stranger)
+
+
+def test_an_edited_header_is_refused(app: Path, root: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out")
+    with VolumeReader(vols[1]) as v:
+        h, rest = v.header, vols[1].read_bytes()[v.carried_offset :]
+    # Another version's name on this volume's bytes: the signed appliance.json says otherwise.
+    raw = canonical_json({**h.as_json(), "version": "9.9.9"})
+    forged = tmp_path / "forged.chv"
+    forged.write_bytes(HEAD.pack(MAGIC, len(raw)) + raw + rest)
+    report = verify_volume(forged, root_file=root)
+    assert not report.ok and "header names demo 9.9.9" in report.problems[0]
+    # A range shifted by one byte: the bytes no longer line up with the signed hashes.
+    raw = canonical_json({**h.as_json(), "offset": h.offset + 1})
+    forged.write_bytes(HEAD.pack(MAGIC, len(raw)) + raw + rest)
+    assert not verify_volume(forged, root_file=root).ok
+    # Not canonical, an unknown field, a truncated copy: the structure is refused before anything is trusted.
+    for bad in (
+        raw.replace(b",", b", ", 1),
+        canonical_json({**h.as_json(), "extra": 1}),
+        canonical_json({**h.as_json(), "number": 0}),
+    ):
+        with pytest.raises(FormatError):
+            parse_header(bad)
+    vols[2].write_bytes(vols[2].read_bytes()[:-100])
+    report = verify_volume(vols[2], root_file=root)
+    assert not report.ok and "truncated" in report.problems[0]
+
+
+def test_pieces_let_a_large_member_span_volumes(sim: Sim, root: Path, tmp_path: Path) -> None:
+    big = random.Random(3).randbytes(3 * MiB + 12345)
+    piece = 256 << 10
+    tf = TargetFile(length=len(big), hashes={"sha256": hashlib.sha256(big).hexdigest()}, path="files/big.bin")
+    tf.unrecognized_fields["custom"] = {
+        "kind": "file",
+        "pieces": {
+            "size": piece,
+            "sha256": [hashlib.sha256(big[i : i + piece]).hexdigest() for i in range(0, len(big), piece)],
+        },
+    }
+    app = sim.appliance(tmp_path / "big.pex", {"files/big.bin": big}, extra_targets={"files/big.bin": tf})
+    vols = _split(app, tmp_path / "out")
+    member = read_layout(app).member("files/big.bin")
+    assert member is not None
+    spanning = [
+        p for p in vols if (h := read_header(p)) and h.offset < member.offset + member.length and h.end > member.offset
+    ]
+    assert len(spanning) >= 3
+    for p in vols:
+        assert verify_volume(p, root_file=root).ok
+    # Damage inside one piece is named as that piece.
+    h = read_header(spanning[1])
+    assert h is not None
+    with VolumeReader(spanning[1]) as v:
+        data_offset = v.data_offset
+    k = (h.offset - member.offset) // piece + 1  # the first piece that starts inside this volume
+    _flip(spanning[1], data_offset + member.offset + k * piece - h.offset + 7)
+    report = verify_volume(spanning[1], root_file=root)
+    assert report.problems == [
+        f"piece {k} of member files/big.bin: sha256 does not match the signed targets (modified or damaged)"
+    ]
+
+
+def test_a_size_too_small_names_the_smallest(sim: Sim, app: Path, tmp_path: Path) -> None:
+    large = sim.appliance(tmp_path / "large.pex", {"files/large.bin": os.urandom(MiB + MiB // 2)})
+    with pytest.raises(UsageError) as exc:
+        split(large, tmp_path / "out", MiB)
+    assert "member files/large.bin is 1572864 bytes and must be in one volume" in exc.value.message
+    smallest = int(exc.value.message.split("use a --size of ")[1].split(" ")[0])
+    assert MiB + MiB // 2 < smallest < MiB + MiB // 2 + (64 << 10)  # the member, and a header with its metadata
+    fits = split(large, tmp_path / "fits", smallest)  # the size it names is enough
+    assert smallest - 64 < max(v["size"] for v in fits.volumes) <= smallest
+    with pytest.raises(UsageError, match="at least 1048576 bytes"):
+        split(app, tmp_path / "out", 4096)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert parse_size("4480M") == 4480 * MiB and parse_size("4700MB") == 4_700_000_000
+    with pytest.raises(UsageError):
+        parse_size("lots")
+
+
+def test_split_refuses_to_mix_two_sets(app: Path, tmp_path: Path) -> None:
+    _split(app, tmp_path / "out")
+    with pytest.raises(UsageError, match=r"already holds volumes of demo-1\.0\.0"):
+        split(app, tmp_path / "out", 2 * MiB)
+
+
+def test_names_are_in_safe_characters() -> None:
+    assert safe_name("1.0.0+1795485862") == "1.0.0_1795485862"
+    assert safe_name("../../etc/x y\u202e") == "_._.._etc_x_y_"
+    assert safe_name("-rf") == "_rf"
+    assert volume_file("a-1", 2, 1000) == "a-1.part0002-of-1000.chv"
+
+
+def test_receive_an_appliance_and_then_again(app: Path, root: Path, tmp_path: Path) -> None:
+    sig = app.with_name(app.name + ".sig")
+    sig.write_bytes(b"-----BEGIN SSH SIGNATURE-----\n")
+    result = receive(app, tmp_path / "in", root_file=root)
+    out = tmp_path / "in" / "demo.pex"
+    assert result.output == out and out.read_bytes() == app.read_bytes()
+    assert result.received_bytes == app.stat().st_size and result.resumed_bytes == 0
+    assert (tmp_path / "in" / "demo.pex.sig").read_bytes() == sig.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["demo.pex", "demo.pex.sig"]
+    again = receive(app, tmp_path / "in", root_file=root)
+    assert again.output == out and again.received_bytes == 0 and "already received" in again.notices[0]
+
+
+def test_receive_volumes_from_several_media_in_several_runs(app: Path, root: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out")
+    media = []
+    for i, p in enumerate(vols):
+        medium = tmp_path / f"disc{i}"
+        medium.mkdir()
+        shutil.copyfile(p, medium / p.name)
+        media.append(medium)
+    inbox = tmp_path / "in"
+    first = receive(media[-1], inbox, root_file=root)
+    assert first.output is None and first.received_volumes == [len(vols)]
+    assert first.missing_volumes == list(range(1, len(vols)))
+    for medium in media[:-1]:
+        last = receive(medium, inbox, root_file=root)
+    assert last.output == inbox / "demo.pex" and last.missing_volumes == []
+    assert last.resumed_bytes == app.stat().st_size - last.received_bytes > 0  # the kept bytes were checked again
+    assert (inbox / "demo.pex").read_bytes() == app.read_bytes()
+    assert sorted(p.name for p in inbox.iterdir()) == ["demo.pex"]
+
+
+def test_a_truncated_volume_is_named_and_the_receive_resumes(app: Path, root: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out", 3 * MiB)
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    whole = vols[0].read_bytes()
+    # The copy on the medium was cut short (a transfer that broke off): its header promises more.
+    (medium / vols[0].name).write_bytes(whole[: len(whole) // 2])
+    for p in vols[1:]:
+        shutil.copyfile(p, medium / p.name)
+    inbox = tmp_path / "in"
+    report = verify_volume(medium / vols[0].name, root_file=root)
+    assert "truncated" in report.problems[0]
+    with pytest.raises(VerificationError):
+        receive(medium / vols[0].name, inbox, root_file=root)
+    (medium / vols[0].name).write_bytes(whole)
+    done = receive(medium, inbox, root_file=root)
+    assert done.output == inbox / "demo.pex" and (inbox / "demo.pex").read_bytes() == app.read_bytes()
+
+
+def test_a_damaged_copy_keeps_what_was_checked_and_resumes(app: Path, root: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    copy = shutil.copyfile(app, good / "demo.pex")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    bad = shutil.copyfile(app, damaged / "demo.pex")
+    layout = read_layout(app)
+    victim = layout.members[6]
+    _flip(bad, victim.offset + 5)
+    inbox = tmp_path / "in"
+    with pytest.raises(VerificationError) as exc:
+        receive(bad, inbox, root_file=root)
+    assert f"member {victim.name}: sha256 does not match the signed targets" in exc.value.message
+    assert "resumes" in (exc.value.hint or "")
+    assert not (inbox / "demo.pex").exists()
+    result = receive(copy, inbox, root_file=root)
+    assert result.resumed_bytes == victim.offset and result.received_bytes == app.stat().st_size - victim.offset
+    assert (inbox / "demo.pex").read_bytes() == app.read_bytes()
+    assert not (inbox / ".chiron-receive").exists()
+
+
+def test_delta_volumes_are_checked_against_their_headers(sim: Sim, app: Path, root: Path, tmp_path: Path) -> None:
+    members = _members()
+    members["files/m3.bin"] = random.Random(9).randbytes(900_000)
+    members["files/m5.bin"] = random.Random(10).randbytes(900_000)
+    newer = sim.appliance(tmp_path / "demo-1.1.0.pex", members, version="1.1.0")
+    made = delta.make(app, newer, tmp_path / "demo-1.1.0.delta")
+    result = split(made.path, tmp_path / "out", MiB)
+    vols = [Path(v["file"]) for v in result.volumes]
+    assert result.kind == "delta" and len(vols) >= 2 and vols[0].name.startswith("demo-1.1.0.delta.part001-of-")
+    with pytest.raises(UsageError, match="a delta is not signed"):
+        verify_volume(vols[0], root_file=root)
+    joined = join([tmp_path / "out"], tmp_path / "joined.delta")
+    assert joined.kind == "delta" and (tmp_path / "joined.delta").read_bytes() == made.path.read_bytes()
+    received = receive(tmp_path / "out", tmp_path / "in")
+    assert received.output is not None and received.output.read_bytes() == made.path.read_bytes()
+    plain_delta = receive(made.path, tmp_path / "in2")
+    assert plain_delta.output is not None and plain_delta.output.read_bytes() == made.path.read_bytes()
+    _flip(vols[-1], vols[-1].stat().st_size - 3)
+    with pytest.raises(VerificationError, match=f"{vols[-1].name}: its bytes do not match the sha256 its header"):
+        join([tmp_path / "out"], tmp_path / "joined2.delta")
+
+
+def test_a_volume_is_not_an_appliance(app: Path, root: Path, tmp_path: Path) -> None:
+    vols = _split(app, tmp_path / "out")
+    with pytest.raises(UsageError, match=r"is volume 1 of \d+ of demo 1.0.0, not a whole appliance"):
+        verify(vols[0], root_file=root)
+    with pytest.raises(UsageError, match="already a volume"):
+        split(vols[0], tmp_path / "again", MiB)
