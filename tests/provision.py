@@ -80,6 +80,7 @@ PACKAGES = (
     Package("apache2-utils", ("htpasswd",), "the authenticated-registry tests (htpasswd)"),
     Package("docker-compose", ("docker-compose",), "the activation tests (the Compose CLI)"),
     Package("curl", ("curl",), "the resumed-download tests (curl -C -)"),
+    Package("squashfs-tools", ("mksquashfs",), "the media tests (a disc image that fails with an I/O error)"),
 )
 
 
