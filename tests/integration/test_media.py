@@ -91,7 +91,9 @@ def test_real_appliance_split_verified_alone_joined_in_any_order(
         shutil.copyfile(p, media[i % 2] / p.name)
     shutil.copyfile(tmp_path / "out" / "demo-1.0.0.sig", media[1] / "demo-1.0.0.sig")
     joined = tmp_path / "joined" / "demo-1.0.0.pex"
-    code, out, err = run(["join", str(media[1]), str(media[0]), "-o", str(joined), "--root-sha256", fingerprint], capsys)
+    code, out, err = run(
+        ["join", str(media[1]), str(media[0]), "-o", str(joined), "--root-sha256", fingerprint], capsys
+    )
     assert code == 0, err
     assert "every byte verified against the signed targets" in out
     assert joined.read_bytes() == appliance.read_bytes()
@@ -126,7 +128,9 @@ def test_a_tampered_volume_fails_on_the_command_line(
     code, out, err = run(["verify", str(vols[0]), "--root", str(keys / "1.root.json"), "--json"], capsys)
     report = json.loads(out)
     assert code == 1 and not report["ok"] and report["volume"]["number"] == 1
-    assert report["problems"] == [f"member {wheel.name}: sha256 does not match the signed targets (modified or damaged)"]
+    assert report["problems"] == [
+        f"member {wheel.name}: sha256 does not match the signed targets (modified or damaged)"
+    ]
     assert run(["verify", str(vols[1]), "--root", str(keys / "1.root.json")], capsys)[0] == 0
     code, out, err = run(["join", str(tmp_path / "out"), "-o", str(tmp_path / "j.pex")], capsys)
     assert code == 1 and str(vols[0]) in err and wheel.name in err
@@ -137,9 +141,7 @@ def _compressible_appliance(tmp_path: Path) -> tuple[Path, Path]:
     """A signed appliance whose members compress well (so squashfs stores them compressed, and a
     damaged block is an I/O error rather than wrong bytes), and its root."""
     sim = Sim()
-    members = {
-        f"files/log{i}.txt": b"".join(b"line %d of log %d\n" % (n, i) for n in range(60_000)) for i in range(6)
-    }
+    members = {f"files/log{i}.txt": b"".join(b"line %d of log %d\n" % (n, i) for n in range(60_000)) for i in range(6)}
     app = sim.appliance(tmp_path / "demo.pex", members)
     root = tmp_path / "1.root.json"
     root.write_bytes(sim.root)
