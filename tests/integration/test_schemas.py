@@ -183,6 +183,11 @@ def out_verify(
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
     modified = run(capsys, ["verify", str(tampered), "--root", str(root), "--json"])
+    # One volume of it, verified alone (chiron split): the report says which volume of what.
+    volumes = _volumes(capsys, appliance, tmp_path / "volumes")
+    volume = run(capsys, ["verify", str(volumes[-1]), "--root", str(root), "--json"])
+    assert volume[1] == 0 and volume[2]["ok"] and volume[2]["volume"]["number"] == len(volumes)
+    assert outs[0][2]["volume"] is None
     assert (
         modified[1] == 1
         and not modified[2]["ok"]
@@ -194,7 +199,7 @@ def out_verify(
             "targets",
         }
     )
-    return [*outs, foreign, modified]
+    return [*outs, foreign, modified, volume]
 
 
 @pytest.fixture()
@@ -620,6 +625,53 @@ def out_delta(
         assert out[2]["size"] == (tmp_path / name).stat().st_size < size
         assert out[2]["carried_bytes"] + out[2]["reused_bytes"] == size and out[2]["reused_bytes"] > 0
     return [from_appliance, from_inventory]
+
+
+def _volumes(capsys: pytest.CaptureFixture[str], appliance: Path, out: Path, *extra: str) -> list[Path]:
+    """``chiron split`` of the appliance into two volumes (the tool zip, one signed unit, alone in one)."""
+    size = str(appliance.stat().st_size - 1000)
+    made = run(capsys, ["split", str(appliance), "--size", size, "-o", str(out), "--json", *extra])
+    assert made[1] == 0, made
+    return [Path(v["file"]) for v in made[2]["volumes"]]
+
+
+@pytest.fixture()
+def out_split(
+    capsys: pytest.CaptureFixture[str], appliance: Path, newer_appliance: Path, tmp_path: Path
+) -> list[Output]:
+    size = str(appliance.stat().st_size - 1000)
+    made = run(capsys, ["split", str(appliance), "--size", size, "-o", str(tmp_path / "a"), "--json"])
+    assert made[1] == 0 and len(made[2]["volumes"]) == 2 and made[2]["kind"] == "appliance"
+    assert made[2]["signature"] == str(tmp_path / "a" / "demo-1.0.0.sig")
+    delta = tmp_path / "b.delta"
+    assert run(capsys, ["delta", str(appliance), str(newer_appliance), "-o", str(delta), "--json"])[1] == 0
+    of_delta = run(capsys, ["split", str(delta), "--size", "1M", "-o", str(tmp_path / "d"), "--json"])
+    assert of_delta[1] == 0 and of_delta[2]["kind"] == "delta" and of_delta[2]["signature"] is None
+    return [made, of_delta]
+
+
+@pytest.fixture()
+def out_join(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> list[Output]:
+    _volumes(capsys, appliance, tmp_path / "v")
+    out = tmp_path / "joined.pex"
+    anchored = run(capsys, ["join", str(tmp_path / "v"), "-o", str(out), "--root", str(keys / "1.root.json"), "--json"])
+    assert anchored[1] == 0 and anchored[2]["output"] == str(out) and out.read_bytes() == appliance.read_bytes()
+    unanchored = run(capsys, ["join", str(tmp_path / "v"), "-o", str(tmp_path / "j2.pex"), "--json"])
+    assert unanchored[1] == 0 and unanchored[2]["warnings"]  # NOT ANCHORED
+    return [anchored, unanchored]
+
+
+@pytest.fixture()
+def out_receive(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> list[Output]:
+    root = str(keys / "1.root.json")
+    vols = _volumes(capsys, appliance, tmp_path / "v")
+    whole = run(capsys, ["receive", str(appliance), "--to", str(tmp_path / "a"), "--root", root, "--json"])
+    assert whole[1] == 0 and whole[2]["complete"] and whole[2]["volumes"] is None
+    first = run(capsys, ["receive", str(vols[0]), "--to", str(tmp_path / "b"), "--root", root, "--json"])
+    assert first[1] == 0 and not first[2]["complete"] and first[2]["volumes"]["missing"] == [2]
+    rest = run(capsys, ["receive", str(vols[1]), "--to", str(tmp_path / "b"), "--root", root, "--json"])
+    assert rest[1] == 0 and rest[2]["complete"] and rest[2]["resumed_bytes"] == first[2]["received_bytes"] > 0
+    return [whole, first, rest]
 
 
 @pytest.fixture()
