@@ -11,6 +11,8 @@ Sections (all by default; choose with --only):
            layer (needs docker-registry and skopeo), each against a cold chiron build; delta sizes
   fleet    20 hosts upgrading at once from a loopback registry (chiron pull --have) vs each pulling
            the full appliance: bytes per host and fleet wall time (benchmarks/fleet.py)
+  media    chiron receive of a 2 GiB appliance from another filesystem vs cp, cp + sync, cp + verify;
+           chiron join of 4 volumes vs cat; peak RSS at 2 GiB and 256 MiB (benchmarks/media.py)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ BIN = Path(sys.executable).parent
 CHIRON = str(BIN / "chiron")
 UV = shutil.which("uv", path=str(BIN)) or "uv"
 RESULTS: list[tuple[str, str, str]] = []
-SECTIONS = ("install", "startup", "verify", "memory", "refresh", "fleet")
+SECTIONS = ("install", "startup", "verify", "memory", "refresh", "fleet", "media")
 
 
 def timed(cmd: list[str], *, env: dict[str, str] | None = None, repeat: int = 3, setup=None) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -560,6 +562,10 @@ def main() -> None:
             from fleet import bench_fleet
 
             bench_fleet(work, keys, record)
+        if "media" in sections:
+            from media import bench_media
+
+            bench_media(work, keys, record, args.gib)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from chiron.core import progress as _progress
 from chiron.core.fs import fsync_dir, temp_beside
 from chiron.engines.media.check import Trusted, read_problem, trust_volume
 from chiron.engines.media.collect import choose, complete_set, gather, notes
-from chiron.engines.media.files import copy_signature, ensure_space, is_no_space, no_space, reserve
+from chiron.engines.media.files import copy_signature, ensure_space, is_no_space, no_space
 from chiron.engines.media.plan import Plan, Unit, opaque
 from chiron.engines.media.stream import Checker, ReadFailed, pump
 from chiron.engines.verify import VerifyReport
@@ -142,7 +142,6 @@ def _write(
     delta = vols[0].header.kind == "delta"
     try:
         with temp_beside(output, 0o644 if delta else 0o755) as (fd, tmp):
-            reserve(fd, size, output.parent, output.name)
             with (
                 _progress.bar(size, f"joining {output.name}", enabled=show_progress) as bar,
                 Checker(units, whole=delta) as checker,

@@ -16,6 +16,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,34 +162,12 @@ def _receive(incoming: Incoming, to: Path, output: Path, result: ReceiveResult, 
 def _copy(st: Staging, plan: Plan, span: Span, start: int, end: int, advance: Callable[[int], None]) -> int:
     """Copy ``[start, end)`` of the whole from ``span``'s source into the staging, checked; record
     what was checked at every checkpoint and whatever stops the copy. Returns the bytes received."""
-    path, fd, src_offset = span.path, span.fd, span.offset + (start - span.start)
     units, problems = plan.units_for(start, end)
     if problems:
-        raise VerificationError([f"{path}: {p}" for p in problems])
+        raise VerificationError([f"{span.path}: {p}" for p in problems])
     checker = Checker(units)
-    failure: ReadFailed | None = None
     try:
-        pos = start
-        while pos < end and not checker.failed:
-            seg = min(end, pos + CHECKPOINT)
-            try:
-                pump(
-                    checker,
-                    fd,
-                    src_offset + (pos - start),
-                    seg - pos,
-                    pos,
-                    dst_fd=st.fd,
-                    dst_offset=pos,
-                    advance=advance,
-                )
-            except ReadFailed as exc:
-                failure = exc
-                break
-            pos = seg
-            if pos < end:
-                st.add(start, checker.verified_to)
-                st.checkpoint()
+        failure = _pump(st, checker, span, start, end, advance)
     except BaseException:  # Ctrl-C, a write error: keep what was checked, for the next run
         checker.close()
         st.add(start, checker.verified_to)
@@ -202,17 +181,39 @@ def _copy(st: Staging, plan: Plan, span: Span, start: int, end: int, advance: Ca
         unit = checker.bad[0][0]
         against = "the signed targets" if plan.signed else "the sha256 recorded for it"
         raise VerificationError(
-            [f"{path}: {unit.describe()}: sha256 does not match {against} (a damaged copy)"],
+            [f"{span.path}: {unit.describe()}: sha256 does not match {against} (a damaged copy)"],
             hint="receive it from another copy of the medium; what was checked before it is kept, so the same "
             "command resumes there",
         )
     if failure is not None:
         raise EnvironmentProblem(
-            read_problem(path, failure, plan),
+            read_problem(span.path, failure, plan),
             hint=f"what was checked before it is kept in {st.root}: clean the medium or use another drive "
             "(or another copy), then run the same command again to resume",
         )
     return checker.verified_to - start
+
+
+def _pump(
+    st: Staging, checker: Checker, span: Span, start: int, end: int, advance: Callable[[int], None]
+) -> ReadFailed | None:
+    """The copy, CHECKPOINT bytes at a time; after each, what is checked so far is made durable and
+    recorded on another thread (the copy does not wait for the disk). A read error is returned."""
+    with ThreadPoolExecutor(max_workers=1) as saver:
+        pending: Future[None] | None = None
+        pos = start
+        while pos < end and not checker.failed:
+            seg = min(end, pos + CHECKPOINT)
+            src = span.offset + (pos - span.start)
+            try:
+                pump(checker, span.fd, src, seg - pos, pos, dst_fd=st.fd, dst_offset=pos, advance=advance)
+            except ReadFailed as exc:
+                return exc
+            pos = seg
+            if pos < end and (pending is None or pending.done()):
+                # A checkpoint that fails only records less: the one after the copy reports the error.
+                pending = saver.submit(st.checkpoint, (start, checker.verified_to))
+    return None
 
 
 def _incoming(source: Path, anchor: Anchor, result: ReceiveResult, stack: ExitStack) -> Incoming:

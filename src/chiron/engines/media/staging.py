@@ -1,5 +1,5 @@
 """Where ``chiron receive`` assembles a whole file, across runs: ``DIR/.chiron-receive/KEY/`` holds
-``data`` (the whole file's size, allocated at once) and ``state.json`` (the byte ranges received
+``data`` (the whole file's size, written in place as ranges arrive) and ``state.json`` (the byte ranges received
 and checked so far). A run that is interrupted (a read error, Ctrl-C, a damaged copy) records what
 it checked; the next run resumes there. KEY names the build (the sha256 of what every volume
 carries), so volumes from several media, or the appliance itself, all land in one staging.
@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from chiron.core import filelock
 from chiron.core.fs import read_small, write_atomic
 from chiron.core.text import canonical_json, parse_json
-from chiron.engines.media.files import ensure_space, is_no_space, no_space, reserve
+from chiron.engines.media.files import ensure_space, is_no_space, no_space
 from chiron.errors import EnvironmentProblem, UsageError
 
 FORMAT = "chiron-receive/1"
@@ -41,6 +42,7 @@ class Staging:
     parts: list[int] = field(default_factory=list)  # the volumes received whole, by number
     fd: int = -1
     notices: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def data(self) -> Path:
@@ -60,16 +62,8 @@ class Staging:
 
     def add(self, start: int, end: int) -> None:
         """Mark ``[start, end)`` as received and checked (merged with its neighbours)."""
-        if end <= start:
-            return
-        ranges = sorted([*self.done, (start, end)])
-        merged = [ranges[0]]
-        for a, b in ranges[1:]:
-            if a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
-            else:
-                merged.append((a, b))
-        self.done = merged
+        with self._lock:
+            self.done = _merged([*self.done, (start, end)])
 
     def drop(self, start: int, end: int) -> None:
         """Forget ``[start, end)``: kept bytes there no longer match."""
@@ -92,18 +86,21 @@ class Staging:
             out.append((pos, end))
         return out
 
-    def checkpoint(self) -> None:
-        """Make the received bytes durable, then record them: a crash between the two loses the
-        record of the last bytes, never records bytes that are not on the disk."""
-        os.fdatasync(self.fd)
-        body = {
-            "format": FORMAT,
-            "size": self.size,
-            "file": self.file,
-            "done": [list(r) for r in self.done],
-            "parts": sorted(set(self.parts)),
-        }
-        write_atomic(self.state, canonical_json(body))
+    def checkpoint(self, extra: tuple[int, int] | None = None) -> None:
+        """Make the received bytes durable, then record them (with ``extra``, a range being copied
+        that is checked so far): a crash between the two loses the record of the last bytes, never
+        records bytes that are not on the disk. Safe to call from another thread than the copy's."""
+        with self._lock:
+            done = _merged([*self.done, extra]) if extra is not None else list(self.done)
+            os.fdatasync(self.fd)
+            body = {
+                "format": FORMAT,
+                "size": self.size,
+                "file": self.file,
+                "done": [list(r) for r in done],
+                "parts": sorted(set(self.parts)),
+            }
+            write_atomic(self.state, canonical_json(body))
 
     def discard(self) -> None:
         self.close()
@@ -115,9 +112,20 @@ class Staging:
             self.fd = -1
 
 
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, disjoint ranges covering the same bytes (empty ones dropped)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(r for r in ranges if r[1] > r[0]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
+    return out
+
+
 @contextlib.contextmanager
 def staging(directory: Path, key: str, size: int, file: str) -> Iterator[Staging]:
-    """The staging of the whole file ``key`` names in ``directory``, created (its space allocated)
+    """The staging of the whole file ``key`` names in ``directory``, created (room for it checked)
     or resumed, held under a lock so that two receives never write it at once. A disk too full for
     it leaves nothing behind."""
     root = directory / STAGING / key[:32]
@@ -143,18 +151,17 @@ def staging(directory: Path, key: str, size: int, file: str) -> Iterator[Staging
 
 
 def _open(st: Staging, directory: Path) -> None:
-    """Resume the staging's data file and record, or create the file with its space allocated."""
+    """Resume the staging's data file and record, or create the file (sparse, the whole's size);
+    either way the disk must have room for what is still to come."""
     created = not st.data.exists()
     loaded = None if created else _load(st)
     if loaded is None and not created:
         st.notices.append(f"{st.root}: its record of what was received is damaged or missing: receiving anew")
     st.done, st.parts = loaded or ([], [])
-    if created:
-        ensure_space(directory, st.size, st.file)
+    ensure_space(directory, st.size - st.received, st.file)
     st.fd = os.open(st.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     if created or os.fstat(st.fd).st_size != st.size:
         st.done, st.parts = [], []
-        reserve(st.fd, st.size, directory, st.file)
         os.ftruncate(st.fd, st.size)
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from chiron.engines.media.plan import Unit
 
-CHUNK = 4 << 20
+# 1 MiB: a chunk is read, hashed and written while it is still in the CPU's caches (larger ones measured slower).
+CHUNK = 1 << 20
 _EMPTY = hashlib.sha256(b"").hexdigest()
 
 
@@ -71,7 +72,7 @@ class Checker:
         self._hashers: dict[int, hashlib._Hash] = {}
         count = max(1, min(4, workers or os.cpu_count() or 2))
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(2 * count + 2):
+        for _ in range(4 * count + 4):
             self._free.put(bytearray(CHUNK))
         self._queues: list[queue.SimpleQueue[_Item]] = [queue.SimpleQueue() for _ in range(count)]
         self._whole = hashlib.sha256() if whole else None
