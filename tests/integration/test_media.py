@@ -2,7 +2,7 @@
 CLI, its detached signature checked by ssh-keygen; a receive off a filesystem that fails with a real
 I/O error part-way (a squashfs image with a damaged block, loop-mounted: the kernel returns EIO,
 as a scratched disc does), resumed from an intact copy; a receive and a join into a full disk (a
-small tmpfs). The logic on in-memory appliances is in tests/unit/test_media.py."""
+small tmpfs). The logic on in-memory appliances is in tests/unit/test_media_unit.py."""
 
 from __future__ import annotations
 
