@@ -148,7 +148,8 @@ def _receive(incoming: Incoming, to: Path, output: Path, result: ReceiveResult, 
                     this_run.append((a, a + got))
                 if span.volume is not None and not st.gaps(span.start, span.end):
                     st.parts.append(span.volume)
-                    result.received_volumes.append(span.volume)
+                    if gaps:  # received by this run, not already there
+                        result.received_volumes.append(span.volume)
         st.checkpoint()
         if result.count is not None:
             result.missing_volumes = [n for n in range(1, result.count + 1) if n not in st.parts]
@@ -223,7 +224,7 @@ def _incoming(source: Path, anchor: Anchor, result: ReceiveResult, stack: ExitSt
         if gathered.sets:
             chosen, foreign = choose(gathered, [source])
             result.warnings += [f"ignored {f.describe()}: not of the set being received" for f in foreign]
-            return _volumes(chosen, anchor, result, stack)
+            return _volumes(chosen, anchor, result, stack, inbox=True)
         return _whole(_only_file(source), anchor, result, stack)
     header = read_header(source)  # a missing file, a FIFO, a device: a UsageError naming it
     if header is not None:
@@ -247,10 +248,22 @@ def _only_file(directory: Path) -> Path:
     return found[0]
 
 
-def _volumes(chosen: list[Found], anchor: Anchor, result: ReceiveResult, stack: ExitStack) -> Incoming:
-    """A set's volumes at hand: the set trusted through the first, every volume checked to belong."""
-    found = list(unique(chosen).values())
-    vols = [stack.enter_context(VolumeReader(f.path)) for f in found]
+def _volumes(
+    chosen: list[Found], anchor: Anchor, result: ReceiveResult, stack: ExitStack, *, inbox: bool = False
+) -> Incoming:
+    """A set's volumes at hand: the set trusted through the first, every volume checked to belong.
+    In a directory (an inbox a diode or a guard writes to), a volume that cannot be read yet (still
+    arriving, or damaged) is passed over with a warning: it stays missing, and a later run takes it."""
+    vols: list[VolumeReader] = []
+    problems: list[str] = []
+    for f in unique(chosen).values():
+        try:
+            vols.append(stack.enter_context(VolumeReader(f.path)))
+        except FormatError as exc:
+            problems.append(f"{f.path}: {exc.message}")
+    if problems and (not inbox or not vols):
+        raise VerificationError(problems, hint="nothing was received; copy the volume again")
+    result.warnings += [f"passed over {p} (still arriving? receive it again later)" for p in problems]
     h = vols[0].header
     result.name, result.version, result.count = h.name, h.version, h.count
     spans = [Span(v.path, v.fd, v.data_offset, v.header.offset, v.header.end, v.header.number) for v in vols]
