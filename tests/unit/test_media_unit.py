@@ -8,6 +8,8 @@ import hashlib
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,6 +270,7 @@ def test_receive_an_appliance_and_then_again(app: Path, root: Path, tmp_path: Pa
 
 
 def test_receive_volumes_from_several_media_in_several_runs(app: Path, root: Path, tmp_path: Path) -> None:
+    app.with_name(app.name + ".sig").write_bytes(b"-----BEGIN SSH SIGNATURE-----\n")
     vols = _split(app, tmp_path / "out")
     media = []
     for i, p in enumerate(vols):
@@ -275,6 +278,7 @@ def test_receive_volumes_from_several_media_in_several_runs(app: Path, root: Pat
         medium.mkdir()
         shutil.copyfile(p, medium / p.name)
         media.append(medium)
+    shutil.copyfile(tmp_path / "out" / "demo-1.0.0.sig", media[-1] / "demo-1.0.0.sig")  # on one disc only
     inbox = tmp_path / "in"
     first = receive(media[-1], inbox, root_file=root)
     assert first.output is None and first.received_volumes == [len(vols)]
@@ -284,7 +288,8 @@ def test_receive_volumes_from_several_media_in_several_runs(app: Path, root: Pat
     assert last.output == inbox / "demo.pex" and last.missing_volumes == []
     assert last.resumed_bytes == app.stat().st_size - last.received_bytes > 0  # the kept bytes were checked again
     assert (inbox / "demo.pex").read_bytes() == app.read_bytes()
-    assert sorted(p.name for p in inbox.iterdir()) == ["demo.pex"]
+    assert last.signature == inbox / "demo.pex.sig"  # from the first disc received, kept until the end
+    assert sorted(p.name for p in inbox.iterdir()) == ["demo.pex", "demo.pex.sig"]
 
 
 def test_a_truncated_volume_is_named_and_the_receive_resumes(app: Path, root: Path, tmp_path: Path) -> None:
@@ -381,3 +386,29 @@ def test_split_is_deterministic(app: Path, tmp_path: Path) -> None:
     """A volume lost on the way can be made again, byte for byte, from the same appliance and size."""
     first, again = _split(app, tmp_path / "a"), _split(app, tmp_path / "b")
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
+
+
+def test_the_documented_standard_tools_work_as_written(app: Path, tmp_path: Path) -> None:
+    """docs/format.md#volumes: the stdlib join script, and the manifest checked with sha256sum."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "format.md").read_text()
+    script = text.split("```python\n# chiron-join.py")[1].split("```")[0]
+    (tmp_path / "chiron-join.py").write_text("# chiron-join.py" + script)
+    vols = _split(app, tmp_path / "out")
+    shuffled = sorted(vols, key=lambda p: hashlib.sha256(p.name.encode()).digest())
+    joined = tmp_path / "joined.pex"
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "chiron-join.py"), str(joined), *map(str, shuffled)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert joined.read_bytes() == app.read_bytes()
+    missing = subprocess.run(
+        [sys.executable, str(tmp_path / "chiron-join.py"), str(tmp_path / "j2"), *map(str, vols[1:])],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode != 0 and "no volume holds byte 0" in missing.stderr
+    line = text.split("```sh\nawk")[1].split("\n")[0].replace("demo-1.2.0", "demo-1.0.0")
+    check = subprocess.run(["sh", "-c", "awk" + line], cwd=tmp_path / "out", capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(vols), check.stdout + check.stderr

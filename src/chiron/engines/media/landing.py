@@ -89,6 +89,8 @@ def finish(st: Staging, incoming: Incoming, this_run: list[tuple[int, int]], out
         raise VerificationError(problems, hint="receive it again from another copy")
     os.fchmod(st.fd, 0o755 if incoming.kind == "appliance" else 0o644)
     os.fsync(st.fd)
+    if st.signature.is_file():
+        os.replace(st.signature, output.with_name(output.name + ".sig"))
     os.replace(st.data, output)
     st.discard()
     return sum(b - a for a, b in kept)

@@ -115,8 +115,8 @@ def receive(
             )
         if result.output is None:
             _receive(incoming, to, output, result, show_progress)
-    if result.output is not None and incoming.signature is not None:
-        result.signature = copy_signature(incoming.signature, signature_beside(output))
+    if result.output is not None and signature_beside(output).is_file():
+        result.signature = signature_beside(output)
     result.seconds = time.monotonic() - started
     return result
 
@@ -137,6 +137,8 @@ def _already(output: Path, incoming: Incoming, result: ReceiveResult) -> bool:
 def _receive(incoming: Incoming, to: Path, output: Path, result: ReceiveResult, show_progress: bool) -> None:
     with staging(to, incoming.key, incoming.size, incoming.file) as st:
         result.notices += st.notices
+        if incoming.signature is not None:  # whichever medium carries it: kept until the file is finished
+            copy_signature(incoming.signature, st.signature)
         todo = [(span, st.gaps(span.start, span.end)) for span in incoming.spans]
         total = sum(b - a for _s, gaps in todo for a, b in gaps)
         this_run: list[tuple[int, int]] = []

@@ -53,6 +53,11 @@ class Staging:
         return self.root / "state.json"
 
     @property
+    def signature(self) -> Path:
+        """The detached signature found beside a source, kept until the file is finished."""
+        return self.root / "signature"
+
+    @property
     def received(self) -> int:
         return sum(b - a for a, b in self.done)
 
