@@ -828,6 +828,50 @@ def append_line(path: Path, line: str) -> None:
         f.write(line)
 
 
+# --- volumes (issue 18): what crosses on media is hostile input too
+
+
+def volumes(c: Ctx, name: str = "vols") -> list[Path]:
+    """The good appliance split into volumes (two: the tool zip is one signed unit, alone in one)."""
+    size = str(c.app.stat().st_size - 1000)
+    subprocess.run([*CHIRON, "split", str(c.app), "--size", size, "-o", str(c.path(name))], check=True, env=c.env,
+                   capture_output=True)  # fmt: skip
+    return sorted(c.path(name).glob("*.chv"))
+
+
+def volume_header(path: Path) -> tuple[dict[str, Any], bytes]:
+    """A volume's header (docs/format.md#volumes) and the bytes after it."""
+    data = path.read_bytes()
+    (length,) = struct.unpack_from("<Q", data, 8)
+    return json.loads(data[16 : 16 + length]), data[16 + length :]
+
+
+def forged_volume(c: Ctx, **fields: Any) -> Path:
+    header, rest = volume_header(volumes(c)[0])
+    raw = json.dumps({**header, **fields}, sort_keys=True, separators=(",", ":")).encode()
+    return c.write("forged.chv", b"CHIRONVL" + struct.pack("<Q", len(raw)) + raw + rest)
+
+
+def truncated_volume_receive(c: Ctx) -> list[str]:
+    vol = volumes(c)[0]
+    vol.write_bytes(vol.read_bytes()[:-1000])
+    return ["receive", str(vol), "--to", str(c.path("in")), "--root", c.root]
+
+
+def missing_volume_join(c: Ctx) -> list[str]:
+    volumes(c)[1].unlink()
+    return ["join", str(c.path("vols")), "-o", str(c.path("joined.pex")), "--root", c.root]
+
+
+def differing_copies_join(c: Ctx) -> list[str]:
+    vols = volumes(c)
+    other = c.mkdir("other")
+    data = bytearray(vols[0].read_bytes())
+    data[-10] ^= 1
+    (other / vols[0].name).write_bytes(bytes(data))
+    return ["join", str(c.path("vols")), str(other), "-o", str(c.path("joined.pex")), "--root", c.root]
+
+
 # The table. exit: the documented code (docs/exit-codes.md, or the issue where it says); expect: regexes
 # the one-line error (or a listed problem, or a FAIL check) must all match. A fresh prefix is c.path("p");
 # an installed one is c.prefix() (a copy of the module's installed host).
@@ -1064,6 +1108,22 @@ CASES: list[Case] = [
     Case("trace-file-in-missing-dir", None,
          lambda c: ["--trace-file", str(c.path("no/such/dir/t.jsonl")), "verify", str(c.app), "--root", c.root], 2,
          (r"t\.jsonl",)),
+    Case("volume-esc-name-verify", None, lambda c: ["verify", str(forged_volume(c, name="demo" + ESC)), "--root", c.root],
+         1, (r"name is not a printable string",), shape="report"),
+    Case("volume-other-version-verify", None,
+         lambda c: ["verify", str(forged_volume(c, version="9.9.9")), "--root", c.root], 1,
+         (r"header names demo 9\.9\.9", r"signed metadata of demo 1\.0\.0"), shape="report"),
+    Case("volume-truncated-receive", None, truncated_volume_receive, 1, (r"truncated",)),
+    Case("volume-missing-join", None, missing_volume_join, 2, (r"missing volume\(s\) 2",)),
+    Case("volume-copies-differ-join", None, differing_copies_join, 4, (r"both volume 1 of 2", r"differ")),
+    Case("volume-join-into-directory", None,
+         lambda c: ["join", str(volumes(c)[0].parent), "-o", str(c.mkdir("out")), "--root", c.root], 2,
+         (r"is a directory",)),
+    Case("volume-size-too-small-split", None,
+         lambda c: ["split", str(c.app), "--size", "1M", "-o", str(c.path("v"))], 2, (r"use a --size of \d+",)),
+    Case("volume-fifo-receive", None,
+         lambda c: (os.mkfifo(c.path("fifo")), ["receive", str(c.path("fifo")), "--to", str(c.path("in"))])[1], 2,
+         (r"not a regular file",)),
 ]
 # fmt: on
 

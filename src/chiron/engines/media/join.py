@@ -86,6 +86,8 @@ def join(
     first = ordered[0].header
     if any(output.resolve() == f.path.resolve() for f in gathered.volumes):
         raise UsageError(f"{output}: is one of the volumes; choose another -o")
+    if output.is_dir():
+        raise UsageError(f"{output}: is a directory; give the file to write, such as -o {output / first.file}")
     result = JoinResult(output, first.kind, first.name, first.version, first.size, [str(f.path) for f in ordered])
     result.warnings += notes(foreign, gathered.unreadable)
     with ExitStack() as stack:

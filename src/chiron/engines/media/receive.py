@@ -104,9 +104,9 @@ def receive(
     started = time.monotonic()
     anchor = anchor if anchor is not None else anchor_from_options(root_file, root_sha256)
     result = ReceiveResult(source, to)
-    to.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        incoming = _incoming(source, anchor, result, stack)
+        incoming = _incoming(source, anchor, result, stack)  # refused before anything is created
+        to.mkdir(parents=True, exist_ok=True)
         result.kind, result.size, result.file = incoming.kind, incoming.size, incoming.file
         output = to / incoming.file
         if output.exists() and not _already(output, incoming, result):
