@@ -3,11 +3,11 @@
 A 2 GiB appliance (a [[files]] member of random bytes) is received from another filesystem than the
 target, as from a medium, two ways: from /dev/shm (tmpfs) to the work directory's disk (everything in
 memory but the disk's flush: CPU-bound), and from the disk with its pages dropped from the page cache
-before each run to /dev/shm (read once from a device, as from a medium: I/O-bound). Side by side,
-interleaved, each into an emptied directory: `chiron receive` (copy + verify in one pass, fsync'ed)
-against `cp` alone, `cp` + `sync FILE` (the same durability as receive) and `cp` followed by `chiron
-verify`; `chiron join` of 4 volumes against `cat` of them + `sync FILE`. Wall and CPU time (wait4), and
-peak RSS of receive at 2 GiB and at 256 MiB: flat in the size.
+before each run to /dev/shm (read once from a device, as from a medium). Side by side, interleaved,
+each into an emptied directory: `chiron receive` (copy + verify in one pass, fsync'ed) against `cp`
+alone, `cp` + `sync FILE` (the same durability as receive), and `cp` followed by `chiron verify`
+(with and without the sync); `chiron join` of 4 volumes against `cat` of them + `sync FILE`. Wall
+and CPU time (wait4), and peak RSS of receive at 2 GiB and at 256 MiB: flat in the size.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def bench_media(work: Path, keys: Path, record: Record, gib: float = 2.0) -> Non
                 "cp": (["cp", str(app), str(d)], clear()),
                 "cp+sync": (["sh", "-c", f"cp {app} {d} && sync {d}"], clear()),
                 "cp+verify": (["sh", "-c", f"cp {app} {d} && {verify.format(d)}"], clear()),
+                "cp+sync+verify": (["sh", "-c", f"cp {app} {d} && sync {d} && {verify.format(d)}"], clear()),
                 "receive": ([run.CHIRON, "receive", str(app), "--to", str(to_disk), "--root", root], clear()),
                 "cold cp": (["cp", str(on_disk), str(m)], clear(_cold(on_disk))),
                 "cold cp+verify": (["sh", "-c", f"cp {on_disk} {m} && {verify.format(m)}"], clear(_cold(on_disk))),
@@ -153,10 +154,12 @@ def _report(record: Record, t: Timed, size: int, volumes: int) -> None:
     row("cp", "cp, tmpfs -> disk (not fsync'ed)")
     row("cp+sync", "cp + sync FILE (durable, like receive)")
     row("cp+verify", "cp + chiron verify")
+    row("cp+sync+verify", "cp + sync FILE + chiron verify (durable, like receive)")
     rx = t["receive"][0]
     record("media", "ratio receive / cp (target <= 1.1)", f"{rx / t['cp'][0]:.2f}x")
     record("media", "ratio receive / (cp + sync)", f"{rx / t['cp+sync'][0]:.2f}x")
     record("media", "ratio (cp + verify) / receive (target >= 1.8)", f"{t['cp+verify'][0] / rx:.2f}x")
+    record("media", "ratio (cp + sync + verify) / receive", f"{t['cp+sync+verify'][0] / rx:.2f}x")
     row("cold receive", "chiron receive, disk (cold) -> tmpfs")
     row("cold cp", "cp, disk (cold) -> tmpfs")
     row("cold cp+verify", "cp + chiron verify, disk (cold) -> tmpfs")
