@@ -412,3 +412,19 @@ def test_the_documented_standard_tools_work_as_written(app: Path, tmp_path: Path
     line = text.split("```sh\nawk")[1].split("\n")[0].replace("demo-1.2.0", "demo-1.0.0")
     check = subprocess.run(["sh", "-c", "awk" + line], cwd=tmp_path / "out", capture_output=True, text=True)
     assert check.returncode == 0 and check.stdout.count(": OK") == len(vols), check.stdout + check.stderr
+
+
+def test_a_damaged_record_of_an_earlier_run_means_receiving_anew(app: Path, root: Path, tmp_path: Path) -> None:
+    (tmp_path / "damaged").mkdir()
+    bad = shutil.copyfile(app, tmp_path / "damaged" / app.name)
+    _flip(bad, read_layout(app).members[5].offset + 1)
+    inbox = tmp_path / "in"
+    with pytest.raises(VerificationError):
+        receive(bad, inbox, root_file=root)
+    (state,) = inbox.glob(".chiron-receive/*/state.json")
+    assert '"done":[[0,' in state.read_text()  # what was checked before the damage is recorded
+    state.write_text('{"format": "chiron-receive/1", "done": "everything"}')
+    result = receive(app, inbox, root_file=root)
+    assert any("damaged or missing: receiving anew" in n for n in result.notices)
+    assert result.resumed_bytes == 0 and result.received_bytes == app.stat().st_size
+    assert (inbox / "demo.pex").read_bytes() == app.read_bytes()
