@@ -428,3 +428,15 @@ def test_a_damaged_record_of_an_earlier_run_means_receiving_anew(app: Path, root
     assert any("damaged or missing: receiving anew" in n for n in result.notices)
     assert result.resumed_bytes == 0 and result.received_bytes == app.stat().st_size
     assert (inbox / "demo.pex").read_bytes() == app.read_bytes()
+
+
+def test_an_appliance_of_format_v1_splits_and_joins(tmp_path: Path) -> None:
+    """Appliances built before volumes existed need nothing new: the committed v1 fixture."""
+    v1 = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
+    app, root = v1 / "appliance-1.0.0.pex", v1 / "1.root.json"
+    vols = _split(app, tmp_path / "out")
+    assert vols[0].name == "golden-1.0.0.part001-of-001.chv"
+    report = verify_volume(vols[0], root_file=root)
+    assert report.ok and report.volume is not None and report.volume["length"] == app.stat().st_size
+    join([tmp_path / "out"], tmp_path / "joined.pex", root_file=root)
+    assert (tmp_path / "joined.pex").read_bytes() == app.read_bytes()
