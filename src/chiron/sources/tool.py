@@ -76,7 +76,13 @@ def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str, platforms
             f"{wheels}: no wheel of chiron itself to build the tool from",
             hint="pass --tool-wheels DIR holding chiron's wheel and its dependencies ('make tool-wheels')",
         )
-    req = f"chiron=={__version__}"
+    if not any(wheels.glob("fastapi-*.whl")):
+        raise UsageError(
+            f"{wheels}: the tool wheels lack chiron's serve extra (fastapi, uvicorn, ...)",
+            hint="rebuild them with 'make tool-wheels' (pip wheel '.[serve]')",
+        )
+    # With the serve extra, so that an appliance's own tool can run `chiron serve` (make tool-wheels adds it).
+    req = f"chiron[serve]=={__version__}"
     with tempfile.TemporaryDirectory(prefix="chiron-tool-") as tmp_s:
         tmp = Path(tmp_s)
         env = _clean_env(tmp)
