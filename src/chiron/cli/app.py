@@ -116,11 +116,23 @@ RegistryOpt = Annotated[str | None, typer.Option("--registry", help="Enclave reg
 
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="The mirror store directory.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="CHIRON_TOKEN", help="Token for a chiron serve ($CHIRON_TOKEN; or in the URL)."),
+]
+CaOpt = Annotated[Path | None, typer.Option("--cacert", help="CA certificates for the server's TLS (PEM).")]
+
+
+def client(token: str | None, cacert: Path | None) -> Any:
+    """How to talk to a chiron serve: the token and the CA to trust."""
+    from chiron.sources.http import Client
+
+    return Client(token=token, cafile=cacert)
 
 
 def register_commands() -> None:
     """Import the command modules; each registers its commands with ``app`` (in --help order)."""
-    from chiron.cli import archive, host, keys, mirror  # noqa: F401
+    from chiron.cli import archive, host, keys, mirror, pull, serve  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

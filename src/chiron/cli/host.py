@@ -8,16 +8,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from chiron.cli.app import (
+    CaOpt,
     ImagesOpt,
     InstallerOpt,
     JsonOpt,
     PrefixOpt,
     RegistryOpt,
     StateOpt,
+    TokenOpt,
     WaitOpt,
     app,
     archive_arg,
     audit_app,
+    client,
     emit,
     log,
 )
@@ -90,7 +93,13 @@ def install(
 
 @app.command()
 def upgrade(
-    archive: Annotated[Path | None, typer.Argument(help="The newer appliance; default: the one running.")] = None,
+    archive: Annotated[
+        str | None,
+        typer.Argument(
+            help="The newer appliance or delta: a file, or a URL (https://SERVER/ asks a chiron serve for the "
+            "delta this host needs); default: the one running."
+        ),
+    ] = None,
     prefix: PrefixOpt = Path("/opt/chiron"),
     state_dir: StateOpt = None,
     allow_downgrade: Annotated[
@@ -100,12 +109,19 @@ def upgrade(
     images: ImagesOpt = "load",
     registry: RegistryOpt = None,
     wait: WaitOpt = 0.0,
+    token: TokenOpt = None,
+    cacert: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify against the host's trusted metadata, install beside the current release, health-check, switch."""
     from chiron.engines.host import upgrade as run_upgrade
 
-    target = archive_arg(archive, "upgrade").absolute()
+    if archive is not None and "://" in archive:  # downloaded (resumably) first, then upgraded from as a file
+        from chiron.engines.pull import for_upgrade
+
+        archive = str(for_upgrade(archive, prefix, state_dir, client(token, cacert)))
+    local = Path(archive) if archive is not None else None
+    target = archive_arg(local, "upgrade").absolute()
     from chiron.engines.host.handover import hand_over_to_installed
 
     hand_over_to_installed(
@@ -121,7 +137,7 @@ def upgrade(
         registry,
     )
     opts = _host_opts(
-        archive,
+        local,
         "upgrade",
         prefix,
         state_dir=state_dir,

@@ -1,13 +1,68 @@
 """The one HTTP client of chiron: a URL (or a local path) opened for reading, with a Range for a
-resumed download, and every failure an ArtifactError naming the URL."""
+resumed download, and every failure an ArtifactError naming the URL.
+
+Talking to a ``chiron serve`` (``chiron pull``, ``upgrade URL``, ``receipt --server``) adds what a
+client of an authenticated service needs: a token (Bearer, or taken from the URL's
+``__token__:TOKEN@`` user part, as pip and uv use it), a CA file for a site's own TLS certificates,
+JSON requests, and RFC 9457 problem documents turned into one-line errors.
+"""
 
 from __future__ import annotations
 
+import json
+import ssl
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from chiron.errors import ArtifactError
+from chiron.errors import ArtifactError, Refused, UsageError
+
+MAX_JSON = 16 << 20  # the largest JSON answer read from a server
+
+
+@dataclass(frozen=True)
+class Client:
+    """Credentials and trust for requests to a chiron server (the defaults fit a public index)."""
+
+    token: str | None = None
+    cafile: Path | None = None
+    timeout: float = 120.0
+
+    def headers(self) -> dict[str, str]:
+        headers = {"User-Agent": "chiron"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def context(self) -> ssl.SSLContext | None:
+        if self.cafile is None:
+            return None
+        try:
+            return ssl.create_default_context(cafile=str(self.cafile))
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"--cacert {self.cafile}: cannot use it as CA certificates: {exc}") from None
+
+
+def with_url_credentials(url: str, client: Client | None) -> tuple[str, Client]:
+    """Move a ``https://__token__:TOKEN@host/...`` user part into the client, so the token is sent as
+    a header (urllib sends nothing for it) and never appears in messages."""
+    client = client or Client()
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, client
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    token = unquote(parts.password or "") if parts.username == "__token__" else None
+    if token is None:
+        raise UsageError(f"{clean}: only the user __token__ is understood in a URL (https://__token__:TOKEN@host/)")
+    return clean, client if client.token else replace(client, token=token)
 
 
 class Response:
@@ -29,8 +84,35 @@ class Response:
         data: bytes = self._f.read(n)  # type: ignore[attr-defined]
         return data
 
+    def header(self, name: str) -> str | None:
+        headers = getattr(self._f, "headers", None)
+        return None if headers is None else headers.get(name)
 
-def open_url(url: str, what: str, offset: int = 0) -> tuple[Response, bool]:
+
+def _problem(exc: urllib.error.HTTPError) -> str:
+    """The server's own explanation of an error status: a problem document's title and detail."""
+    try:
+        if "json" in (exc.headers.get("Content-Type") or ""):
+            doc = json.loads(exc.read(64 << 10))
+            if isinstance(doc, dict):
+                text = ": ".join(str(doc[k]) for k in ("title", "detail") if doc.get(k))
+                return f": {text}" if text else ""
+    except (OSError, ValueError):
+        pass
+    return ""
+
+
+def http_error(exc: urllib.error.HTTPError, url: str, what: str) -> Exception:
+    """An error status as chiron's error: refused (exit 4) for 401/403/409, else an artifact error."""
+    message = f"{what}: {url} answered HTTP {exc.code}{_problem(exc)}"
+    if exc.code in (401, 403):
+        return Refused(message, hint="pass a token with the needed scope (--token, or CHIRON_TOKEN)")
+    if exc.code == 409:
+        return Refused(message)
+    return ArtifactError(message)
+
+
+def open_url(url: str, what: str, offset: int = 0, *, client: Client | None = None) -> tuple[Response, bool]:
     """The response for ``url`` and whether it continues at ``offset`` (a 206 for our Range)."""
     if "://" not in url:
         try:
@@ -39,16 +121,17 @@ def open_url(url: str, what: str, offset: int = 0) -> tuple[Response, bool]:
             raise ArtifactError(f"{what}: cannot open {url}: {exc.strerror}") from None
     if not url.startswith(("http://", "https://", "file://")):
         raise ArtifactError(f"{what}: unsupported URL scheme in {url}")
-    headers = {"User-Agent": "chiron"}
+    url, client = with_url_credentials(url, client)
+    headers = client.headers()
     if offset and url.startswith(("http://", "https://")):
         headers["Range"] = f"bytes={offset}-"
     try:
         req = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked above
-        resp = urllib.request.urlopen(req, timeout=120)  # noqa: S310 - scheme checked above
+        resp = urllib.request.urlopen(req, timeout=client.timeout, context=client.context())  # noqa: S310
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # the partial file is not a prefix of what is served now
-            return open_url(url, what, 0)
-        raise ArtifactError(f"{what}: {url} answered HTTP {exc.code}") from None
+            return open_url(url, what, 0, client=client)
+        raise http_error(exc, url, what) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ArtifactError(
@@ -59,5 +142,58 @@ def open_url(url: str, what: str, offset: int = 0) -> tuple[Response, bool]:
         if str(resp.headers.get("Content-Range", "")).startswith(f"bytes {offset}-"):
             return Response(resp), True
         resp.close()  # a part other than the one asked for: ask for the whole file instead
-        return open_url(url, what, 0)
+        return open_url(url, what, 0, client=client)
     return Response(resp), False
+
+
+def request(
+    url: str,
+    what: str,
+    *,
+    method: str = "GET",
+    body: Any = None,
+    client: Client | None = None,
+    limit: int = MAX_JSON,
+) -> tuple[int, dict[str, str], Any]:
+    """One JSON request to a chiron server: (status, headers, parsed body). ``body`` is sent as JSON;
+    an error status raises (with the server's problem title and detail in the message)."""
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"{what}: {url} is not an http:// or https:// URL")
+    url, client = with_url_credentials(url, client)
+    headers = {**client.headers(), "Accept": "application/json, application/problem+json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body, sort_keys=True).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310 - scheme checked
+    try:
+        with urllib.request.urlopen(req, timeout=client.timeout, context=client.context()) as resp:  # noqa: S310
+            raw = resp.read(limit + 1)
+            status, got = resp.status, {k.lower(): v for k, v in resp.headers.items()}
+    except urllib.error.HTTPError as exc:
+        raise http_error(exc, url, what) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ArtifactError(f"{what}: cannot reach {url}: {reason}", hint="check the URL and the network") from None
+    if len(raw) > limit:
+        raise ArtifactError(f"{what}: {url} answered with more than {limit} bytes of JSON")
+    try:
+        return status, got, json.loads(raw) if raw else None
+    except ValueError:
+        raise ArtifactError(f"{what}: {url} did not answer with JSON") from None
+
+
+def head(url: str, what: str, *, client: Client | None = None) -> tuple[str, dict[str, str]]:
+    """The final URL (after redirects) and the headers of ``url``, by a HEAD request."""
+    url, client = with_url_credentials(url, client)
+    req = urllib.request.Request(url, headers=client.headers(), method="HEAD")  # noqa: S310
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"{what}: {url} is not an http:// or https:// URL")
+    try:
+        with urllib.request.urlopen(req, timeout=client.timeout, context=client.context()) as resp:  # noqa: S310
+            return resp.geturl(), {k.lower(): v for k, v in resp.headers.items()}
+    except urllib.error.HTTPError as exc:
+        raise http_error(exc, url, what) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ArtifactError(f"{what}: cannot reach {url}: {reason}", hint="check the URL and the network") from None
