@@ -73,6 +73,9 @@ def serve(
         float, typer.Option("--shutdown-timeout", help="Seconds running downloads get after SIGTERM.")
     ] = 30.0,
     rescan_every: Annotated[float, typer.Option("--rescan-every", help="Seconds between looks for new files.")] = 10.0,
+    access_log: Annotated[
+        Path | None, typer.Option("--access-log", help="Append the JSON access log here (default: stderr).")
+    ] = None,
 ) -> None:
     """Run the service until SIGTERM (the subcommands manage its database)."""
     if ctx.invoked_subcommand is not None:
@@ -112,6 +115,7 @@ def serve(
         refresh_every=interval(refresh_every, "--refresh-every") if refresh_every else None,
         tool_wheels=tool_wheels,
         rescan_every=rescan_every,
+        access_log=access_log,
     )
     listen = Listen(host=host, port=port, certfile=certfile, keyfile=keyfile, shutdown_timeout=shutdown_timeout)
     scheme = "https" if certfile else "http"

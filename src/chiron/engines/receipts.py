@@ -156,13 +156,19 @@ def ensure_identity(state: Path, host: str | None = None) -> Identity:
     return identity
 
 
+def sign(body: dict[str, Any], key: Any) -> str:
+    """The base64 Ed25519 signature of ``body`` (without its ``signature``) by ``key``."""
+    unsigned = {k: v for k, v in body.items() if k != "signature"}
+    return base64.b64encode(key.sign(canonical_json(unsigned))).decode()
+
+
 def _sign(state: Path, body: dict[str, Any]) -> str:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     key = load_pem_private_key((identity_dir(state) / "host-key.pem").read_bytes(), password=None)
     assert isinstance(key, Ed25519PrivateKey)  # load_identity checked it
-    return base64.b64encode(key.sign(canonical_json(body))).decode()
+    return sign(body, key)
 
 
 def _next_seq(d: Path) -> int:
@@ -284,5 +290,6 @@ __all__ = [
     "load_identity",
     "make_receipt",
     "read_receipt",
+    "sign",
     "write_receipt",
 ]

@@ -66,7 +66,7 @@ def build_app(svc: Services | None) -> FastAPI:
             return settings.max_inventory if (method, path) == ("POST", "/v1/deltas") else settings.max_body
 
         app.add_middleware(BodyLimitMiddleware, limit=limit)
-        app.add_middleware(ObserveMiddleware, metrics=svc.metrics, log=settings.json_log, on_success=_last_use(svc))
+        app.add_middleware(ObserveMiddleware, metrics=svc.metrics, sink=_sink(settings), on_success=_last_use(svc))
     return app
 
 
@@ -86,6 +86,17 @@ def create_app(settings: Settings) -> FastAPI:
         jobs=runner,
     )
     return build_app(svc)
+
+
+def _sink(settings: Settings) -> Any:
+    """Where the access log goes: stderr, a file (appended, one line per request), or nowhere."""
+    if not settings.json_log:
+        return None
+    if settings.access_log is None:
+        return sys.stderr.write
+    settings.access_log.parent.mkdir(parents=True, exist_ok=True)
+    stream = settings.access_log.open("a", buffering=1, encoding="utf-8")
+    return stream.write
 
 
 def _last_use(svc: Services) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -110,12 +109,12 @@ class ObserveMiddleware:
         self,
         app: ASGIApp,
         metrics: Metrics,
-        log: bool,
+        sink: Callable[[str], Any] | None,
         on_success: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.log = log
+        self.sink = sink  # where access-log lines go (None: no access log)
         self.on_success = on_success
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,7 +132,7 @@ class ObserveMiddleware:
             if kind == "http.response.start":
                 status = int(message["status"])
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
-            elif kind == "http.response.body":
+            elif kind == "http.response.body" and scope["method"] != "HEAD":
                 sent += len(message.get("body", b""))
             elif kind == "http.response.zerocopysend":
                 sent += int(message.get("count", 0))
@@ -150,13 +149,13 @@ class ObserveMiddleware:
             self.metrics.seconds.labels(route).observe(seconds)
             self.metrics.bytes.labels(route).inc(sent)
             principal = (scope.get("state") or {}).get("principal")
-            if self.log:
-                _access_line(scope, request_id, status, sent, seconds, principal)
+            if self.sink is not None:
+                self.sink(_access_line(scope, request_id, status, sent, seconds, principal))
             if status < 400 and principal is not None and self.on_success is not None:
                 self.on_success(principal)
 
 
-def _access_line(scope: Scope, request_id: str, status: int, sent: int, seconds: float, principal: Any) -> None:
+def _access_line(scope: Scope, request_id: str, status: int, sent: int, seconds: float, principal: Any) -> str:
     client = scope.get("client") or ("", 0)
     record = {
         "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -171,4 +170,4 @@ def _access_line(scope: Scope, request_id: str, status: int, sent: int, seconds:
         "client": client[0],
         "token": (principal or {}).get("id") if isinstance(principal, dict) else None,
     }
-    sys.stderr.write(json.dumps(record, sort_keys=True) + "\n")
+    return json.dumps(record, sort_keys=True) + "\n"

@@ -31,7 +31,8 @@ class Settings:
     rescan_every: float = 10.0  # seconds between looks for new or changed appliances
     silent_after: float = 86400.0  # a host without a receipt for this long is "silent"
     delta_cache_bytes: int = 8 << 30
-    json_log: bool = True  # one JSON object per request on stderr
+    json_log: bool = True  # one JSON object per request (on stderr, or in access_log)
+    access_log: Path | None = None
 
     @property
     def sources(self) -> list[Path]:
