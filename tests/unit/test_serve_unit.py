@@ -80,7 +80,9 @@ def test_tokens_are_random_hashed_and_checked_in_constant_time() -> None:
     assert token_id == a.id and a.secret_sha256 not in a.text and secret not in a.secret_sha256
     assert tokens.matches(secret, a.secret_sha256) and not tokens.matches(secret, b.secret_sha256)
     assert tokens.split("chiron_nothex_x") is None and tokens.split(a.text + "x") is None
-    assert tokens.allows({"admin"}, "report") and tokens.allows({"read"}, "read") and not tokens.allows({"read"}, "report")
+    assert (
+        tokens.allows({"admin"}, "report") and tokens.allows({"read"}, "read") and not tokens.allows({"read"}, "report")
+    )
     assert tokens.check_scopes(["admin", "read"]) == ["read", "admin"]
     with pytest.raises(ValueError, match="unknown scope write"):
         tokens.check_scopes(["write"])
@@ -109,7 +111,11 @@ def test_problem_types_are_stable_and_documented() -> None:
         (None, None, "html"),
         ("*/*", None, "html"),
         ("application/vnd.pypi.simple.v1+json", None, "json"),
-        ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01", None, "json"),
+        (
+            "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01",
+            None,
+            "json",
+        ),
         ("text/html;q=0.5, application/vnd.pypi.simple.v1+json;q=0.1", None, "html"),
         ("application/vnd.pypi.simple.latest+html", None, "html-v1"),
         ("application/json", None, None),
@@ -196,8 +202,18 @@ def test_fleet_view_orders_and_counts() -> None:
     now = datetime(2026, 1, 3, tzinfo=UTC)
     key = _key()
     hosts = [
-        {"host": "a", "state": "approved", "last_seen": "2026-01-02T23:00:00Z", "receipt": signed_receipt(key, "a", 1, 5)},
-        {"host": "b", "state": "approved", "last_seen": "2025-12-01T00:00:00Z", "receipt": signed_receipt(key, "b", 1, 4)},
+        {
+            "host": "a",
+            "state": "approved",
+            "last_seen": "2026-01-02T23:00:00Z",
+            "receipt": signed_receipt(key, "a", 1, 5),
+        },
+        {
+            "host": "b",
+            "state": "approved",
+            "last_seen": "2025-12-01T00:00:00Z",
+            "receipt": signed_receipt(key, "b", 1, 4),
+        },
         {
             "host": "c",
             "state": "approved",
@@ -209,7 +225,14 @@ def test_fleet_view_orders_and_counts() -> None:
     view = fleet_view(hosts, {"demo": Newest("demo", "1.1.0", 5)}, now=now, silent_after=timedelta(days=1))
     assert [h["host"] for h in view["hosts"]] == ["c", "b", "a", "d"]
     assert view["summary"] == {
-        "hosts": 4, "approved": 3, "pending": 1, "revoked": 0, "current": 2, "behind": 1, "failed": 1, "silent": 1
+        "hosts": 4,
+        "approved": 3,
+        "pending": 1,
+        "revoked": 0,
+        "current": 2,
+        "behind": 1,
+        "failed": 1,
+        "silent": 1,
     }
     b = view["hosts"][1]
     assert b["behind"] is True and b["silent"] is True and b["newest"] == {"version": "1.1.0", "metadata_version": 5}
@@ -272,7 +295,9 @@ def test_scopes_and_credentials(served: Any) -> None:
     assert missing.status_code == 401 and "Basic" in missing.headers["www-authenticate"]
     assert missing.headers["content-type"] == problems.MEDIA_TYPE
     assert missing.json()["type"].endswith("/unauthorized")
-    assert served.get("/simple/", headers={"Authorization": "Bearer chiron_000000000000_" + "A" * 43}).status_code == 401
+    assert (
+        served.get("/simple/", headers={"Authorization": "Bearer chiron_000000000000_" + "A" * 43}).status_code == 401
+    )
     assert served.get("/simple/", headers=_basic(served.tokens["read"])).status_code == 200
     assert served.get("/simple/", headers=_basic(served.tokens["read"], "alice")).status_code == 401
     assert served.get("/simple/", headers=_auth(served, "admin")).status_code == 200  # admin includes read
@@ -308,7 +333,9 @@ def test_index_pages_and_files(served: Any) -> None:
     assert served.get("/files/" + "0" * 64 + "/alpha-1.0-py3-none-any.whl", headers=h).status_code == 404
     yank = served.post("/v1/yanks", headers=_auth(served, "admin"), json={"filename": wheel.name, "reason": "broken"})
     assert yank.status_code == 200
-    assert served.get("/simple/alpha/", headers={**h, "Accept": simple.JSON_V1}).json()["files"][0]["yanked"] == "broken"
+    assert (
+        served.get("/simple/alpha/", headers={**h, "Accept": simple.JSON_V1}).json()["files"][0]["yanked"] == "broken"
+    )
 
 
 def test_appliance_downloads(served: Any) -> None:
