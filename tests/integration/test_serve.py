@@ -233,7 +233,7 @@ def test_curl_resume_gives_the_same_bytes(served: Any, appliance: Path, tmp_path
     # chiron pull continues a partial download the same way, and fetches the detached signature.
     work = tmp_path / "pull" / ".chiron-pull"
     work.mkdir(parents=True)
-    status, headers, _ = call(served.url, "HEAD", "/appliances/demo.pex", served.tokens["read"])
+    _status, headers, _ = call(served.url, "HEAD", "/appliances/demo.pex", served.tokens["read"])
     sha = headers["etag"].strip('"')
     (work / f".partial-{sha}").write_bytes(appliance.read_bytes()[: size // 2])
     pulled = run(

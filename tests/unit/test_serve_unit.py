@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +27,7 @@ from chiron.service.db import Database
 from chiron.service.ranges import ByteRange, Unsatisfiable, if_range_holds, none_match, parse_range
 from chiron.service.settings import Settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import make_wheel  # noqa: E402
+from helpers import make_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 
