@@ -604,3 +604,91 @@ def out_inventory(
     assert written[1] == 0 and [r["version"] for r in written[2]["releases"]] == ["1.0.0", "1.1.0"]
     assert set(printed[2]["content"]) < set(written[2]["content"])
     return [printed, written]
+
+
+# ---------------------------------------------------------------- chiron serve and its clients
+
+
+@pytest.fixture()
+def out_receipt(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Path) -> list[Output]:
+    first = run(
+        capsys, ["receipt", "--prefix", str(installed), "-o", str(tmp_path / "1.json"), "--host-id", "web-01", "--json"]
+    )
+    assert first[1] == 0 and json.loads((tmp_path / "1.json").read_text()) == first[2]
+    again = run(capsys, ["receipt", "--prefix", str(installed), "-o", str(tmp_path / "2.json"), "--json"])
+    assert (
+        again[1] == 0 and again[2]["seq"] == 2 and again[2]["key"] == first[2]["key"] and again[2]["host"] == "web-01"
+    )
+    return [first, again]
+
+
+@pytest.fixture()
+def out_serve_token(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> list[Output]:
+    db = str(tmp_path / "serve.db")
+    plain = run(capsys, ["serve", "token", "add", "--db", db, "--name", "ci", "--scope", "read", "--json"])
+    expiring = run(
+        capsys,
+        [
+            "serve",
+            "token",
+            "add",
+            "--db",
+            db,
+            "--name",
+            "ops",
+            "--scope",
+            "admin",
+            "--scope",
+            "report",
+            "--expires",
+            "30d",
+            "--json",
+        ],
+    )
+    assert plain[1] == expiring[1] == 0 and plain[2]["expires"] is None and expiring[2]["scopes"] == ["report", "admin"]
+    return [plain, expiring]
+
+
+@pytest.fixture()
+def out_serve_tokens(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> list[Output]:
+    from chiron.service.db import Database
+
+    db = tmp_path / "serve.db"
+    empty = run(capsys, ["serve", "token", "list", "--db", str(db), "--json"])
+    made = [
+        run(capsys, ["serve", "token", "add", "--db", str(db), "--name", n, "--scope", "read", "--json"])[2]
+        for n in "ab"
+    ]
+    assert Database(db).revoke_token(made[0]["id"])
+    listed = run(capsys, ["serve", "token", "list", "--db", str(db), "--json"])
+    assert empty[2]["tokens"] == [] and [t["revoked"] is not None for t in listed[2]["tokens"]] == [True, False]
+    assert not any(t["token"] in json.dumps(listed[2]) for t in made)  # never shown again
+    return [empty, listed]
+
+
+@pytest.fixture()
+def out_fleet(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Path) -> list[Output]:
+    from chiron.service import site
+    from chiron.service.db import Database
+
+    db = tmp_path / "serve.db"
+    empty = run(capsys, ["serve", "hosts", "list", "--db", str(db), "--json"])
+    receipt = run(capsys, ["receipt", "--prefix", str(installed), "-o", str(tmp_path / "r.json"), "--json"])[2]
+    site.approve(Database(db), receipt["host"], receipt["key_sha256"], "test")
+    site.accept_receipt(Database(db), receipt, "media", {})
+    one = run(capsys, ["serve", "hosts", "list", "--db", str(db), "--json"])
+    assert empty[2]["hosts"] == [] and one[2]["summary"]["approved"] == 1
+    assert one[2]["hosts"][0]["appliance"]["version"] == "1.0.0"
+    return [empty, one]
+
+
+@pytest.fixture()
+def out_pull(capsys: pytest.CaptureFixture[str], index: LocalIndex, wheelhouse: Path, tmp_path: Path) -> list[Output]:
+    url = index.url.removesuffix("/simple") + "/files/alpha-1.0-py3-none-any.whl"
+    out = run(capsys, ["pull", url, "-o", str(tmp_path / "alpha.whl"), "--json"])
+    assert (
+        out[1] == 0
+        and (tmp_path / "alpha.whl").read_bytes() == (wheelhouse / "alpha-1.0-py3-none-any.whl").read_bytes()
+    )
+    assert out[2]["resumed"] is False and out[2]["signature"] is None  # no sha256 ETag: a whole download; no .sig
+    return [out]

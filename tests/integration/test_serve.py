@@ -182,8 +182,12 @@ def _install(argv: list[str], env: dict[str, str], log: Path) -> tuple[list[str]
 
 
 def test_pip_and_uv_install_the_locked_set_with_hashes(served: Any, appliance: Path, tmp_path: Path) -> None:
-    req = _requirements(appliance, "cp311", tmp_path / "requirements.txt")
-    index = f"http://__token__:{served.tokens['read']}@127.0.0.1:{served.port}/simple/"
+    site = f"http://__token__:{served.tokens['read']}@127.0.0.1:{served.port}"
+    index = f"{site}/simple/"
+    req = f"{site}/index/latest/requirements/cp311.txt"  # the lock's requirements, as the appliance signs them
+    assert call(served.url, "GET", "/index/latest/requirements/cp311.txt", served.tokens["read"])[2] == (
+        _requirements(appliance, "cp311", tmp_path / "requirements.txt").read_bytes()
+    )
     locked = [
         "alpha-1.0-py3-none-any.whl",
         "beta-1.1-py3-none-any.whl",
@@ -209,12 +213,10 @@ def test_pip_and_uv_install_the_locked_set_with_hashes(served: Any, appliance: P
     assert wheels == [] and sorted(m.removesuffix(".metadata") for m in metadata) == locked
     # The locked set with hashes: each wheel fetched once, checked against the lock by pip.
     wheels, _, _ = _install(
-        [*pip, "--no-compile", "--require-hashes", "-r", str(req), "--target", str(tmp_path / "pip")], env, log
+        [*pip, "--no-compile", "--require-hashes", "-r", req, "--target", str(tmp_path / "pip")], env, log
     )
     assert sorted(wheels) == locked and {p.name for p in (tmp_path / "pip").glob("*.dist-info")} == dists
-    wheels, metadata, _ = _install(
-        [*uv, "--require-hashes", "-r", str(req), "--target", str(tmp_path / "uv")], env, log
-    )
+    wheels, metadata, _ = _install([*uv, "--require-hashes", "-r", req, "--target", str(tmp_path / "uv")], env, log)
     assert sorted(wheels) == locked and {p.name for p in (tmp_path / "uv").glob("*.dist-info")} == dists
     assert {m.removesuffix(".metadata") for m in metadata} <= set(locked)
     assert served.tokens["read"] not in log.read_text()  # the access log never holds a credential

@@ -184,7 +184,8 @@ def request(
 
 
 def head(url: str, what: str, *, client: Client | None = None) -> tuple[str, dict[str, str]]:
-    """The final URL (after redirects) and the headers of ``url``, by a HEAD request."""
+    """The final URL (after redirects) and the headers of ``url``, by a HEAD request; a server that does
+    not answer HEAD (405, 501) gives ``url`` itself and no headers."""
     url, client = with_url_credentials(url, client)
     req = urllib.request.Request(url, headers=client.headers(), method="HEAD")  # noqa: S310
     if not url.startswith(("http://", "https://")):
@@ -193,6 +194,8 @@ def head(url: str, what: str, *, client: Client | None = None) -> tuple[str, dic
         with urllib.request.urlopen(req, timeout=client.timeout, context=client.context()) as resp:  # noqa: S310
             return resp.geturl(), {k.lower(): v for k, v in resp.headers.items()}
     except urllib.error.HTTPError as exc:
+        if exc.code in (405, 501):
+            return url, {}
         raise http_error(exc, url, what) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -135,3 +135,32 @@ async def file(svc: Svc, request: Request, sha256: Sha, filename: str, _who: Rea
         media_type="application/octet-stream",
         accel=accel,
     )
+
+
+@router.get(
+    "/index/{ref}/requirements/{env}.txt",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The pinned requirements with --hash, as signed."},
+        **problems.responses("unauthorized", "forbidden", "not-found", "appliance-changed"),
+    },
+    summary="The locked requirements of one environment (pip install --require-hashes -r URL)",
+)
+async def requirements(
+    svc: Svc, request: Request, ref: Ref, env: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")], _who: Read
+) -> Response:
+    entry = appliance(svc, ref)
+    member = f"lock/requirements-{env}.txt"
+    if member not in entry.handle.targets:
+        envs = sorted(
+            n.removeprefix("lock/requirements-").removesuffix(".txt")
+            for n in entry.handle.targets
+            if n.startswith("lock/requirements-")
+        )
+        raise ProblemError("not-found", f"{entry.filename} has no environment {env} (it has {', '.join(envs)})")
+    data = await anyio.to_thread.run_sync(entry.handle.read, member)  # re-hashed against the signed targets
+    tag = etag(entry.handle.target(member).sha256)
+    headers = {"ETag": tag, "Cache-Control": INDEX_CACHE}
+    if none_match(request.headers.get("if-none-match"), tag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="text/plain; charset=utf-8", headers=headers)
