@@ -6,25 +6,24 @@ nothing is learnt about which tokens exist); a valid token without the scope is 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import base64
+import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from chiron.service import tokens
 from chiron.service.problems import ProblemError
 from chiron.service.state import Services
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="chiron", charset="UTF-8", Bearer realm="chiron"'}
-
-bearer = HTTPBearer(auto_error=False, scheme_name="token", description="Authorization: Bearer TOKEN")
-basic = HTTPBasic(
-    auto_error=False,
-    scheme_name="basic",
-    description="User __token__, password TOKEN: what pip and uv send from https://__token__:TOKEN@host/simple/",
+SCHEME = (
+    "A chiron serve token (chiron serve token add): Authorization: Bearer TOKEN, or HTTP Basic with the user "
+    "__token__ and the token as the password (what pip and uv send from https://__token__:TOKEN@host/simple/)."
 )
 
 
@@ -46,19 +45,34 @@ class Principal:
 ANONYMOUS = Principal(None, "anonymous", frozenset({"read"}))
 
 
-def services(request: Request) -> Services:
+def service_state(request: Request) -> Services:
     found: Services = request.app.state.services
     return found
 
 
-def _token_text(b: HTTPAuthorizationCredentials | None, c: HTTPBasicCredentials | None) -> str | None:
-    if b is not None:
-        return b.credentials
-    if c is not None:
-        if c.username != "__token__":
+async def services(request: Request) -> Services:
+    """The dependency (async: a sync dependency would cost a worker-thread hop on every request)."""
+    return service_state(request)
+
+
+def token_text(header: str | None) -> str | None:
+    """The token in an Authorization header (Bearer, or Basic with the user __token__), None if absent."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise ProblemError(
+                "unauthorized", "the HTTP Basic credentials are not valid base64", headers=CHALLENGE
+            ) from None
+        if not sep or user != "__token__":
             raise ProblemError("unauthorized", "HTTP Basic credentials must use the user __token__", headers=CHALLENGE)
-        return c.password
-    return None
+        return password
+    raise ProblemError("unauthorized", f"unsupported authorization scheme {scheme[:20]!r}", headers=CHALLENGE)
 
 
 def authenticate(svc: Services, text: str) -> Principal:
@@ -73,32 +87,38 @@ def authenticate(svc: Services, text: str) -> Principal:
     raise ProblemError("unauthorized", "the token is not valid (unknown, revoked or expired)", headers=CHALLENGE)
 
 
-def require(scope: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency: the caller's principal, which must have ``scope`` (``read`` may be anonymous
-    when the service allows anonymous reads)."""
+class TokenAuth(SecurityBase):
+    """A dependency (and OpenAPI security scheme): the caller's principal, which must have ``scope``;
+    ``read`` may be anonymous when the service allows anonymous reads. One dependency without
+    sub-dependencies: it runs on every request, and each resolved dependency costs time."""
 
-    async def check(
-        request: Request,
-        b: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-        c: Annotated[HTTPBasicCredentials | None, Depends(basic)],
-    ) -> Principal:
-        svc = services(request)
-        text = _token_text(b, c)
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self.model = HTTPBearerModel(description=SCHEME)
+        self.scheme_name = "token"
+
+    async def __call__(self, request: Request) -> Principal:
+        svc = service_state(request)
+        text = token_text(request.headers.get("authorization"))
         if text is None:
-            if scope == "read" and svc.settings.anonymous_read:
+            if self.scope == "read" and svc.settings.anonymous_read:
                 return ANONYMOUS
-            raise ProblemError("unauthorized", f"this needs a token with the {scope} scope", headers=CHALLENGE)
+            raise ProblemError("unauthorized", f"this needs a token with the {self.scope} scope", headers=CHALLENGE)
         principal = authenticate(svc, text)
         request.state.principal = principal.as_state()
-        if not tokens.allows(set(principal.scopes), scope):
+        if not tokens.allows(set(principal.scopes), self.scope):
             have = ", ".join(sorted(principal.scopes))
-            raise ProblemError("forbidden", f"token {principal.id} ({principal.name}) has {have}; this needs {scope}")
+            raise ProblemError(
+                "forbidden", f"token {principal.id} ({principal.name}) has {have}; this needs {self.scope}"
+            )
         return principal
 
-    return check
+
+def require(scope: str) -> TokenAuth:
+    return TokenAuth(scope)
 
 
 Svc = Annotated[Services, Depends(services)]
-Read = Annotated[Principal, Depends(require("read"))]
-Report = Annotated[Principal, Depends(require("report"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
+Read = Annotated[Principal, Depends(TokenAuth("read"))]
+Report = Annotated[Principal, Depends(TokenAuth("report"))]
+Admin = Annotated[Principal, Depends(TokenAuth("admin"))]

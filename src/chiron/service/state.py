@@ -22,6 +22,20 @@ class Services:
     deltas: DeltaCache
     jobs: JobRunner | None
     _extract: threading.Lock = field(default_factory=threading.Lock)
+    # Rendered index pages by (appliance file and identity, page, format, link prefix): a page changes only
+    # with its appliance (a new identity) or a yank (which clears this).
+    pages: dict[tuple[object, ...], tuple[bytes, str]] = field(default_factory=dict)
+    _yanks: dict[str, str] | None = None
+
+    def yanks(self) -> dict[str, str]:
+        """Yanked files (read once; yanking goes through this process, which then forgets them)."""
+        if self._yanks is None:
+            self._yanks = self.db.yanks()
+        return self._yanks
+
+    def forget_pages(self) -> None:
+        self._yanks = None
+        self.pages.clear()
 
     def accel_appliance(self, entry: Entry) -> str:
         """The nginx internal URI of a whole appliance file (X-Accel-Redirect mode)."""

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Annotated
 
 import anyio
@@ -32,8 +33,19 @@ INDEX_CACHE = "max-age=60, must-revalidate"
 PAGE = problems.responses("unauthorized", "forbidden", "not-found", "not-acceptable", "appliance-changed")
 
 
-def _page(request: Request, body: bytes, fmt: str) -> Response:
-    tag = etag(hashlib.sha256(body).hexdigest())
+def _cached(svc: Services, key: tuple[object, ...], render: Callable[[], bytes]) -> tuple[bytes, str]:
+    found = svc.pages.get(key)
+    if found is None:
+        body = render()
+        found = body, etag(hashlib.sha256(body).hexdigest())
+        if len(svc.pages) > 20_000:  # bounded: many versions times many projects
+            svc.pages.clear()
+        svc.pages[key] = found
+    return found
+
+
+def _page(request: Request, page: tuple[bytes, str], fmt: str) -> Response:
+    body, tag = page
     private = "private, " if "authorization" in request.headers else ""
     headers = {"ETag": tag, "Cache-Control": private + INDEX_CACHE, "Vary": "Accept, Authorization"}
     if none_match(request.headers.get("if-none-match"), tag):
@@ -49,13 +61,14 @@ def _format(request: Request, fmt: str | None) -> str:
 
 
 def _yanked(svc: Services, entry: Entry) -> dict[str, str]:
-    return {name: reason for name, reason in svc.db.yanks().items() if name in entry.dists}
+    return {name: reason for name, reason in svc.yanks().items() if name in entry.dists}
 
 
 def _root(svc: Services, request: Request, ref: str, fmt: str | None) -> Response:
     entry = appliance(svc, ref)
     chosen = _format(request, fmt)
-    return _page(request, simple.project_list(entry.projects, chosen), chosen)
+    key = (str(entry.path), entry.fsig, "", chosen, "")
+    return _page(request, _cached(svc, key, lambda: simple.project_list(entry.projects, chosen)), chosen)
 
 
 def _project(svc: Services, request: Request, ref: str, project: str, fmt: str | None, depth: int) -> Response:
@@ -68,8 +81,10 @@ def _project(svc: Services, request: Request, ref: str, project: str, fmt: str |
     if not dists:
         raise ProblemError("not-found", f"{entry.filename} has no project {canonical}")
     chosen = _format(request, fmt)
-    body = simple.project_page(canonical, dists, chosen, up(request, depth) + "files/", _yanked(svc, entry))
-    return _page(request, body, chosen)
+    prefix = up(request, depth) + "files/"
+    key = (str(entry.path), entry.fsig, canonical, chosen, prefix)
+    page = _cached(svc, key, lambda: simple.project_page(canonical, dists, chosen, prefix, _yanked(svc, entry)))
+    return _page(request, page, chosen)
 
 
 @router.get("/simple/", responses=PAGE, summary="Project list of the default appliance (PEP 503/691)")

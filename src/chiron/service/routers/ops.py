@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBasicCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chiron import __version__
 from chiron.service import problems
-from chiron.service.auth import Admin, Read, Svc, basic, bearer, require, services
+from chiron.service.auth import Admin, Read, Svc, require, service_state
 from chiron.service.models import Health, Yank
 
 router = APIRouter(tags=["operations"])
@@ -49,13 +48,9 @@ async def readyz(svc: Svc) -> Response:
     return JSONResponse({**doc, "detail": detail}, status_code=200 if ready else 503)
 
 
-async def _metrics_reader(
-    request: Request,
-    b: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    c: Annotated[HTTPBasicCredentials | None, Depends(basic)],
-) -> None:
-    if not services(request).settings.public_metrics:
-        await require("read")(request, b, c)
+async def _metrics_reader(request: Request) -> None:
+    if not service_state(request).settings.public_metrics:
+        await require("read")(request)
 
 
 @router.get(
@@ -80,6 +75,7 @@ async def metrics(svc: Svc, _allowed: Annotated[None, Depends(_metrics_reader)])
 def yank(svc: Svc, body: Yank, who: Admin) -> dict[str, Any]:
     """pip and uv skip a yanked file unless a requirement pins exactly its version; the bytes stay served."""
     changed = svc.db.set_yank(body.filename, body.reason, who.label)
+    svc.forget_pages()
     return {"filename": body.filename, "yanked": body.reason is not None, "reason": body.reason, "changed": changed}
 
 
