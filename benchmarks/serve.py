@@ -23,11 +23,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "unit"))
 
-from helpers import make_wheel  # noqa: E402
 from sim import Sim  # noqa: E402
 
 from chiron.service import tokens  # noqa: E402
 from chiron.service.db import Database  # noqa: E402
+
+from helpers import make_wheel  # noqa: E402
 
 CHIRON = str(Path(sys.executable).parent / "chiron")
 CLIENTS = 50
@@ -62,9 +63,22 @@ def _curl(urls: list[str], token: str | None, work: Path, clients: int = CLIENTS
     cfg.write_text("\n".join(lines) + "\n")
     started = time.perf_counter()
     proc = subprocess.run(
-        ["curl", "-s", "-Z", "--parallel-max", str(clients), "--parallel-immediate", "-K", str(cfg),
-         "-w", "%{time_total} %{size_download} %{http_code}\n"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            "curl",
+            "-s",
+            "-Z",
+            "--parallel-max",
+            str(clients),
+            "--parallel-immediate",
+            "-K",
+            str(cfg),
+            "-w",
+            "%{time_total} %{size_download} %{http_code}\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     wall = time.perf_counter() - started
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip()]
@@ -143,16 +157,40 @@ def bench_serve(work: Path, record: Record) -> None:
     d = Path(tempfile.mkdtemp(prefix="serve-", dir=work))
     archive, wheels, token = _site(d)
     ports = {k: _port() for k in ("direct", "copy", "accel_app", "static", "accel")}
-    base = [CHIRON, "serve", "--appliances", str(d / "apps"), "--root", str(d / "root.json"), "--db", str(d / "serve.db")]
+    base = [
+        CHIRON,
+        "serve",
+        "--appliances",
+        str(d / "apps"),
+        "--root",
+        str(d / "root.json"),
+        "--db",
+        str(d / "serve.db"),
+    ]
     procs = {
-        "direct": subprocess.Popen([*base, "--port", str(ports["direct"]), "--access-log", os.devnull,
-                                    "--cache-dir", str(d / "cache-direct")], stderr=subprocess.DEVNULL),
-        "copy": subprocess.Popen([*base, "--port", str(ports["copy"]), "--access-log", os.devnull,
-                                  "--cache-dir", str(d / "cache-copy")], stderr=subprocess.DEVNULL,
-                                 env={**os.environ, "CHIRON_SERVE_ZEROCOPY": "0"}),
-        "accel_app": subprocess.Popen([*base, "--port", str(ports["accel_app"]), "--access-log", os.devnull,
-                                       "--x-accel-redirect", "/_chiron/", "--cache-dir", str(d / "cache-accel")],
-                                      stderr=subprocess.DEVNULL),
+        "direct": subprocess.Popen(
+            [*base, "--port", str(ports["direct"]), "--access-log", os.devnull, "--cache-dir", str(d / "cache-direct")],
+            stderr=subprocess.DEVNULL,
+        ),
+        "copy": subprocess.Popen(
+            [*base, "--port", str(ports["copy"]), "--access-log", os.devnull, "--cache-dir", str(d / "cache-copy")],
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "CHIRON_SERVE_ZEROCOPY": "0"},
+        ),
+        "accel_app": subprocess.Popen(
+            [
+                *base,
+                "--port",
+                str(ports["accel_app"]),
+                "--access-log",
+                os.devnull,
+                "--x-accel-redirect",
+                "/_chiron/",
+                "--cache-dir",
+                str(d / "cache-accel"),
+            ],
+            stderr=subprocess.DEVNULL,
+        ),
     }
     conf = _nginx_conf(d, ports["static"], ports["accel"], ports["accel_app"])
     procs["nginx"] = subprocess.Popen([nginx, "-c", str(conf), "-p", str(d)], stderr=subprocess.DEVNULL)
@@ -202,14 +240,19 @@ def _measure(urls: list[str], token: str | None, d: Path, pids: list[int]) -> di
     return {"wall": wall, "bytes": got, "n": len(urls), "cpu": _cpu(pids) - before, "times": times}  # type: ignore[dict-item]
 
 
-def _run(d: Path, archive: Path, wheels: list[Path], token: str, ports: dict[str, int], procs: dict, record: Record) -> None:  # type: ignore[type-arg]
+def _run(
+    d: Path, archive: Path, wheels: list[Path], token: str, ports: dict[str, int], procs: dict, record: Record
+) -> None:  # type: ignore[type-arg]
     import hashlib
     import random
 
     shas = {w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels}
     url = {k: f"http://127.0.0.1:{p}" for k, p in ports.items()}
-    page = subprocess.run(["curl", "-sf", "-H", f"Authorization: Bearer {token}", f"{url['direct']}/simple/pkg00/"],
-                          capture_output=True, check=True).stdout
+    page = subprocess.run(
+        ["curl", "-sf", "-H", f"Authorization: Bearer {token}", f"{url['direct']}/simple/pkg00/"],
+        capture_output=True,
+        check=True,
+    ).stdout
     _static_copies(d, archive, wheels, page)
     _wait(f"{url['static']}/demo.pex")
     nginx = _children(procs["nginx"].pid)
@@ -217,11 +260,27 @@ def _run(d: Path, archive: Path, wheels: list[Path], token: str, ports: dict[str
     _curl([url["direct"] + "/appliances/demo.pex"] * 20, token, d, clients=5)
     few = _rss_kib(procs["direct"].pid)
     targets = {
-        "chiron serve (sendfile)": (url["direct"], "/appliances/demo.pex", "/files/{sha}/{name}", token, [procs["direct"].pid]),
-        "chiron serve (1 MiB reads)": (url["copy"], "/appliances/demo.pex", "/files/{sha}/{name}", token, [procs["copy"].pid]),
+        "chiron serve (sendfile)": (
+            url["direct"],
+            "/appliances/demo.pex",
+            "/files/{sha}/{name}",
+            token,
+            [procs["direct"].pid],
+        ),
+        "chiron serve (1 MiB reads)": (
+            url["copy"],
+            "/appliances/demo.pex",
+            "/files/{sha}/{name}",
+            token,
+            [procs["copy"].pid],
+        ),
         "nginx, static files": (url["static"], "/demo.pex", "/wheels/{name}", None, nginx),
         "nginx + chiron (X-Accel-Redirect)": (
-            url["accel"], "/appliances/demo.pex", "/files/{sha}/{name}", token, [*nginx, procs["accel_app"].pid]
+            url["accel"],
+            "/appliances/demo.pex",
+            "/files/{sha}/{name}",
+            token,
+            [*nginx, procs["accel_app"].pid],
         ),
     }
     size = archive.stat().st_size
@@ -235,25 +294,40 @@ def _run(d: Path, archive: Path, wheels: list[Path], token: str, ports: dict[str
             samples[label]["app"].append(_measure([root + app_path] * DOWNLOADS, tok, d, pids))
             samples[label]["wh"].append(_measure(wheel_urls * 5, tok, d, pids))
     _report(samples, size, record)
-    for label, (root, path, tok) in {
+    pages = {
         "chiron serve /simple/pkg00/": (url["direct"], "/simple/pkg00/", token),
         "nginx, the same page as a file": (url["static"], "/simple/pkg00/index.html", None),
-    }.items():
-        wall, times, _ = _curl([root + path] * 2000, tok, d)
-        record("serve", f"index page x2000, {CLIENTS} clients: {label}",
-               f"p50 {_quantile(times, 0.5) * 1000:.1f} ms, p99 {_quantile(times, 0.99) * 1000:.1f} ms, "
-               f"{2000 / wall:.0f} req/s")
-    _curl([url["direct"] + "/simple/pkg00/"] * 200, token, d, clients=1)
-    wall, times, _ = _curl([url["direct"] + "/simple/pkg00/"] * 500, token, d, clients=1)
-    record("serve", "index page x500, 1 client: chiron serve /simple/pkg00/",
-           f"p50 {_quantile(times, 0.5) * 1000:.1f} ms, p99 {_quantile(times, 0.99) * 1000:.1f} ms")
+    }
+    for clients in (CLIENTS, 10, 1):
+        for label, (root, path, tok) in pages.items():
+            _curl([root + path] * 100, tok, d, clients=clients)
+            wall, times, _ = _curl([root + path] * 1000, tok, d, clients=clients)
+            record(
+                "serve",
+                f"index page x1000, {clients} client(s): {label}",
+                f"p50 {_quantile(times, 0.5) * 1000:.1f} ms, p99 {_quantile(times, 0.99) * 1000:.1f} ms, "
+                f"{1000 / wall:.0f} req/s",
+            )
     many = _rss_kib(procs["direct"].pid)
-    record("serve", "chiron serve RSS: idle / peak, 5 clients / peak, 50 clients",
-           f"{idle >> 10} MiB / {few >> 10} MiB / {many >> 10} MiB")
-    etag = subprocess.run(["curl", "-sI", "-H", f"Authorization: Bearer {token}", f"{url['accel']}/appliances/demo.pex"],
-                          capture_output=True, text=True, check=True).stdout
-    tag = next((line.split(":", 1)[1].strip() for line in etag.splitlines() if line.lower().startswith("etag:")), "none")
-    record("serve", "ETag through nginx X-Accel-Redirect", "sha256 (chiron's)" if len(tag) == 66 else f"nginx's own ({tag})")
+    record(
+        "serve",
+        "chiron serve RSS: idle / peak, 5 clients / peak, 50 clients",
+        f"{idle >> 10} MiB / {few >> 10} MiB / {many >> 10} MiB",
+    )
+    etag = subprocess.run(
+        ["curl", "-sI", "-H", f"Authorization: Bearer {token}", f"{url['accel']}/appliances/demo.pex"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    tag = next(
+        (line.split(":", 1)[1].strip() for line in etag.splitlines() if line.lower().startswith("etag:")), "none"
+    )
+    record(
+        "serve",
+        "ETag through nginx X-Accel-Redirect",
+        "sha256 (chiron's)" if len(tag) == 66 else f"nginx's own ({tag})",
+    )
 
 
 def _report(samples: dict[str, dict[str, list[dict[str, float]]]], size: int, record: Record) -> None:
@@ -267,12 +341,18 @@ def _report(samples: dict[str, dict[str, list[dict[str, float]]]], size: int, re
     for label, s in samples.items():
         times = [t for r in s["app"] for t in r["times"]]  # type: ignore[attr-defined]
         mbs = rate(s["app"], "bytes") / 1e6
-        record("serve", f"appliance {size >> 20} MiB x{DOWNLOADS}, {CLIENTS} clients: {label}",
-               f"{mbs:.0f} MB/s ({mbs * 1e6 / rate(base['app'], 'bytes'):.2f}x nginx), p50 {_quantile(times, 0.5):.2f} s, "
-               f"p99 {_quantile(times, 0.99):.2f} s; server CPU {cpu_per(s['app'], 'bytes') * 1e9:.2f} s/GB")
+        record(
+            "serve",
+            f"appliance {size >> 20} MiB x{DOWNLOADS}, {CLIENTS} clients: {label}",
+            f"{mbs:.0f} MB/s ({mbs * 1e6 / rate(base['app'], 'bytes'):.2f}x nginx), p50 {_quantile(times, 0.5):.2f} s, "
+            f"p99 {_quantile(times, 0.99):.2f} s; server CPU {cpu_per(s['app'], 'bytes') * 1e9:.2f} s/GB",
+        )
     for label, s in samples.items():
         times = [t for r in s["wh"] for t in r["times"]]  # type: ignore[attr-defined]
         rps = rate(s["wh"], "n")
-        record("serve", f"wheelhouse {WHEELS} wheels x5, {CLIENTS} clients: {label}",
-               f"{rps:.0f} req/s ({rps / rate(base['wh'], 'n'):.2f}x nginx), p50 {_quantile(times, 0.5) * 1000:.1f} ms, "
-               f"p99 {_quantile(times, 0.99) * 1000:.1f} ms; server CPU {cpu_per(s['wh'], 'n') * 1e3:.2f} ms/request")
+        record(
+            "serve",
+            f"wheelhouse {WHEELS} wheels x5, {CLIENTS} clients: {label}",
+            f"{rps:.0f} req/s ({rps / rate(base['wh'], 'n'):.2f}x nginx), p50 {_quantile(times, 0.5) * 1000:.1f} ms, "
+            f"p99 {_quantile(times, 0.99) * 1000:.1f} ms; server CPU {cpu_per(s['wh'], 'n') * 1e3:.2f} ms/request",
+        )
