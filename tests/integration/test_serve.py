@@ -126,6 +126,12 @@ def access_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def installer_env(tmp: Path) -> dict[str, str]:
+    """pip and uv with no configuration of this machine (no extra indexes or find-links)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "UV_NO_CONFIG": "1", "UV_CACHE_DIR": str(tmp / "uv-cache")}
+
+
 def run(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([CHIRON, *args], capture_output=True, text=True, timeout=600, **kw)
     if check:
@@ -193,7 +199,7 @@ def test_pip_and_uv_install_the_locked_set_with_hashes(served: Any, appliance: P
         "beta-1.1-py3-none-any.whl",
         "gamma-2.0-cp311-cp311-manylinux_2_17_x86_64.whl",
     ]
-    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "UV_NO_CONFIG": "1", "UV_CACHE_DIR": str(tmp_path / "uv-cache")}
+    env = installer_env(tmp_path)
     log = served.dir / "access.jsonl"
     pip = [
         sys.executable,
@@ -220,6 +226,53 @@ def test_pip_and_uv_install_the_locked_set_with_hashes(served: Any, appliance: P
     assert sorted(wheels) == locked and {p.name for p in (tmp_path / "uv").glob("*.dist-info")} == dists
     assert {m.removesuffix(".metadata") for m in metadata} <= set(locked)
     assert served.tokens["read"] not in log.read_text()  # the access log never holds a credential
+
+
+def test_tokens_on_the_wire(served: Any, tmp_path: Path) -> None:
+    """What a client sees: 401 with a challenge without a valid token, 403 for a token without the scope."""
+    url = f"{served.url}simple/"
+    anonymous = subprocess.run(["curl", "-s", "-i", url], capture_output=True, text=True, timeout=60).stdout
+    assert anonymous.startswith("HTTP/1.1 401") and 'www-authenticate: basic realm="chiron"' in anonymous.lower()
+    assert "application/problem+json" in anonymous
+    wrong = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-u", "__token__:nope", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.stdout == "401"
+    report_only = f"http://__token__:{served.tokens['report']}@127.0.0.1:{served.port}/simple/"
+    mark = len(access_log(served.dir / "access.jsonl"))
+    pip_download = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "download",
+        "--no-deps",
+        "-d",
+        str(tmp_path),
+    ]
+    pip = subprocess.run(
+        [*pip_download, "--index-url", report_only, "alpha==1.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=installer_env(tmp_path),
+    )
+    assert pip.returncode != 0 and not list(tmp_path.glob("*.whl"))
+    seen = access_log(served.dir / "access.jsonl")[mark:]
+    assert ("/simple/alpha/", 403) in [(e["path"], e["status"]) for e in seen] and {e["status"] for e in seen} == {403}
+    refused = run(
+        "pull",
+        f"{served.url}appliances/latest",
+        "-o",
+        str(tmp_path / "x.pex"),
+        "--token",
+        served.tokens["report"],
+        check=False,
+    )
+    assert refused.returncode == 4 and "403" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_curl_resume_gives_the_same_bytes(served: Any, appliance: Path, tmp_path: Path) -> None:
@@ -502,6 +555,11 @@ def test_a_site_refreshes_by_job_and_its_hosts_upgrade_and_report(
         assert [e for e in log if e["path"].startswith("/deltas/") and e["status"] == 200]
         for name in ("a", "b"):
             assert host.status(tmp_path / name, None)["metadata"]["targets"]["version"] == newest
+        # The tool an appliance installs can serve (it carries the serve extra).
+        tool = subprocess.run(
+            [str(tmp_path / "a" / "bin" / "chiron"), "serve", "openapi"], capture_output=True, text=True, timeout=120
+        )
+        assert tool.returncode == 0 and json.loads(tool.stdout)["info"]["title"] == "chiron serve", tool.stderr
         # Host a reports over the network; host b's receipt travels out on media.
         run("receipt", "--prefix", str(tmp_path / "a"), "--server", svc.url, env=env)
         run("receipt", "--prefix", str(tmp_path / "b"), "-o", str(tmp_path / "b.receipt.json"))

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -37,74 +35,12 @@ from packaging.utils import (
 
 from chiron.engines.verify import VerifiedAppliance, verified
 from chiron.errors import ChironError, UsageError
+from chiron.service.files import Dist, FileSig, read_metadata
 from chiron.service.settings import Settings
-from chiron.sources.wheelmeta import core_metadata, parse_metadata
 
 WHEELS = "wheels/"
 SUFFIXES = (".pex", ".pyz")
 MAX_SIGNATURE = 64 << 10
-
-
-@dataclass(frozen=True)
-class FileSig:
-    """What identifies a file's content without reading it (ctime changes on any write)."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileSig:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-class RegionFile(io.RawIOBase):
-    """A read-only, seekable view of ``length`` bytes at ``offset`` of ``fd`` (a wheel in an appliance)."""
-
-    def __init__(self, fd: int, offset: int, length: int) -> None:
-        super().__init__()
-        self._fd, self._offset, self._length, self._pos = fd, offset, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self._length - self._pos)
-        if want <= 0:
-            return 0
-        n = os.preadv(self._fd, [view[:want]], self._offset + self._pos)
-        self._pos += n
-        return n
-
-
-@dataclass(frozen=True)
-class Dist:
-    """One file of the package index: a wheel (or sdist) inside an appliance, as signed."""
-
-    filename: str
-    project: str  # normalized (PEP 503)
-    version: str
-    member: str
-    offset: int
-    size: int
-    sha256: str
-    requires_python: str | None
-    metadata: bytes | None  # PEP 658 core metadata, wheels only
-    metadata_sha256: str | None
 
 
 @dataclass
@@ -357,7 +293,7 @@ class Catalog:
                 continue
             target = handle.target(member.name)
             if target.sha256 not in self._meta:
-                self._meta[target.sha256] = _metadata(fd, member.offset, member.length, filename)
+                self._meta[target.sha256] = read_metadata(fd, member.offset, member.length, filename)
             meta, meta_sha, requires = self._meta[target.sha256]
             out[filename] = Dist(
                 filename=filename,
@@ -413,19 +349,6 @@ def _whole_sha256(fd: int, size: int) -> str:
         h.update(view[:n])
         pos += n
     return h.hexdigest()
-
-
-def _metadata(fd: int, offset: int, length: int, filename: str) -> tuple[bytes | None, str | None, str | None]:
-    """A wheel's core metadata, its sha256 and Requires-Python (None for an sdist or an unreadable wheel:
-    it is still served, without PEP 658 metadata)."""
-    if not filename.endswith(".whl"):
-        return None, None, None
-    try:
-        raw = core_metadata(io.BufferedReader(RegionFile(fd, offset, length)), filename)
-    except ChironError:
-        return None, None, None
-    requires = parse_metadata(raw).get("Requires-Python")
-    return raw, hashlib.sha256(raw).hexdigest(), str(requires).strip() if requires else None
 
 
 def _signature(path: Path) -> bytes | None:

@@ -6,8 +6,9 @@ import threading
 from dataclasses import dataclass, field
 
 from chiron.engines.deltacache import DeltaCache
-from chiron.service.catalog import Catalog, Dist, Entry
+from chiron.service.catalog import Catalog, Entry
 from chiron.service.db import Database
+from chiron.service.files import Dist
 from chiron.service.jobs import JobRunner
 from chiron.service.observe import Metrics
 from chiron.service.settings import Settings
