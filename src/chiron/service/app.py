@@ -49,6 +49,8 @@ def build_app(svc: Services | None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=_lifespan if svc is not None else None,
+        # No Swagger UI or ReDoc: they load scripts from a CDN, which an enclave cannot reach.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.services = svc

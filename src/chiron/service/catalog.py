@@ -163,6 +163,7 @@ class Catalog:
         self._meta: dict[str, tuple[bytes | None, str | None, str | None]] = {}  # wheel sha256 -> metadata
         self._scan_lock = threading.Lock()
         self.wake = threading.Event()
+        self.error: str | None = None  # why the last scan could not read the sources
 
     def candidates(self) -> list[tuple[Path, str, str, bool]]:
         """(path, source, path under the source, current) of every appliance file to serve."""
@@ -190,9 +191,15 @@ class Catalog:
     def scan(self) -> bool:
         """Look at every source once: verify new or changed files, drop gone ones; whether anything changed."""
         with self._scan_lock:
+            try:
+                found = self.candidates()
+            except (ChironError, OSError) as exc:
+                self.error = exc.diagnostics() if isinstance(exc, ChironError) else str(exc)
+                raise
+            self.error = None
             changed = False
             seen: set[str] = set()
-            for path, source, rel, current in self.candidates():
+            for path, source, rel, current in found:
                 key = str(path)
                 seen.add(key)
                 try:

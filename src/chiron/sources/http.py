@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from chiron.errors import ArtifactError, Refused, UsageError
+from chiron.errors import ArtifactError, ServerRefused, UsageError
 
 MAX_JSON = 16 << 20  # the largest JSON answer read from a server
 
@@ -89,26 +89,28 @@ class Response:
         return None if headers is None else headers.get(name)
 
 
-def _problem(exc: urllib.error.HTTPError) -> str:
-    """The server's own explanation of an error status: a problem document's title and detail."""
+def _problem(exc: urllib.error.HTTPError) -> tuple[str, str]:
+    """The server's own explanation of an error status: (": title: detail", the problem type URI)."""
     try:
         if "json" in (exc.headers.get("Content-Type") or ""):
             doc = json.loads(exc.read(64 << 10))
             if isinstance(doc, dict):
                 text = ": ".join(str(doc[k]) for k in ("title", "detail") if doc.get(k))
-                return f": {text}" if text else ""
+                return (f": {text}" if text else ""), str(doc.get("type") or "")
     except (OSError, ValueError):
         pass
-    return ""
+    return "", ""
 
 
 def http_error(exc: urllib.error.HTTPError, url: str, what: str) -> Exception:
     """An error status as chiron's error: refused (exit 4) for 401/403/409, else an artifact error."""
-    message = f"{what}: {url} answered HTTP {exc.code}{_problem(exc)}"
+    text, kind = _problem(exc)
+    message = f"{what}: {url} answered HTTP {exc.code}{text}"
     if exc.code in (401, 403):
-        return Refused(message, hint="pass a token with the needed scope (--token, or CHIRON_TOKEN)")
+        hint = "pass a token with the needed scope (--token, or CHIRON_TOKEN)"
+        return ServerRefused(message, problem_type=kind, hint=None if kind.endswith("-host") else hint)
     if exc.code == 409:
-        return Refused(message)
+        return ServerRefused(message, problem_type=kind)
     return ArtifactError(message)
 
 

@@ -32,8 +32,10 @@ async def healthz(svc: Svc) -> dict[str, Any]:
 async def readyz(svc: Svc) -> Response:
     snapshot = svc.catalog.snapshot
     detail = [why for _path, why in snapshot.failed]
-    ready = svc.catalog.ready
-    if not ready:
+    ready = svc.catalog.ready and svc.catalog.error is None
+    if svc.catalog.error is not None:
+        detail.insert(0, f"cannot read the sources: {svc.catalog.error}")
+    elif not ready:
         detail.insert(0, "the appliances are still being verified")
     try:
         svc.db.one("SELECT 1")
@@ -93,7 +95,7 @@ async def landing(svc: Svc, _who: Read) -> HTMLResponse:
     page = (
         f"<!DOCTYPE html><html><head><title>chiron serve</title></head><body><h1>chiron serve {__version__}</h1>"
         '<p>Package index: <a href="simple/">simple/</a> (pip install --index-url URL/simple/). '
-        'API: <a href="docs">docs</a>, <a href="openapi.json">openapi.json</a>.</p>'
+        'API: <a href="openapi.json">openapi.json</a> (docs/serve.md).</p>'
         "<table><tr><th>appliance</th><th>version</th><th>metadata version</th><th>download</th><th>index</th>"
         f"<th>expires</th></tr>{rows}</table>"
         + (f"<h2>Not served (did not verify)</h2><ul>{failed}</ul>" if failed else "")
