@@ -415,3 +415,47 @@ def test_openapi_schema_is_committed() -> None:
     assert committed.read_text() == schema_text(), (
         "docs/openapi.json is stale: regenerate it with 'chiron serve openapi -o docs/openapi.json'"
     )
+
+
+# ---------------------------------------------------------------- client side and the delta cache
+
+
+def test_url_credentials_become_a_header_and_etags_name_a_sha256() -> None:
+    from chiron.engines.pull import strong_sha256
+    from chiron.sources.http import with_url_credentials
+
+    url, client = with_url_credentials("https://__token__:abc%2Fd@host:8443/simple/?x=1", None)
+    assert url == "https://host:8443/simple/?x=1" and client.token == "abc/d"
+    assert client.headers()["Authorization"] == "Bearer abc/d"
+    with pytest.raises(UsageError, match="__token__"):
+        with_url_credentials("https://alice:pw@host/", None)
+    assert strong_sha256('"' + "a" * 64 + '"') == "a" * 64
+    assert strong_sha256('W/"' + "a" * 64 + '"') == "" and strong_sha256('"6b0dd2ad-46341de"') == ""
+
+
+def test_deltas_are_built_once_per_inventory_and_evicted(tmp_path: Path) -> None:
+    from chiron.archive import delta
+    from chiron.core.fs import sha256_file
+    from chiron.engines.deltacache import DeltaCache, delta_key
+
+    sim = Sim()
+    old = sim.appliance(tmp_path / "old.pex", {"files/a": b"a" * 1000, "files/b": b"b" * 1000})
+    new = sim.appliance(tmp_path / "new.pex", {"files/a": b"a" * 1000, "files/b": b"c" * 1000})
+    inventory = {
+        "schema": "chiron.inventory/1",
+        "name": "demo",
+        "releases": [],
+        "content": sorted(delta.base_content(old)),
+    }
+    cache = DeltaCache(tmp_path / "deltas", max_files=1)
+    made = cache.get(inventory, new, sha256_file(new))
+    assert not made.hit and made.key == delta_key(inventory["content"], sha256_file(new))
+    assert made.sha256 == sha256_file(made.path) and made.carried < made.full_size == new.stat().st_size
+    again = cache.get({**inventory, "content": list(reversed(inventory["content"]))}, new, sha256_file(new))
+    assert again.hit and again.path == made.path  # the same pieces in another order: the same delta
+    delta.apply(made.path, [old], tmp_path / "rebuilt.pex")
+    assert (tmp_path / "rebuilt.pex").read_bytes() == new.read_bytes()
+    with pytest.raises(VerificationError, match="changed while a delta was made"):
+        cache.get({**inventory, "content": []}, new, "0" * 64)
+    other = cache.get({**inventory, "content": []}, new, sha256_file(new))
+    assert not other.hit and cache.find(made.key) is None  # over max_files: the older delta was dropped
