@@ -34,7 +34,11 @@ from helpers import LocalIndex, make_wheel, write_spec
 BIN = Path(sys.executable).parent
 CHIRON = str(BIN / "chiron")
 EPOCH = int(time.time()) - 3600
-pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed (apt-get install curl)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _curl_present() -> None:
+    assert shutil.which("curl"), "these tests use curl as a client: apt-get install curl (.ci/run does)"
 
 
 def free_port() -> int:
