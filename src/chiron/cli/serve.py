@@ -95,6 +95,8 @@ def serve(
     for option, path in (("--store", store), ("--appliances", appliances), ("--prefix", prefix)):
         if path is not None and not path.is_dir():
             raise UsageError(f"{option} {path}: no such directory")
+    if root is not None and not root.is_file():
+        raise UsageError(f"--root {root}: no such file")
     if refresh_every and store is None:
         raise UsageError("--refresh-every runs refresh jobs on a store: give --store too")
     if x_accel_redirect is not None and not (x_accel_redirect.startswith("/") and x_accel_redirect.endswith("/")):
@@ -119,8 +121,11 @@ def serve(
     )
     listen = Listen(host=host, port=port, certfile=certfile, keyfile=keyfile, shutdown_timeout=shutdown_timeout)
     scheme = "https" if certfile else "http"
-    log("notice", f"chiron serve on {scheme}://{host}:{port}/ (database {settings.db}); stop with SIGTERM")
-    run_server(settings, listen)
+    run_server(
+        settings,
+        listen,
+        lambda: log("notice", f"chiron serve on {scheme}://{host}:{port}/ (database {settings.db}); stop with SIGTERM"),
+    )
 
 
 def _db(path: Path) -> Any:

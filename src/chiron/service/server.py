@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +59,16 @@ def config(settings: Settings, listen: Listen) -> object:
     )
 
 
-def serve(settings: Settings, listen: Listen) -> None:
-    """Serve until SIGTERM or SIGINT."""
+def serve(settings: Settings, listen: Listen, announce: Callable[[], None] = lambda: None) -> None:
+    """Serve until SIGTERM or SIGINT; ``announce`` runs once the database, the sources' trust anchor and
+    the port are known to be usable (before that, a problem is an error, not a half-started service)."""
     import uvicorn
 
     cfg = config(settings, listen)
     server = uvicorn.Server(cfg)  # type: ignore[arg-type]
     if listen.fd is None:
         _check_port(listen.host, listen.port)
+    announce()
     server.run()
     if not server.started:
         raise EnvironmentProblem(f"the service did not start on {listen.host}:{listen.port} (see the messages above)")
