@@ -41,3 +41,12 @@ def up(request: Request, levels_below_root: int) -> str:
     any path prefix a front end adds."""
     depth = len([p for p in request.url.path.split("/") if p]) - levels_below_root
     return "../" * max(depth, 0)
+
+
+def descriptor(svc: Services, entry: Entry) -> int:
+    """A private descriptor of the verified file for one response; the problem if it was just retired."""
+    fd = entry.dup()
+    if fd is None:
+        svc.catalog.wake.set()
+        raise ProblemError("appliance-changed", f"{entry.path}: changed just now", headers={"Retry-After": "5"})
+    return fd

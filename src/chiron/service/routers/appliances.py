@@ -15,7 +15,7 @@ from chiron.service.models import ApplianceInfo, ApplianceList, FailedAppliance
 from chiron.service.problems import ProblemError
 from chiron.service.ranges import etag
 from chiron.service.responses import RegionResponse
-from chiron.service.routers import appliance
+from chiron.service.routers import appliance, descriptor
 
 router = APIRouter(tags=["appliances"])
 File = Annotated[
@@ -82,7 +82,7 @@ async def download(svc: Svc, request: Request, file: File, _who: Read) -> Respon
     entry = appliance(svc, file)
     return RegionResponse(
         request,
-        fd=None if request.method == "HEAD" or svc.settings.x_accel_redirect else entry.dup(),
+        fd=None if request.method == "HEAD" or svc.settings.x_accel_redirect else descriptor(svc, entry),
         offset=0,
         length=entry.size,
         sha256=entry.sha256,

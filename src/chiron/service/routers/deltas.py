@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from chiron.errors import ChironError
+from chiron.errors import ChironError, VerificationError
 from chiron.service import problems
 from chiron.service.auth import Read, Svc
 from chiron.service.models import DeltaInfo, Inventory
@@ -53,6 +53,9 @@ async def make_delta(
     doc: dict[str, Any] = inventory.model_dump(by_alias=True)
     try:
         made = await anyio.to_thread.run_sync(svc.deltas.get, doc, entry.path, entry.sha256)
+    except VerificationError as exc:  # the file changed while the delta was made from it
+        svc.catalog.wake.set()
+        raise ProblemError("appliance-changed", exc.diagnostics(), headers={"Retry-After": "5"}) from None
     except ChironError as exc:
         raise from_chiron_error(exc) from None
     svc.metrics.deltas.labels("hit" if made.hit else "miss").inc()

@@ -22,7 +22,7 @@ from chiron.service.catalog import Entry
 from chiron.service.problems import ProblemError
 from chiron.service.ranges import etag, none_match
 from chiron.service.responses import IMMUTABLE, RegionResponse
-from chiron.service.routers import appliance, up, usable
+from chiron.service.routers import appliance, descriptor, up, usable
 from chiron.service.state import Services
 
 router = APIRouter(tags=["index"])
@@ -143,7 +143,7 @@ async def file(svc: Svc, request: Request, sha256: Sha, filename: str, _who: Rea
         accel = await anyio.to_thread.run_sync(svc.accel_file, entry, dist)
     return RegionResponse(
         request,
-        fd=None if accel or request.method == "HEAD" else entry.dup(),
+        fd=None if accel or request.method == "HEAD" else descriptor(svc, entry),
         offset=dist.offset,
         length=dist.size,
         sha256=dist.sha256,
