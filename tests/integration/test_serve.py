@@ -668,3 +668,33 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
     return status not in ("Z", "X")  # a zombie is dead, only not yet reaped
+
+
+def test_the_timer_runs_refresh_jobs_instead_of_cron(
+    tmp_path: Path, keys: Path, spec: Path, upstream: LocalIndex, tool_wheels: Path, seeded: Any
+) -> None:
+    store = seeded(tmp_path / "store")
+    _first_version(store, spec, tool_wheels)
+    make_wheel(upstream.directory, "beta", "1.1")
+    toks = make_tokens(tmp_path / "serve.db")
+    settings = Settings(
+        db=tmp_path / "serve.db",
+        cache_dir=tmp_path / "cache",
+        store=store,
+        tool_wheels=tool_wheels,
+        refresh_every=3600,
+        json_log=False,
+    )
+    svc = Running(settings)
+    try:
+        deadline = time.monotonic() + 60
+        while not get_json(svc.url, "/v1/jobs", toks["admin"])[1]["jobs"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (job,) = get_json(svc.url, "/v1/jobs", toks["admin"])[1]["jobs"]  # the store never had one: at once
+        assert job["requested_by"] == "timer"
+        done = _wait_job(svc.url, job["id"], toks["admin"], ("succeeded", "failed"))
+        assert done["state"] == "succeeded" and done["result"]["changed"], done
+        time.sleep(1)
+        assert len(get_json(svc.url, "/v1/jobs", toks["admin"])[1]["jobs"]) == 1  # the next one is an hour away
+    finally:
+        svc.stop()
