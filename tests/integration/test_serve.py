@@ -286,9 +286,12 @@ def test_curl_resume_gives_the_same_bytes(served: Any, appliance: Path, tmp_path
     size = appliance.stat().st_size
     first = subprocess.run(["curl", "-sf", *auth, "-r", f"0-{size // 3}", "-o", str(out), url], timeout=60)
     assert first.returncode == 0 and out.stat().st_size == size // 3 + 1  # an interrupted download
+    before = _sendfile_bytes(served)
     resumed = subprocess.run(["curl", "-sf", *auth, "-C", "-", "-o", str(out), url], capture_output=True, timeout=60)
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_bytes() == appliance.read_bytes()
+    # The rest of the file went out with sendfile (the zero-copy path of the pinned uvicorn still works).
+    assert _sendfile_bytes(served) - before == size - (size // 3 + 1)
     # chiron pull continues a partial download the same way, and fetches the detached signature.
     work = tmp_path / "pull" / ".chiron-pull"
     work.mkdir(parents=True)
@@ -308,6 +311,11 @@ def test_curl_resume_gives_the_same_bytes(served: Any, appliance: Path, tmp_path
     assert (tmp_path / "pull" / "demo.pex").read_bytes() == appliance.read_bytes()
     assert Path(doc["signature"]).read_bytes() == appliance.with_name(appliance.name + ".sig").read_bytes()
     assert not work.exists()
+
+
+def _sendfile_bytes(svc: Running) -> float:
+    text = call(svc.url, "GET", "/metrics", svc.tokens["read"])[2].decode()  # type: ignore[attr-defined]
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("chiron_sendfile_bytes_total")))
 
 
 def test_tls_and_a_site_ca(tmp_path: Path, appliance: Path, keys: Path) -> None:

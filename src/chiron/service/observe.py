@@ -38,6 +38,9 @@ class Metrics:
             registry=r,
         )
         self.bytes = Counter("chiron_http_response_bytes", "Body bytes sent", ["route"], registry=r)
+        self.sendfile = Counter(
+            "chiron_sendfile_bytes", "Body bytes the kernel sent from the file (zero-copy)", registry=r
+        )
         self.in_flight = Gauge("chiron_http_requests_in_flight", "Requests being answered", registry=r)
         self.appliances = Gauge("chiron_appliances_served", "Verified appliances being served", registry=r)
         self.unverified = Gauge("chiron_appliances_failed", "Appliance files that did not verify", registry=r)
@@ -136,6 +139,7 @@ class ObserveMiddleware:
                 sent += len(message.get("body", b""))
             elif kind == "http.response.zerocopysend":
                 sent += int(message.get("count", 0))
+                self.metrics.sendfile.inc(int(message.get("count", 0)))
             await send(message)
 
         self.metrics.in_flight.inc()
