@@ -459,3 +459,32 @@ def test_deltas_are_built_once_per_inventory_and_evicted(tmp_path: Path) -> None
         cache.get({**inventory, "content": []}, new, "0" * 64)
     other = cache.get({**inventory, "content": []}, new, sha256_file(new))
     assert not other.hit and cache.find(made.key) is None  # over max_files: the older delta was dropped
+
+
+def test_revoked_hosts_and_tokens_and_no_store(served: Any) -> None:
+    key, report, admin = _key(), _auth(served, "report"), _auth(served, "admin")
+    fpr = signed_receipt(key, "db-01", 1)["key_sha256"]
+    approved = served.post("/v1/hosts/db-01/approve", headers=admin, json={"key_sha256": fpr})  # in advance
+    assert approved.status_code == 200 and approved.json()["state"] == "approved"
+    assert served.post("/v1/receipts", headers=report, json=signed_receipt(key, "db-01", 1)).status_code == 201
+    assert served.post("/v1/hosts/db-01/revoke", headers=admin).json()["state"] == "revoked"
+    refused = served.post("/v1/receipts", headers=report, json=signed_receipt(key, "db-01", 2))
+    assert refused.status_code == 403 and refused.json()["type"].endswith("/host-not-approved")
+    assert served.post("/v1/hosts/nobody/approve", headers=admin, json={}).status_code == 404
+    detail = served.get("/v1/hosts/db-01", headers=admin).json()
+    assert detail["host"]["state"] == "revoked" and [r["seq"] for r in detail["receipts"]] == [1]
+    jobs = served.post("/v1/jobs/refresh", headers=admin, json={})
+    assert jobs.status_code == 404 and jobs.json()["type"].endswith("/no-store")
+    assert served.get("/v1/jobs/" + "0" * 16, headers=admin).status_code == 404
+    from chiron.cli import app as cli_app
+    from chiron.cli import main
+
+    token_id = served.tokens["read"].split("_")[1]
+    cli_app.state.update({"verbose": False, "json": False, "log_format": "human"})
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "token", "revoke", token_id, "--db", str(served.db_path)])
+    assert exc.value.code == 0
+    assert served.get("/simple/", headers=_auth(served, "read")).status_code == 401  # at once
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "hosts", "approve", "x", "--key-sha256", "nothex", "--db", str(served.db_path)])
+    assert exc.value.code == 2
