@@ -266,7 +266,9 @@ def test_tokens_on_the_wire(served: Any, tmp_path: Path) -> None:
     )
     assert pip.returncode != 0 and not list(tmp_path.glob("*.whl"))
     seen = access_log(served.dir / "access.jsonl")[mark:]
-    assert ("/simple/alpha/", 403) in [(e["path"], e["status"]) for e in seen] and {e["status"] for e in seen} == {403}
+    # (The access-log line of a request is written just after its answer: the curl above may land here too.)
+    assert ("/simple/alpha/", 403) in [(e["path"], e["status"]) for e in seen]
+    assert not [e for e in seen if e["status"] < 400]
     refused = run(
         "pull",
         f"{served.url}appliances/latest",

@@ -126,7 +126,7 @@ class Database:
 
     def tokens(self) -> list[dict[str, Any]]:
         rows = self.query(
-            "SELECT id, name, scopes, created, expires, revoked, last_used FROM tokens ORDER BY created, id"
+            "SELECT id, name, scopes, created, expires, revoked, last_used FROM tokens ORDER BY created, rowid"
         )
         return [{**dict(r), "scopes": r["scopes"].split()} for r in rows]
 
