@@ -4,11 +4,13 @@ Docker Engine (no bridge network; containers use host networking), packed as one
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,15 +65,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_registry(tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """Debian's docker-registry on a free loopback port, storing under ``tmp``."""
+def _start_registry(tmp: Path, htpasswd: Path | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """Debian's docker-registry on a free loopback port, storing under ``tmp``; with ``htpasswd``,
+    every request needs basic auth by a user of that file."""
     if shutil.which("docker-registry") is None:
         pytest.skip("NO docker-registry: .ci/run installs the docker-registry package")
     port = _free_port()
     config = tmp / "config.yml"
+    auth = f"auth:\n  htpasswd:\n    realm: chiron-test\n    path: {htpasswd}\n" if htpasswd else ""
     config.write_text(
         f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp}/data\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n{auth}"
     )
     proc = subprocess.Popen(
         ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -395,3 +399,195 @@ def test_mirror_refresh_picks_up_a_moved_tag(
     store = restored
     again = refresh(epoch + 180)
     assert not again.changed and again.metadata_version == moved.metadata_version
+
+
+# ---------------------------------------------------------------- registry credentials (issue 13, item 5)
+
+USER, PASSWORD = "chiron", "pw-7c1e0d5b-never-on-a-command-line"
+
+
+@pytest.fixture()
+def auth_registry(local_images, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A registry that refuses every request without USER:PASSWORD (htpasswd, bcrypt), holding
+    the busybox image."""
+    if shutil.which("htpasswd") is None:
+        pytest.skip("NO htpasswd: install apache2-utils")
+    (tmp_path / "auth").mkdir()
+    htpasswd = tmp_path / "auth" / "htpasswd"
+    line = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True, check=True).stdout
+    htpasswd.write_text(line.strip() + "\n")
+    address, proc = _start_registry(tmp_path / "auth", htpasswd)
+    dest = f"docker://{address}/busybox:1"
+    src = f"docker-daemon:{local_images[0]}"
+    anonymous = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", src, dest], capture_output=True)
+    assert anonymous.returncode != 0  # the registry really requires the credentials
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", f"{USER}:{PASSWORD}", src, dest],
+        check=True,
+    )
+    yield address
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def skopeo_spy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``skopeo`` first on PATH that records each call's argv (and the modes of any auth file it is
+    given, while it exists) in a JSON-lines file, then runs the real skopeo."""
+    real = shutil.which("skopeo")
+    assert real is not None
+    spy_dir = tmp_path / "spy"
+    spy_dir.mkdir()
+    log = spy_dir / "calls.jsonl"
+    (spy_dir / "skopeo").write_text(
+        f"""#!{sys.executable}
+import json, os, stat, sys
+modes = {{}}
+for flag, value in zip(sys.argv, sys.argv[1:]):
+    if flag in ("--authfile", "--src-authfile", "--dest-authfile"):
+        modes[value] = [stat.S_IMODE(os.stat(value).st_mode), stat.S_IMODE(os.stat(os.path.dirname(value)).st_mode)]
+with open({str(log)!r}, "a") as f:
+    f.write(json.dumps({{"argv": sys.argv, "modes": modes}}) + "\\n")
+os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+"""
+    )
+    (spy_dir / "skopeo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{spy_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def _calls(log: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _assert_secret_only_in_private_auth_files(calls: list[dict], flag: str) -> None:  # type: ignore[type-arg]
+    assert calls, "skopeo was never run"
+    for call in calls:
+        argv = " ".join(call["argv"])
+        assert PASSWORD not in argv and "--creds" not in argv and "-creds" not in argv, argv
+    authfiles = [path for call in calls for path in call["modes"]]
+    assert any(flag in call["argv"] for call in calls), calls
+    assert authfiles and all(call["modes"][p] == [0o600, 0o700] for call in calls for p in call["modes"])
+    assert not any(Path(p).exists() or Path(p).parent.exists() for p in authfiles)  # removed afterwards
+
+
+def test_build_fetches_with_credentials_through_a_private_auth_file(
+    auth_registry: str, skopeo_spy: Path, keys: Path, index, tool_wheels: Path, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    ref = f"{auth_registry}/busybox:1"
+    toml = f'[[images]]\nref = "{ref}"\ncredentials_env = "CHIRON_TEST_REGISTRY"\n'
+    spec = _spec(tmp_path / "s", keys, index.url, toml)
+    monkeypatch.setenv("CHIRON_TEST_REGISTRY", f"{USER}:{PASSWORD}")
+    out = do_build(spec, tmp_path / "auth.pex", tool_wheels, tmp_path / "cache").output
+    assert verify(out).ok
+    assert [i["ref"] for i in inspect_archive(out)["images"]] == [ref]
+    calls = _calls(skopeo_spy)
+    assert [c["argv"][1] for c in calls][:1] == ["inspect"] and "--authfile" in calls[0]["argv"]
+    _assert_secret_only_in_private_auth_files(calls, "--src-authfile")
+    assert PASSWORD.encode() not in out.read_bytes()
+
+
+def test_bad_credentials_fail_the_build_without_showing_them(
+    auth_registry: str, skopeo_spy: Path, keys: Path, index, tool_wheels: Path, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from chiron.errors import EnvironmentProblem, UsageError
+
+    toml = f'[[images]]\nref = "{auth_registry}/busybox:1"\ncredentials_env = "CHIRON_TEST_REGISTRY"\n'
+    spec = _spec(tmp_path / "s", keys, index.url, toml)
+    monkeypatch.setenv("CHIRON_TEST_REGISTRY", PASSWORD)  # no USER: part
+    with pytest.raises(UsageError, match="CHIRON_TEST_REGISTRY does not hold USER:PASSWORD") as bad:
+        do_build(spec, tmp_path / "a.pex", tool_wheels, tmp_path / "cache")
+    assert PASSWORD not in bad.value.diagnostics()
+    monkeypatch.setenv("CHIRON_TEST_REGISTRY", f"{USER}:wrong-{PASSWORD}")
+    with pytest.raises(EnvironmentProblem, match="skopeo failed") as wrong:
+        do_build(spec, tmp_path / "b.pex", tool_wheels, tmp_path / "cache")
+    assert PASSWORD not in wrong.value.diagnostics()
+    assert not (tmp_path / "a.pex").exists() and not (tmp_path / "b.pex").exists()
+    _assert_secret_only_in_private_auth_files(_calls(skopeo_spy), "--authfile")  # resolving the tag failed
+
+
+def test_install_pushes_with_credentials_through_a_private_auth_file(
+    image_appliance: Path, auth_registry: str, skopeo_spy: Path, keys: Path, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from chiron.engines.verify import verified
+    from chiron.errors import EnvironmentProblem
+    from chiron.sources import images as _images
+
+    images = inspect_archive(image_appliance)["images"]
+    # Without credentials the registry refuses the push (skopeo's own login holds none here).
+    monkeypatch.delenv(_images.REGISTRY_CREDENTIALS_ENV, raising=False)
+    with (
+        verified(image_appliance, root_file=keys / "1.root.json") as report,
+        pytest.raises(EnvironmentProblem, match="skopeo failed"),
+    ):
+        _images.push_to_registry(report.verified.read, images, "linux/amd64", auth_registry)
+    monkeypatch.setenv(_images.REGISTRY_CREDENTIALS_ENV, f"{USER}:{PASSWORD}")
+    result = host.install(
+        host.InstallOptions(
+            archive=image_appliance,
+            prefix=tmp_path / "p",
+            root_file=keys / "1.root.json",
+            images="push",
+            registry=f"{auth_registry}/enclave",
+        )
+    )
+    assert any("pushed 2 image(s)" in n for n in result.notices), result.notices
+    stored = {i["ref"].rsplit("/", 1)[1]: i["manifests"]["linux/amd64"] for i in images}
+    raw = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            f"{USER}:{PASSWORD}",
+            f"docker://{auth_registry}/enclave/app:1",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == stored["app:1"]
+    pushes = [c for c in _calls(skopeo_spy) if "--creds" not in c["argv"]]  # the check above is the test's own
+    _assert_secret_only_in_private_auth_files([c for c in pushes if "--dest-authfile" in c["argv"]], "--dest-authfile")
+    assert len([c for c in pushes if "--dest-authfile" in c["argv"]]) == 2
+
+
+def test_auth_file_is_private_and_removed_even_on_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import base64
+    import stat
+
+    from chiron.errors import UsageError
+    from chiron.sources.images import auth_file, credentials_from_env
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv("CREDS", f"{USER}:{PASSWORD}")
+    creds = credentials_from_env("CREDS", "image x", required=True)
+    seen: list[Path] = []
+    with pytest.raises(RuntimeError), auth_file("registry.example:5000", creds) as path:
+        assert path is not None and path.parent.parent == tmp_path
+        seen.append(path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        auths = json.loads(path.read_text())["auths"]
+        assert base64.b64decode(auths["registry.example:5000"]["auth"]).decode() == f"{USER}:{PASSWORD}"
+        raise RuntimeError("skopeo blew up")
+    assert seen and not seen[0].parent.exists()
+    with auth_file("registry.example", None) as nothing:
+        assert nothing is None
+    monkeypatch.delenv("CREDS")
+    assert credentials_from_env("CREDS", "registry r", required=False) is None
+    with pytest.raises(UsageError, match="registry r: environment variable CREDS is not set"):
+        credentials_from_env("CREDS", "registry r", required=True)
+
+
+@pytest.mark.parametrize("registry", ["https://registry.example", "", "/prefix", "reg istry:5000"])
+def test_push_refuses_a_registry_that_is_not_host_port_prefix(registry: str) -> None:
+    from chiron.errors import UsageError
+    from chiron.sources.images import push_to_registry
+
+    def read(name: str) -> bytes:
+        raise AssertionError(f"nothing may be read: {name}")
+
+    with pytest.raises(UsageError, match=r"--registry .*not HOST\[:PORT\]\[/PREFIX\]"):
+        push_to_registry(
+            read, [{"ref": "a/b:1", "manifests": {"linux/amd64": "sha256:" + "0" * 64}}], "linux/amd64", registry
+        )

@@ -228,6 +228,15 @@ def test_rotation_of_targets_and_root_with_hosts_upgrading_across(
         == 0
     )
     assert run(["sign", str(root_dir / "2.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    # A spec whose trust.root still names 1.root.json cannot use the new key; the hint says why.
+    stale = spec_for(
+        tmp_path / "stale", keys, index.url, root=root_dir / "1.root.json", targets=f'"file2:{new_targets}"'
+    )
+    with pytest.raises(SigningKeyError) as refused:
+        do_build(stale, tmp_path / "stale.pex", tool_wheels, tmp_path / "cache")
+    assert "is not a targets key of the root metadata (root v1;" in refused.value.message
+    assert "trust.root must name the DIRECTORY of N.root.json files" in (refused.value.hint or "")
+    assert not (tmp_path / "stale.pex").exists()
     v2 = build("1.1.0", f"file2:{new_targets}", now - 200, "v2")
     # Rotate the root key itself: root v3 needs the old root key AND the new one.
     new_root = pem(tmp_path / "root2.pem")
@@ -262,6 +271,60 @@ def test_rotation_of_targets_and_root_with_hosts_upgrading_across(
     with pytest.raises(VerificationError, match="signature check failed"):
         host.upgrade(host.InstallOptions(archive=rogue, prefix=skip))
     assert not verify(rogue, root_file=root_dir / "3.root.json").ok
+
+
+def test_rotation_shipped_by_mirror_refresh_as_the_runbook_says(
+    keys: Path,
+    index,
+    tool_wheels: Path,
+    seeded,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
+) -> None:
+    """docs/runbooks/compromised-key.md sections 1 to 3 for a store-managed appliance: rotate, sign,
+    point trust.root at the directory, `mirror refresh --force`; hosts take it and every later refresh."""
+    root_dir = tmp_path / "keys" / "root"
+    root_dir.mkdir(parents=True)
+    shutil.copy(keys / "1.root.json", root_dir / "1.root.json")
+    store = seeded(tmp_path / "store")
+    spec_dir = tmp_path / "spec"
+
+    def spec(root: Path, targets: Path) -> Path:
+        return spec_for(spec_dir, keys, index.url, root=root, targets=f'"file2:{targets}"')
+
+    def refresh(spec_file: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
+        capsys.readouterr()
+        args = ["mirror", "refresh", str(spec_file), "--store", str(store), "--force", "--json"]
+        code = run([*args, "--tool-wheels", str(tool_wheels)])
+        return code, json.loads(capsys.readouterr().out)  # the result, or chiron.error/1
+
+    code, first = refresh(spec(root_dir / "1.root.json", keys / "targets.pem"))
+    assert code == 0, first
+    prefix = tmp_path / "host"
+    host.install(host.InstallOptions(archive=Path(first["appliance"]), prefix=prefix, root_file=keys / "1.root.json"))
+
+    # 1. Rotate the targets key; the root key holder signs root v2.
+    new_targets = pem(tmp_path / "new-targets.pem")
+    old_keyid = json.loads((root_dir / "1.root.json").read_text())["signed"]["roles"]["targets"]["keyids"][0]
+    rotate = ["keys", "rotate", "targets", "--root-dir", str(root_dir), "--add", str(new_targets)]
+    assert run([*rotate, "--revoke", old_keyid]) == 0
+    assert run(["sign", str(root_dir / "2.root.json"), "--key", f"file2:{keys / 'root.pem'}"]) == 0
+    assert run(["keys", "status", str(root_dir / "2.root.json")]) == 0
+    # 2. The new key with trust.root still naming one file: refused, and the hint says what to change.
+    code, error = refresh(spec(root_dir / "1.root.json", new_targets))
+    assert code == 2 and "is not a targets key of the root metadata (root v1;" in error["error"]
+    assert "trust.root must name the DIRECTORY of N.root.json files" in error["error"]
+    # 3. trust.root names the directory: the refresh signs the store's next version with the new key.
+    code, second = refresh(spec(root_dir, new_targets))
+    assert code == 0 and second["metadata_version"] > first["metadata_version"], second
+    assert verify(Path(second["appliance"]), root_file=root_dir / "2.root.json").ok
+    host.upgrade(host.InstallOptions(archive=Path(second["appliance"]), prefix=prefix))
+    assert host.status(prefix, None)["metadata"]["root"]["version"] == 2
+    # Later refreshes continue the same sequence: the host takes them (no rollback refusal).
+    code, third = refresh(spec(root_dir, new_targets))
+    assert code == 0 and third["metadata_version"] > second["metadata_version"], third
+    host.upgrade(host.InstallOptions(archive=Path(third["appliance"]), prefix=prefix))
+    assert host.status(prefix, None)["metadata"]["targets"]["version"] == third["metadata_version"]
 
 
 def test_encrypted_file2_key(

@@ -165,3 +165,38 @@ def test_json_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--log-format", "xml", "verify", str(tmp_path / "missing.pex")])
     assert exc.value.code == 2
+
+
+def test_doctor_on_files_that_are_not_appliances(
+    appliance: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing archive or a FIFO is a usage error (exit 2, nothing probed, nothing blocks); a file
+    that is not a readable appliance is a failed archive check naming what is wrong, never a traceback."""
+    from helpers import rewrite_archive
+
+    fifo = tmp_path / "fifo.pex"
+    os.mkfifo(fifo)
+    garbage = tmp_path / "garbage.pex"
+    garbage.write_bytes(b"#!/usr/bin/env python3\n" + os.urandom(4096))
+    listed = rewrite_archive(appliance, tmp_path / "list.pex", replace={"appliance.json": b"[1, 2]"})
+    not_json = rewrite_archive(appliance, tmp_path / "nojson.pex", replace={"appliance.json": b"{"})
+    cases = [
+        # (archive, exit, where the problem is named: stderr (a usage error) or the archive check's detail)
+        (tmp_path / "missing.pex", 2, "no such file"),
+        (fifo, 2, "not a regular file"),
+        (garbage, 3, "not readable as an appliance"),
+        (listed, 3, "member appliance.json: is not a JSON object"),
+        (not_json, 3, "member appliance.json: is not valid JSON"),
+    ]
+    for archive, code, says in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(["doctor", str(archive), "--json"])
+        out, err = capsys.readouterr()
+        assert exc.value.code == code, (archive, err)
+        assert "Traceback" not in err
+        if code == 2:
+            assert says in err and str(archive) in err, err
+        else:
+            check = {c["name"]: c for c in json.loads(out)["checks"]}["archive"]
+            assert not check["ok"] and says in check["detail"], check

@@ -322,6 +322,13 @@ def out_recover(capsys: pytest.CaptureFixture[str], installed: Path) -> list[Out
 
 
 @pytest.fixture()
+def out_images(capsys: pytest.CaptureFixture[str], installed: Path) -> list[Output]:
+    loaded = run(capsys, ["images", "load", "--prefix", str(installed), "--json"])
+    assert loaded[1] == 0 and loaded[2]["op"] == "load" and loaded[2]["images"] == []
+    return [loaded]
+
+
+@pytest.fixture()
 def out_audit_verify(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Path) -> list[Output]:
     intact = run(capsys, ["audit", "verify", "--prefix", str(installed), "--json"])
     assert intact[1] == 0 and intact[2]["ok"] and intact[2]["entries"] == 1
@@ -334,17 +341,24 @@ def out_audit_verify(capsys: pytest.CaptureFixture[str], installed: Path, tmp_pa
     return [intact, edited, missing]
 
 
+def _not_an_appliance(tmp_path: Path) -> Path:
+    bad = tmp_path / "nope.pex"
+    bad.write_bytes(b"#!/usr/bin/env python3\nnot an appliance\n")
+    return bad
+
+
 @pytest.fixture()
 def out_doctor(capsys: pytest.CaptureFixture[str], appliance: Path, installed: Path, tmp_path: Path) -> list[Output]:
     outs = [
         run(capsys, ["doctor", "--json"]),
         run(capsys, ["doctor", str(appliance), "--prefix", str(tmp_path / "fresh"), "--json"]),
         run(capsys, ["doctor", str(appliance), "--prefix", str(installed), "--json"]),
-        run(capsys, ["doctor", str(tmp_path / "nope.pex"), "--json"]),
+        run(capsys, ["doctor", str(_not_an_appliance(tmp_path)), "--json"]),
     ]
     for what, code, doc in outs:
         assert code == (0 if doc["ok"] else 3), f"chiron {what}"
-    assert outs[-1][2]["ok"] is False  # the missing archive is an error
+    # A file that is not an appliance is a failed check (a missing one is a usage error: chiron.error/1).
+    assert outs[-1][2]["ok"] is False
     return outs
 
 
@@ -374,6 +388,8 @@ def out_error(
             (4, _install(capsys, appliance, installed, keys)),
             (4, run(capsys, ["rollback", "--prefix", str(installed), "--json"])),
             (3, run(capsys, ["lock", str(spec), "-o", str(tmp_path / "pylock.toml"), "--json"])),
+            # An OSError on a file the user named (here after the command: global options go anywhere).
+            (2, run(capsys, ["verify", str(appliance), "--json", "--trace-file", str(tmp_path / "no" / "t.jsonl")])),
         ]
     finally:
         lying.close()
@@ -412,6 +428,19 @@ def out_root_status(capsys: pytest.CaptureFixture[str], keys: Path, other_keys: 
     signed = run(capsys, ["sign", str(v2), "--key", f"file2:{keys / 'root.pem'}", "--json"])
     assert signed[1] == 0 and signed[2]["complete"] and signed[2]["version"] == 2
     return [v1, unsigned, signed]
+
+
+@pytest.fixture()
+def out_extract(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> list[Output]:
+    root = keys / "1.root.json"
+    checked = run(capsys, ["extract", str(appliance), "-o", str(tmp_path / "v"), "--root", str(root), "--json"])
+    unchecked = run(capsys, ["extract", str(appliance), "-o", str(tmp_path / "u"), "--unverified", "--json"])
+    assert (checked[1], checked[2]["verified"], unchecked[1], unchecked[2]["verified"]) == (0, True, 0, False)
+    assert checked[2]["files"] == unchecked[2]["files"]
+    assert (tmp_path / "v" / "spec" / "appliance.toml").read_bytes() == (
+        tmp_path / "u/spec/appliance.toml"
+    ).read_bytes()
+    return [checked, unchecked]
 
 
 def test_keys_init_error_is_json(capsys: pytest.CaptureFixture[str], keys: Path) -> None:

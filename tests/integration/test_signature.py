@@ -32,3 +32,34 @@ def test_ssh_keygen_rejects_a_changed_byte(appliance: Path, keys: Path, tmp_path
 def test_ssh_keygen_rejects_another_key(appliance: Path, other_keys: Path) -> None:
     proc = ssh_verify(appliance, appliance.with_name(appliance.name + ".sig"), other_keys / "allowed_signers")
     assert proc.returncode != 0
+
+
+def test_a_key_that_cannot_make_an_ssh_signature_is_a_clear_error() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from securesystemslib.signer import SSlibKey
+
+    from chiron.errors import SigningKeyError
+    from chiron.trust.sshsig import allowed_signers_line
+
+    def pem(public: object) -> str:
+        return public.public_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+    p384 = pem(ec.generate_private_key(ec.SECP384R1()).public_key())
+    for public in (p384, "not a PEM key"):  # key JSON that claims P-256 but holds something else
+        lying = SSlibKey("ab" * 32, "ecdsa", "ecdsa-sha2-nistp256", {"public": public})
+        with pytest.raises(SigningKeyError, match=r"key abababababababab\.\.\.: its public key is not an ECDSA P-256"):
+            allowed_signers_line("chiron", "chiron-appliance", lying)
+    rsa_key = SSlibKey(
+        "cd" * 32, "rsa", "rsassa-pss-sha256", {"public": pem(rsa.generate_private_key(65537, 2048).public_key())}
+    )
+    with pytest.raises(SigningKeyError, match="rsassa-pss-sha256 keys cannot make SSH signatures"):
+        allowed_signers_line("chiron", "chiron-appliance", rsa_key)
+    p256 = SSlibKey(
+        "ef" * 32, "ecdsa", "ecdsa-sha2-nistp256", {"public": pem(ec.generate_private_key(ec.SECP256R1()).public_key())}
+    )
+    assert allowed_signers_line("chiron", "chiron-appliance", p256).startswith(
+        'chiron namespaces="chiron-appliance" ecdsa-sha2-nistp256 '
+    )

@@ -60,7 +60,7 @@ def _tool_code(c: Ctx) -> Path:
     with c.good.open("rb") as f:
         entries, problems = check_zip(f.fileno(), read_layout(c.good))
     assert not problems
-    entry = next(e for e in entries if e.name.endswith("chiron/verify.py"))
+    entry = next(e for e in entries if e.name.endswith("chiron/engines/verify.py"))
     return c.flip(entry.data_offset + entry.compressed_size // 2)
 
 
@@ -200,9 +200,23 @@ def _wrong_key(c: Ctx) -> Path:
     )
 
 
+def _aliasing_shebang(c: Ctx) -> Path:
+    """A payload member named like the format's shebang region: its unsigned bytes must not pass as
+    the (signed) shebang."""
+    return rewrite_archive(c.good, c.out, add={"_archive/shebang": b"#!/bin/sh\necho unsigned\n"})
+
+
+def _superscript_root(c: Ctx) -> Path:
+    return rewrite_archive(c.good, c.out, add={"metadata/\u00b2.root.json": c.member_bytes("metadata/1.root.json")})
+
+
+def _escape_codes_in_name(c: Ctx) -> Path:
+    return rewrite_archive(c.good, c.out, add={"wheels/\x1b[2K\x1b[1Averified.whl": b"PK"})
+
+
 CASES: list[tuple[str, Callable[[Ctx], Path], str]] = [
     ("flipped byte in a wheel", _wheel, "member wheels/alpha-1.0-py3-none-any.whl: sha256 does not match"),
-    ("flipped byte in the tool's code", _tool_code, "chiron/verify.py"),
+    ("flipped byte in the tool's code", _tool_code, "chiron/engines/verify.py"),
     ("edited targets metadata", _metadata, "metadata"),
     (
         "metadata not in canonical form",
@@ -230,6 +244,9 @@ CASES: list[tuple[str, Callable[[Ctx], Path], str]] = [
     ("targets signed by the wrong key", _wrong_key, "signature check failed"),
     ("unsigned data hidden in the index", _index_extra_field, "index has unknown or missing fields"),
     ("tool format changed in the index", _index_tool_format, "differs from the signed tool format"),
+    ("member named like a format region", _aliasing_shebang, "member _archive/shebang: not allowed"),
+    ("root named with a superscript digit", _superscript_root, "only N.root.json"),
+    ("terminal escape codes in a member name", _escape_codes_in_name, "'wheels/\\x1b[2K\\x1b[1Averified.whl'"),
 ]
 
 

@@ -23,21 +23,32 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from chiron.archive.layout import METADATA_PREFIX
-from chiron.archive.reader import read_layout
-from chiron.core.fs import sha256_file, write_atomic
-from chiron.core.text import canonical_json
+from chiron.archive.layout import (
+    INDEX_EXTENT,
+    MAX_MEMBERS,
+    METADATA_PREFIX,
+    SHEBANG_TARGET,
+    TOOL_TARGET,
+    reserved_name_problem,
+)
+from chiron.archive.manifest import MANIFEST, MAX_MANIFEST, parse_manifest
+from chiron.archive.reader import ArchiveReader, open_regular, pread_exact, read_file, sha256_range
+from chiron.core.fs import sha256_file, temp_beside, write_atomic
+from chiron.core.text import canonical_json, check_member_name, parse_json, plain
 from chiron.errors import FormatError, Refused, UsageError, VerificationError
 
 FORMAT = "chiron-delta/1"
 INVENTORY_SCHEMA = "chiron.inventory/1"
 MAGIC = b"CHIRONDL"
 HEAD = struct.Struct("<8sQ")
-INDEX_EXTENT = "_archive/index"
 MAX_HEADER = 16 << 20  # ~90,000 extents; a bound on what parsing a header can cost
+MAX_INVENTORY = 256 << 20  # ~3.5 million sha256 entries
+MAX_TARGETS = 64 << 20  # the targets metadata's bound in verify (trust/client.py)
 CHUNK = 1 << 20
+# Extents that are regions of the format, not members: the only names a header may give them.
+_FORMAT_EXTENTS = frozenset({SHEBANG_TARGET, INDEX_EXTENT, TOOL_TARGET})
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,10 @@ class Delta:
     header: dict[str, Any]
     extents: tuple[Extent, ...]
     data_offset: int  # where the first carried extent starts in the delta file
+    name: str | None = None
+    version: str | None = None
+    total: int = 0  # the rebuilt appliance's size
+    sha256: str = ""  # the rebuilt appliance's sha256
 
     @property
     def size(self) -> int:
@@ -61,73 +76,81 @@ class Delta:
 
 
 def is_delta(path: Path) -> bool:
+    """Whether ``path`` starts like a delta. A FIFO or a device is refused (UsageError), never read."""
+    fd = open_regular(path)
     try:
-        with path.open("rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
+        return os.pread(fd, len(MAGIC), 0) == MAGIC
+    finally:
+        os.close(fd)
 
 
-def _targets(archive: Path) -> dict[str, str]:
+def _targets(reader: ArchiveReader) -> dict[str, str]:
     """Target name -> sha256 from an archive's targets metadata (not verified: hashes are re-checked)."""
-    from tuf.api.metadata import Metadata
+    from tuf.api.metadata import Metadata, Targets
 
-    layout = read_layout(archive)
-    m = layout.member(f"{METADATA_PREFIX}targets.json")
-    if m is None:
-        raise UsageError(f"{archive}: has no {METADATA_PREFIX}targets.json")
-    with archive.open("rb") as f:
-        md = Metadata.from_bytes(os.pread(f.fileno(), m.length, m.offset))
-    return {name: tf.hashes["sha256"] for name, tf in md.signed.targets.items()}  # type: ignore[attr-defined]
+    name = f"{METADATA_PREFIX}targets.json"
+    if not reader.has(name):
+        raise FormatError(f"{reader.path}: has no {name}")
+    try:
+        md = Metadata[Targets].from_bytes(reader.read(name, MAX_TARGETS))
+        return {str(n): str(tf.hashes["sha256"]) for n, tf in md.signed.targets.items()}
+    except Exception as exc:  # python-tuf raises many kinds for a malformed file (KeyError: no sha256)
+        raise FormatError(f"{reader.path}: {name} cannot be read: {plain(str(exc))}") from None
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def base_content(base: Path) -> set[str]:
     """The sha256 of every piece a base provides: an appliance's targets, or an inventory's content."""
-    if not base.is_file():
-        raise UsageError(f"{base}: no such file (give an older appliance or an inventory from chiron inventory)")
-    with base.open("rb") as f:
-        head = f.read(64).lstrip()
+    fd = open_regular(base)  # a missing file, a FIFO or a device: a UsageError naming it
+    try:
+        head = os.pread(fd, 64, 0).lstrip()
+    finally:
+        os.close(fd)
     if head.startswith(b"{"):
         try:
-            inv = json.loads(base.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UsageError(f"{base}: not an inventory (invalid JSON: {exc})") from None
+            inv = parse_json(read_file(base, MAX_INVENTORY, "inventory"), f"{base}")
+        except ValueError as exc:
+            raise UsageError(f"not an inventory: {exc}") from None
         if (
             not isinstance(inv, dict)
             or inv.get("schema") != INVENTORY_SCHEMA
             or not isinstance(inv.get("content"), list)
+            or not all(_is_sha256(c) for c in inv["content"])
         ):
             raise UsageError(f"{base}: not a {INVENTORY_SCHEMA} file (from chiron inventory)")
-        return {str(c) for c in inv["content"]}
+        return set(inv["content"])
     try:
         # Every region, including metadata files that are not targets (the root chain rarely changes).
         return {sha for name, _off, _len, sha in _extents(base) if name != INDEX_EXTENT}
     except FormatError as exc:
-        raise UsageError(f"{base}: neither an appliance nor an inventory ({exc})") from None
+        raise UsageError(f"{base}: neither an appliance nor an inventory ({exc.message})") from None
 
 
 def _extents(archive: Path) -> list[tuple[str, int, int, str]]:
     """(name, offset, length, sha256) of every region of the full file, in file order.
 
     Targets take their hash from the targets metadata; the metadata files and the index (not targets
-    themselves, and small) are hashed here.
+    themselves, and small) are hashed here. The reader has checked that the regions tile the file.
     """
-    layout = read_layout(archive)
-    shas = _targets(archive)
-    regions = [(name, off, length) for name, (off, length) in layout.regions().items()]
-    regions.append((INDEX_EXTENT, layout.index_offset, layout.zip_offset - layout.index_offset))
-    regions.sort(key=lambda r: r[1])
-    out = []
-    pos = 0
-    with archive.open("rb") as f:
+    with ArchiveReader(archive) as reader:
+        layout = reader.layout
+        shas = _targets(reader)
+        regions = [(r.name, r.offset, r.length) for r in layout.spans()]
+        regions.append((INDEX_EXTENT, layout.index_offset, layout.zip_offset - layout.index_offset))
+        regions.sort(key=lambda r: r[1])
+        out = []
+        pos = 0
         for name, off, length in regions:
             if off != pos:
-                raise VerificationError([f"{archive}: region {name} does not start where the previous one ends"])
-            sha = shas.get(name) or hashlib.sha256(os.pread(f.fileno(), length, off)).hexdigest()
+                raise FormatError(f"{archive}: region {plain(name)} does not start where the previous one ends")
+            sha = shas.get(name) or sha256_range(reader.fd, off, length)
             out.append((name, off, length, sha))
             pos += length
     if pos != layout.size:
-        raise VerificationError([f"{archive}: its regions do not cover the file"])
+        raise FormatError(f"{archive}: its regions do not cover the file")
     return out
 
 
@@ -145,81 +168,107 @@ def make(base: Path, new: Path, out: Path) -> Made:
         raise UsageError(f"{out}: the delta would overwrite its own input; choose another --output")
     have = base_content(base)
     regions = _extents(new)
-    name: str | None = None
-    version: str | None = None
-    whole = hashlib.sha256()
-    with new.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            whole.update(chunk)
+    with ArchiveReader(new) as reader:
+        size = reader.size
+        whole = sha256_range(reader.fd, 0, size)
+        manifest = parse_manifest(reader.read(MANIFEST, MAX_MANIFEST)) if reader.has(MANIFEST) else None
     extents: list[dict[str, Any]] = []
     for rname, _off, length, sha in regions:
         # The shebang and the index are tiny and always carried; metadata changes with every version.
         carried = rname == INDEX_EXTENT or sha not in have
         extents.append({"name": rname, "length": length, "sha256": sha, "carried": carried})
-    layout = read_layout(new)
-    with new.open("rb") as f:
-        if (m := layout.member("appliance.json")) is not None:
-            manifest = json.loads(os.pread(f.fileno(), m.length, m.offset))
-            name, version = manifest.get("name"), manifest.get("version")
     header = {
         "format": FORMAT,
-        "name": name,
-        "version": version,
-        "size": layout.size,
-        "sha256": whole.hexdigest(),
+        "name": manifest.name if manifest else None,
+        "version": manifest.version if manifest else None,
+        "size": size,
+        "sha256": whole,
         "extents": extents,
     }
     raw = canonical_json(header)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with new.open("rb") as src, tmp.open("wb") as dst:
-        dst.write(HEAD.pack(MAGIC, len(raw)))
-        dst.write(raw)
-        for (_n, off, length, _s), e in zip(regions, extents, strict=True):
-            if e["carried"]:
-                src.seek(off)
-                left = length
-                while left:
-                    chunk = src.read(min(left, CHUNK))
-                    dst.write(chunk)
-                    left -= len(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, out)
+    src_fd = open_regular(new)
+    try:
+        with temp_beside(out) as (fd, tmp), os.fdopen(os.dup(fd), "wb") as dst:
+            dst.write(HEAD.pack(MAGIC, len(raw)))
+            dst.write(raw)
+            for (_n, off, length, _s), e in zip(regions, extents, strict=True):
+                if e["carried"]:
+                    _copy_range(src_fd, off, length, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+            os.replace(tmp, out)
+    finally:
+        os.close(src_fd)
     carried_bytes = sum(int(e["length"]) for e in extents if e["carried"])
-    return Made(out, out.stat().st_size, carried_bytes, layout.size - carried_bytes)
+    return Made(out, out.stat().st_size, carried_bytes, size - carried_bytes)
 
 
 def read(path: Path) -> Delta:
-    """Parse a delta's header strictly; every count and length must add up to the file."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(HEAD.size)
+    """Parse a delta's header strictly: bounded, typed, names checked; every count and length must
+    add up to the file. Nothing in it is trusted (the rebuilt file is verified), but nothing in it
+    may crash, exhaust or mislead the reader either."""
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, HEAD.size, 0)
         if len(head) != HEAD.size or head[:8] != MAGIC:
             raise UsageError(f"{path}: not a chiron delta")
         _magic, hlen = HEAD.unpack(head)
         if hlen > MAX_HEADER or HEAD.size + hlen > size:
             raise VerificationError([f"{path}: delta header length {hlen} is impossible for a {size}-byte file"])
-        raw = f.read(hlen)
+        raw = pread_exact(fd, hlen, HEAD.size)
+    finally:
+        os.close(fd)
     try:
-        header = json.loads(raw)
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} header")
-        if not isinstance(header.get("extents"), list) or not isinstance(header.get("sha256"), str):
-            raise ValueError("no extents or sha256")
-        extents = tuple(
-            Extent(str(e["name"]), int(e["length"]), str(e["sha256"]), bool(e["carried"])) for e in header["extents"]
-        )
-        total = int(header["size"])
-        if any(e.length < 0 or len(e.sha256) != 64 for e in extents) or sum(e.length for e in extents) != total:
-            raise ValueError("extent lengths do not add up to the appliance size")
-        if len({e.name for e in extents}) != len(extents):
-            raise ValueError("an extent is listed twice")
-    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, json.JSONDecodeError) as exc:
+        header = parse_json(raw, "header")
+        extents = _check_header(header)
+    except ValueError as exc:
         raise VerificationError([f"{path}: malformed delta header: {exc}"]) from None
     data_offset = HEAD.size + hlen
     if data_offset + sum(e.length for e in extents if e.carried) != size:
         raise VerificationError([f"{path}: the carried bytes do not match the header (truncated or padded file)"])
-    return Delta(path, header, extents, data_offset)
+    return Delta(
+        path, header, extents, data_offset, header.get("name"), header.get("version"), header["size"], header["sha256"]
+    )
+
+
+def _check_header(header: Any) -> tuple[Extent, ...]:
+    """The header's extents, or ValueError naming what is wrong with its shape."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} header")
+    if not isinstance(header.get("extents"), list) or not _is_sha256(header.get("sha256")):
+        raise ValueError("no extents or sha256")
+    if not _is_count(header.get("size")):
+        raise ValueError("size is not a byte count")
+    for key in ("name", "version"):
+        if not isinstance(header.get(key), str | None):
+            raise ValueError(f"{key} is not a string")
+    if len(header["extents"]) > MAX_MEMBERS + len(_FORMAT_EXTENTS):
+        raise ValueError(f"{len(header['extents'])} extents, more than an appliance can have")
+    extents = tuple(_extent(e, i) for i, e in enumerate(header["extents"]))
+    if sum(e.length for e in extents) != header["size"]:
+        raise ValueError("extent lengths do not add up to the appliance size")
+    if len({e.name for e in extents}) != len(extents):
+        raise ValueError("an extent is listed twice")
+    return extents
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _extent(e: Any, i: int) -> Extent:
+    if not isinstance(e, dict) or set(e) != {"name", "length", "sha256", "carried"}:
+        raise ValueError(f"extent {i} does not have exactly name, length, sha256 and carried")
+    name, length, sha, carried = e["name"], e["length"], e["sha256"], e["carried"]
+    if not isinstance(name, str) or not _is_count(length) or not _is_sha256(sha) or type(carried) is not bool:
+        raise ValueError(f"extent {i} has fields of the wrong types")
+    if name not in _FORMAT_EXTENTS:
+        check_member_name(name)  # ValueError, the name escaped
+        reserved = reserved_name_problem(name)
+        if reserved is not None:
+            raise ValueError(f"extent {plain(name)}: {reserved}")
+    return Extent(name, length, sha, carried)
 
 
 def _pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
@@ -235,20 +284,26 @@ def _pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
     return pieces
 
 
-def _copy(src: Path, off: int, length: int, dst: Any) -> str:
-    """Append ``length`` bytes of ``src`` at ``off`` to ``dst``; their sha256."""
+def _copy_range(src_fd: int, off: int, length: int, dst: IO[bytes]) -> str:
+    """Append ``length`` bytes of ``src_fd`` at ``off`` to ``dst``; their sha256."""
     h = hashlib.sha256()
-    with src.open("rb") as f:
-        f.seek(off)
-        left = length
-        while left:
-            chunk = f.read(min(left, CHUNK))
-            if not chunk:
-                break
-            h.update(chunk)
-            dst.write(chunk)
-            left -= len(chunk)
+    end = off + length
+    while off < end:
+        chunk = os.pread(src_fd, min(end - off, CHUNK), off)
+        if not chunk:
+            break
+        h.update(chunk)
+        dst.write(chunk)
+        off += len(chunk)
     return h.hexdigest()
+
+
+def _copy(src: Path, off: int, length: int, dst: IO[bytes]) -> str:
+    fd = open_regular(src)
+    try:
+        return _copy_range(fd, off, length, dst)
+    finally:
+        os.close(fd)
 
 
 def apply(delta_path: Path, sources: list[Path], out: Path) -> Delta:
@@ -263,56 +318,56 @@ def apply(delta_path: Path, sources: list[Path], out: Path) -> Delta:
         e for e in d.extents if not e.carried and not any(n == e.length for _s, _o, n in pieces.get(e.sha256, []))
     ]
     if missing:
-        names = ", ".join(e.name for e in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        names = ", ".join(plain(e.name) for e in missing[:3])
+        names += f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise Refused(
             f"{delta_path}: this host does not hold {len(missing)} piece(s) the delta builds on: {names}",
             hint="carry the full appliance instead, or a delta made from this host's inventory (chiron inventory)",
         )
     # The header is not trusted: bound what it can make the host write before anything is written.
     bound = d.size + sum(p.stat().st_size for p in sources)
-    total = int(d.header["size"])
-    if total > bound:
+    if d.total > bound:
         raise VerificationError(
-            [f"{delta_path}: claims a {total}-byte appliance, more than the delta and the host's appliances hold"]
+            [f"{delta_path}: claims a {d.total}-byte appliance, more than the delta and the host's appliances hold"]
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out.parent).free
-    if free < total:
+    if free < d.total:
         raise Refused(
-            f"not enough free space on {out.parent} to rebuild {delta_path.name}: it needs {total >> 20} MiB, "
+            f"not enough free space on {out.parent} to rebuild {delta_path.name}: it needs {d.total >> 20} MiB, "
             f"{free >> 20} MiB are free",
             hint="free space on the state directory's filesystem; nothing was changed",
         )
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with tmp.open("wb") as dst:
-            pos = d.data_offset
-            for e in d.extents:
-                start = dst.tell()
-                if e.carried:
-                    candidates = [(delta_path, pos, e.length)]
-                    pos += e.length
-                else:
-                    candidates = [c for c in pieces[e.sha256] if c[2] == e.length]
-                for src, off, _n in candidates:
-                    if _copy(src, off, e.length, dst) == e.sha256:
-                        break
-                    dst.seek(start)
-                    dst.truncate()
-                else:
-                    raise VerificationError(
-                        [f"{e.name}: the bytes from {candidates[-1][0]} do not match the delta's sha256"]
-                    )
+    with temp_beside(out, 0o755) as (fd, tmp):
+        with os.fdopen(os.dup(fd), "wb") as dst:
+            _assemble(d, pieces, dst)
             dst.flush()
             os.fsync(dst.fileno())
-        if sha256_file(tmp) != d.header["sha256"]:
+        if sha256_file(tmp) != d.sha256:
             raise VerificationError([f"{delta_path}: the rebuilt appliance does not hash to the delta's sha256"])
-        os.chmod(tmp, 0o755)  # noqa: S103 - an appliance is executable, like the original
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        os.replace(tmp, out)  # an appliance is executable, like the original (mode 0755 above)
     return d
+
+
+def _assemble(d: Delta, pieces: dict[str, list[tuple[Path, int, int]]], dst: IO[bytes]) -> None:
+    """Write every extent in order, each from the first source whose bytes match its sha256."""
+    pos = d.data_offset
+    for e in d.extents:
+        start = dst.tell()
+        if e.carried:
+            candidates = [(d.path, pos, e.length)]
+            pos += e.length
+        else:
+            candidates = [c for c in pieces[e.sha256] if c[2] == e.length]
+        for src, off, _n in candidates:
+            if _copy(src, off, e.length, dst) == e.sha256:
+                break
+            dst.seek(start)
+            dst.truncate()
+        else:
+            raise VerificationError(
+                [f"{plain(e.name)}: the bytes from {candidates[-1][0]} do not match the delta's sha256"]
+            )
 
 
 def inventory(name: str, releases: list[dict[str, Any]], archives: list[Path]) -> dict[str, Any]:

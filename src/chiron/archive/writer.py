@@ -10,7 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from chiron.archive.layout import CHUNK, FOOTER, FOOTER_MAGIC, FOOTER_SIZE, FORMAT, MAX_SHEBANG, PIECE, Member
+from chiron.archive.layout import (
+    CHUNK,
+    FOOTER,
+    FOOTER_MAGIC,
+    FOOTER_SIZE,
+    FORMAT,
+    MAX_MEMBERS,
+    MAX_SHEBANG,
+    PIECE,
+    Member,
+    reserved_name_problem,
+)
 from chiron.core.fs import fsync_dir
 from chiron.core.text import canonical_json, check_member_name
 
@@ -55,8 +66,13 @@ class ArchiveWriter:
 
     def _start(self, name: str) -> int:
         check_member_name(name)
+        reserved = reserved_name_problem(name)
+        if reserved is not None:
+            raise ValueError(f"member {name!r} cannot be added: {reserved}")
         if name in self._names:
-            raise ValueError(f"member '{name}' added twice")
+            raise ValueError(f"member {name!r} added twice")
+        if len(self._names) >= MAX_MEMBERS:
+            raise ValueError(f"more than {MAX_MEMBERS} members: no chiron could read the appliance")
         self._names.add(name)
         return self._f.tell()
 

@@ -4,23 +4,22 @@ Heavy modules (tuf, pydantic models, rich, OpenTelemetry) are imported inside th
 ``--help`` stays fast.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from chiron import __version__
+from chiron.cli.argv import place_options
+from chiron.cli.coercion import use_plain_coercion
+from chiron.cli.oserror import describe_os_error
 from chiron.core.runtime import self_archive
+from chiron.core.text import terminal_safe
 from chiron.errors import ChironError, ExitCode, VerificationError
-
-if TYPE_CHECKING:
-    pass
 
 app = typer.Typer(
     name="chiron",
@@ -42,7 +41,9 @@ mirror_app = typer.Typer(
 )
 app.add_typer(mirror_app, name="mirror")
 
-state: dict[str, Any] = {"verbose": False, "json": False, "log_format": "human"}
+# Set by main() and the global options: --verbose, --json (the command has it and it was given),
+# --log-format, the global options as given (passed on at an upgrade's hand-over), the command's path.
+state: dict[str, Any] = {"verbose": False, "json": False, "log_format": "human", "global_args": [], "command": []}
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON report on stdout.")]
 
@@ -55,12 +56,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors. Global options go anywhere.")
+    ] = False,
     log_format: Annotated[
         str, typer.Option("--log-format", help="Messages on stderr: human (default) or json (one object per line).")
     ] = "human",
     trace_file: Annotated[
-        Path | None, typer.Option(help="Write OpenTelemetry spans and metrics as JSON lines to this file.")
+        Path | None, typer.Option(help="Append OpenTelemetry spans and metrics as JSON lines to this file.")
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -79,6 +82,12 @@ def _main(
         _telemetry.configure(trace_file)
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Print a report line (or lines) for the operator, escaped: archive-controlled names and
+    messages (member names, package names, problems, versions) must not drive the terminal."""
+    typer.echo(terminal_safe(text), err=err)
+
+
 def log(level: str, message: str, **fields: Any) -> None:
     """A message for the operator on stderr: a plain line, or one JSON object with --log-format json."""
     if state["log_format"] == "json":
@@ -86,14 +95,20 @@ def log(level: str, message: str, **fields: Any) -> None:
 
         when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         record = {"time": when, "level": level, "message": message, **fields}
+        # ensure_ascii (the default) writes every control and non-ASCII character as \uNNNN.
         sys.stderr.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         return
     prefix = {"error": "chiron: error: ", "notice": "notice: ", "warning": "warning: "}.get(level, "")
-    typer.echo(prefix + message, err=True)
+    say(prefix + message, err=True)
 
 
 def emit(data: dict[str, Any]) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    """A --json report on stdout: indented on a terminal, else ONE line, so that appending each run's
+    report to a file makes JSON Lines. ensure_ascii escapes every control character."""
+    if sys.stdout.isatty():
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        typer.echo(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
 def archive_arg(path: Path | None, command: str) -> Path:
@@ -112,7 +127,7 @@ StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Host state (
 WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for another operation's lock.")]
 InstallerOpt = Annotated[str, typer.Option("--installer", help="auto (uv if present, else pip), uv or pip.")]
 ImagesOpt = Annotated[str, typer.Option("--images", help="load (into the Docker Engine), push (--registry) or skip.")]
-RegistryOpt = Annotated[str | None, typer.Option("--registry", help="Enclave registry HOST[:PORT] for --images push.")]
+RegistryOpt = Annotated[str | None, typer.Option("--registry", help="Registry HOST[:PORT][/PREFIX] to push to.")]
 
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="The mirror store directory.")]
@@ -138,27 +153,18 @@ def register_commands() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, print ChironErrors as one line, exit with the documented code."""
     register_commands()
-    args = sys.argv[1:] if argv is None else argv
-    # Known before parsing, so that errors from global options and every command honour --json.
-    state.update(verbose=False, json="--json" in args, log_format="human")
+    args = list(sys.argv[1:] if argv is None else argv)
+    state.update(verbose=False, json=False, log_format="human", global_args=[], command=[])
     try:
-        code = app(args=args, standalone_mode=False, prog_name="chiron")
+        root = typer.main.get_command(app)
+        use_plain_coercion(root)  # no pydantic for str and Path values (start-up time)
+        # Global options are accepted anywhere (a systemd unit puts them last); --json is known
+        # before parsing, so that errors from global options and every command honour it.
+        placed = place_options(root, args)
+        state.update(json=placed.json, global_args=placed.global_args, command=placed.command)
+        code = root.main(args=placed.args, standalone_mode=False, prog_name="chiron")
     except ChironError as exc:
-        if state["verbose"]:
-            traceback.print_exc()
-        if state["json"]:
-            error: dict[str, Any] = {
-                "schema": "chiron.error/1",
-                "error": exc.diagnostics(),
-                "exit_code": int(exc.exit_code),
-            }
-            if isinstance(exc, VerificationError):
-                error["problems"] = exc.problems
-            if getattr(exc, "details", None):
-                error["details"] = exc.details  # type: ignore[attr-defined]
-            emit(error)
-        log("error", exc.diagnostics(), exit_code=int(exc.exit_code))
-        code = int(exc.exit_code)
+        code = _report(exc)
     except typer.Abort:
         typer.echo("chiron: interrupted", err=True)
         code = 130
@@ -173,20 +179,46 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("chiron: interrupted", err=True)
         code = 130
     except OSError as exc:
-        # An I/O problem outside chiron's checks (permissions, disk, a vanished file): environment.
-        if state["verbose"]:
-            traceback.print_exc()
-        where = f" {exc.filename}" if exc.filename else ""
-        log("error", f"{where.strip() + ': ' if where else ''}{exc.strerror or exc}", exit_code=3)
-        code = ExitCode.ENVIRONMENT
+        # An I/O problem outside chiron's checks (permissions, a full disk, a vanished file): named,
+        # with what chiron was doing; a missing file the user named on the command line is usage.
+        code = _report(describe_os_error(exc, args, state["command"]), cause=exc)
     except Exception as exc:  # a bug: never let it look like a verification result (exit 1)
-        traceback.print_exc()
-        typer.echo(f"chiron: internal error: {type(exc).__name__}: {exc} (please report this)", err=True)
+        say(traceback.format_exc().rstrip("\n"), err=True)
+        say(f"chiron: internal error: {type(exc).__name__}: {exc} (please report this)", err=True)
         code = ExitCode.ENVIRONMENT
     finally:
-        if "chiron.core.telemetry" in sys.modules:
-            sys.modules["chiron.core.telemetry"].shutdown()
+        _shutdown_telemetry()
     sys.exit(int(code or 0))
+
+
+def _report(exc: ChironError, cause: BaseException | None = None) -> int:
+    """Print a ChironError: one line on stderr, and chiron.error/1 on stdout with --json."""
+    if state["verbose"]:
+        say("".join(traceback.format_exception(cause or exc)).rstrip("\n"), err=True)
+    if state["json"]:
+        error: dict[str, Any] = {
+            "schema": "chiron.error/1",
+            "error": exc.diagnostics(),
+            "exit_code": int(exc.exit_code),
+        }
+        if isinstance(exc, VerificationError):
+            error["problems"] = exc.problems
+        if getattr(exc, "details", None):
+            error["details"] = exc.details  # type: ignore[attr-defined]
+        emit(error)
+    log("error", exc.diagnostics(), exit_code=int(exc.exit_code))
+    return int(exc.exit_code)
+
+
+def _shutdown_telemetry() -> None:
+    """Write the metrics and close the exporters; a trace file that fails now costs a warning, not
+    the command's result."""
+    if "chiron.core.telemetry" not in sys.modules:
+        return
+    try:
+        sys.modules["chiron.core.telemetry"].shutdown()
+    except OSError as exc:
+        log("warning", f"trace file: {exc.filename or ''}: {exc.strerror or exc}: metrics not written")
 
 
 def tool_wheels_dir(given: Path | None) -> Path:

@@ -1,8 +1,5 @@
 """Commands on appliance files: verify, inspect, build, rebuild, diff, lock, delta."""
 
-from __future__ import annotations
-
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
@@ -14,6 +11,7 @@ from chiron.cli.app import (
     archive_arg,
     emit,
     log,
+    say,
     state,
     tool_wheels_dir,
 )
@@ -44,8 +42,10 @@ def verify(
     else:
         for notice in report.notices:
             log("notice", notice)
+        for warning in report.warnings:
+            log("warning", warning)
         if report.ok:
-            typer.echo(
+            say(
                 f"verified {target}: {report.name} {report.version}, {report.targets} signed targets, "
                 f"{report.bytes_hashed} bytes hashed, every byte accounted for (anchor: {report.trust_anchor})"
             )
@@ -54,9 +54,9 @@ def verify(
                 for p in report.problems:
                     log("error", p, path=str(target))
             else:
-                typer.echo(f"chiron: verification FAILED for {target}", err=True)
+                say(f"chiron: verification FAILED for {target}", err=True)
                 for p in report.problems:
-                    typer.echo(f"  - {p}", err=True)
+                    say(f"  - {p}", err=True)
     raise typer.Exit(ExitCode.OK if report.ok else ExitCode.VERIFY_FAILED)
 
 
@@ -72,7 +72,7 @@ def inspect(
     if as_json:
         emit(info)
     else:
-        typer.echo(render(info))
+        say(render(info))
 
 
 @app.command()
@@ -127,12 +127,12 @@ def build(
     if as_json:
         emit({"schema": "chiron.build/1", **result.as_dict()})
     else:
-        typer.echo(
+        say(
             f"built {result.output} ({result.name} {result.version}, {result.size} bytes, {result.targets} targets, "
             f"{result.wheels} wheels: {result.downloaded} downloaded, {result.reused} from cache)"
         )
-        typer.echo(f"detached signature: {result.signature}")
-        typer.echo(f"root fingerprint: {result.root_fingerprint}")
+        say(f"detached signature: {result.signature}")
+        say(f"root fingerprint: {result.root_fingerprint}")
 
 
 @app.command()
@@ -169,11 +169,11 @@ def rebuild(
     if as_json:
         emit(result.as_dict())
     elif result.identical:
-        typer.echo(f"rebuilt {out}: byte-identical to {archive}")
+        say(f"rebuilt {out}: byte-identical to {archive}")
     else:
-        typer.echo(f"rebuilt {out}: DIFFERS from {archive}")
+        say(f"rebuilt {out}: DIFFERS from {archive}")
         for d in result.differences[:10]:
-            typer.echo(f"  - {d['member']}: {d['cause']}")
+            say(f"  - {d['member']}: {d['cause']}")
     raise typer.Exit(ExitCode.VERIFY_FAILED if check and not result.identical else ExitCode.OK)
 
 
@@ -188,7 +188,10 @@ def diff(
     from chiron.engines.diff import render
 
     result = run_diff(old, new)
-    typer.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else render(result))
+    if as_json:
+        emit(result)
+    else:
+        say(render(result))
 
 
 @app.command()
@@ -207,9 +210,9 @@ def lock(
     if as_json:
         emit({"schema": "chiron.lock/1", "written": written, "packages": result.packages})
     else:
-        typer.echo(f"locked {result.packages} packages for {result.environments} environment(s)")
+        say(f"locked {result.packages} packages for {result.environments} environment(s)")
         for w in written:
-            typer.echo(f"  wrote {w}")
+            say(f"  wrote {w}")
 
 
 @app.command("delta")
@@ -235,4 +238,34 @@ def make_delta(
             }
         )
     else:
-        typer.echo(f"wrote {made.path}: {made.size} bytes ({made.carried} carried, {made.reused} from the base)")
+        say(f"wrote {made.path}: {made.size} bytes ({made.carried} carried, {made.reused} from the base)")
+
+
+@app.command()
+def extract(
+    archive: Annotated[Path | None, typer.Argument(help="The appliance; default: the one running.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new or empty directory for the files.")] = Path(
+        "extracted"
+    ),
+    root: Annotated[Path | None, typer.Option("--root", help="Trusted root to verify the appliance first.")] = None,
+    root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of a trusted root.")] = None,
+    unverified: Annotated[
+        bool,
+        typer.Option("--unverified", help="Do not verify (an appliance whose metadata expired); the output says so."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the spec, lock (pylock.toml, requirements-*.txt) and SBOM an appliance carries, after verifying it."""
+    from chiron.engines.extract import extract as run_extract
+
+    target = archive_arg(archive, "extract")
+    result = run_extract(target, output, root_file=root, root_sha256=root_sha256, verify=not unverified)
+    if as_json:
+        emit(result.as_dict())
+        return
+    for notice in result.notices:
+        log("notice", notice)
+    how = f"verified (anchor: {result.trust_anchor})" if result.verified else "NOT verified"
+    say(f"extracted {len(result.files)} files of {target} into {result.directory}, {how}:")
+    for name in result.files:
+        say(f"  {result.directory / name}")

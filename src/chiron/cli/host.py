@@ -1,9 +1,7 @@
 """Commands on an air-gapped host: install, upgrade, recover, rollback, status, doctor, audit, inventory."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -23,12 +21,17 @@ from chiron.cli.app import (
     client,
     emit,
     log,
+    say,
+    state,
 )
 from chiron.core.runtime import self_archive
 from chiron.errors import ExitCode
 
-if TYPE_CHECKING:
-    pass
+images_app = typer.Typer(
+    help="The container images of the INSTALLED release: load them into the Docker Engine or push them.",
+    no_args_is_help=True,
+)
+app.add_typer(images_app, name="images")
 
 
 def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> Any:
@@ -51,12 +54,12 @@ def _print_host_result(result: Any, as_json: bool) -> None:
     for notice in result.notices:
         log("notice", notice)
     if not result.changed:
-        typer.echo(f"already installed: {result.name} {result.version} is the live release {result.release}")
+        say(f"already installed: {result.name} {result.version} is the live release {result.release}")
         return
     verb = {"install": "installed", "upgrade": "upgraded to", "rollback": "rolled back to"}[result.op]
-    typer.echo(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
+    say(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
     if result.previous:
-        typer.echo(f"previous release kept: {result.previous}")
+        say(f"previous release kept: {result.previous}")
 
 
 @app.command()
@@ -66,6 +69,12 @@ def install(
     state_dir: StateOpt = None,
     root: Annotated[Path | None, typer.Option("--root", help="Trusted root metadata obtained out of band.")] = None,
     root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of the trusted root.")] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use", help="Trust the archive's own root (no --root/--root-sha256): pins the host to it."
+        ),
+    ] = False,
     installer: InstallerOpt = "auto",
     images: ImagesOpt = "load",
     registry: RegistryOpt = None,
@@ -82,6 +91,7 @@ def install(
         state_dir=state_dir,
         root_file=root,
         root_sha256=root_sha256,
+        trust_on_first_use=trust_on_first_use,
         installer=installer,
         images=images,
         registry=registry,
@@ -135,6 +145,7 @@ def upgrade(
         lambda m: log("notice", m),
         images,
         registry,
+        state["global_args"],
     )
     opts = _host_opts(
         local,
@@ -165,7 +176,7 @@ def recover(
     if as_json:
         emit({"schema": "chiron.recover/1", "prefix": str(prefix), "outcome": outcome})
     else:
-        typer.echo(outcome or "nothing to recover")
+        say(outcome or "nothing to recover")
 
 
 @app.command()
@@ -185,9 +196,12 @@ def rollback(
 def status(
     prefix: PrefixOpt = Path("/opt/chiron"),
     state_dir: StateOpt = None,
+    show_packages: Annotated[
+        bool, typer.Option("--packages", help="List the packages installed in the current release.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Releases, the current one, trusted metadata versions and expiry, last operations."""
+    """Releases, the current one and its packages, trusted metadata and expiry, root fingerprint, last operations."""
     from chiron.engines.host import status as run_status
 
     info = run_status(prefix, state_dir)
@@ -195,19 +209,25 @@ def status(
         emit(info)
         return
     cur = info["current"]
-    typer.echo(f"prefix {info['prefix']} (state {info['state_dir']})")
+    say(f"prefix {info['prefix']} (state {info['state_dir']})")
     if cur:
-        typer.echo(f"current: {cur['name']} {cur['version']} (release {cur['release']}, installed {cur['installed']})")
-    typer.echo(f"previous: {info['previous'] or '-'}")
+        say(f"current: {cur['name']} {cur['version']} (release {cur['release']}, installed {cur['installed']})")
+    say(f"previous: {info['previous'] or '-'}")
+    if cur:
+        say(f"packages: {len(info['packages'])} installed" + ("" if show_packages else " (list them with --packages)"))
+        for pkg in info["packages"] if show_packages else ():
+            say(f"  {pkg['name']} {pkg['version']}")
     for role, m in info["metadata"].items():
-        typer.echo(f"trusted {role:<10} v{m['version']:<12} expires {m['expires']}")
+        say(f"trusted {role:<10} v{m['version']:<12} expires {m['expires']}")
+    if info["root_fingerprint"]:
+        say(f"root fingerprint: {info['root_fingerprint']} (sha256 of the trusted root; --root-sha256 for other hosts)")
     if info["pending_transaction"]:
-        typer.echo(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
+        say(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
     for w in info["warnings"]:
-        typer.echo(f"warning: {w}")
-    typer.echo("last operations:")
+        say(f"warning: {w}")
+    say("last operations:")
     for op in info["last_operations"]:
-        typer.echo(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
+        say(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
 
 
 @app.command()
@@ -229,8 +249,8 @@ def doctor(
     else:
         for c in checks:
             mark = "ok  " if c.ok else ("FAIL" if c.severity == "error" else "warn")
-            typer.echo(f"{mark} {c.name:<18} {c.detail}" + (f"\n     fix: {c.fix}" if not c.ok and c.fix else ""))
-        typer.echo("ready" if not failed else f"not ready: {len(failed)} problem(s)")
+            say(f"{mark} {c.name:<18} {c.detail}" + (f"\n     fix: {c.fix}" if not c.ok and c.fix else ""))
+        say("ready" if not failed else f"not ready: {len(failed)} problem(s)")
     raise typer.Exit(ExitCode.OK if not failed else ExitCode.ENVIRONMENT)
 
 
@@ -241,21 +261,20 @@ def audit_verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check that no audit entry was edited, inserted or removed. Exit 0 intact, 1 tampered."""
-    from chiron.core import audit as _audit
-    from chiron.engines.host import Paths
+    from chiron.engines.host import audit_verify as run_audit_verify
 
-    report = _audit.verify_log(Paths.make(prefix, state_dir).audit)
+    report = run_audit_verify(prefix, state_dir)
     if as_json:
         emit(report.as_dict())
     else:
         for n in report.notices:
             log("notice", n)
         if report.ok:
-            typer.echo(f"audit log intact: {report.entries} entries, chain and head agree ({report.path})")
+            say(f"audit log intact: {report.entries} entries, chain and head agree ({report.path})")
         else:
-            typer.echo(f"chiron: audit log TAMPERED or damaged: {report.path}", err=True)
+            say(f"chiron: audit log TAMPERED or damaged: {report.path}", err=True)
             for problem in report.problems:
-                typer.echo(f"  - {problem}", err=True)
+                say(f"  - {problem}", err=True)
     raise typer.Exit(ExitCode.OK if report.ok else ExitCode.VERIFY_FAILED)
 
 
@@ -274,4 +293,38 @@ def inventory(
         emit(info)
     else:
         write_inventory(info, output)
-        typer.echo(f"wrote {output}: {len(info['content'])} pieces from {len(info['releases'])} release(s)")
+        say(f"wrote {output}: {len(info['content'])} pieces from {len(info['releases'])} release(s)")
+
+
+def _print_images(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit(info)
+    else:
+        say(info["message"])
+
+
+@images_app.command("load")
+def images_load(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load the current release's images (from its kept appliance, re-hashed) into the Docker Engine."""
+    from chiron.engines.host import installed_images
+
+    _print_images(installed_images(prefix, state_dir, "load", None, wait), as_json)
+
+
+@images_app.command("push")
+def images_push(
+    registry: Annotated[str, typer.Option("--registry", help="Enclave registry HOST[:PORT][/PREFIX].")],
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Push the current release's images (from its kept appliance, re-hashed) into an enclave registry."""
+    from chiron.engines.host import installed_images
+
+    _print_images(installed_images(prefix, state_dir, "push", registry, wait), as_json)

@@ -1,9 +1,8 @@
 """Commands for signing keys: sign, keys status / new-root / rotate / init."""
 
-from __future__ import annotations
-
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -12,16 +11,12 @@ from chiron.cli.app import (
     app,
     emit,
     keys_app,
+    say,
 )
-from chiron.errors import ExitCode
-
-if TYPE_CHECKING:
-    pass
+from chiron.errors import ExitCode, UsageError
 
 
 def _role_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
-    from chiron.errors import UsageError
-
     out = []
     for item in items:
         role, sep, value = item.partition("=")
@@ -29,6 +24,26 @@ def _role_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
             raise UsageError(f"{what}: '{item}' is not ROLE=VALUE with ROLE one of root, targets, snapshot, timestamp")
         out.append((role, value))
     return out
+
+
+def _thresholds(items: list[str]) -> dict[str, int]:
+    out = {}
+    for role, value in _role_pairs(items, "--threshold"):
+        if not (value.isascii() and value.isdigit()) or int(value) < 1:
+            raise UsageError(f"--threshold {role}={value}: '{value}' is not a whole number of at least 1")
+        out[role] = int(value)
+    return out
+
+
+def _duration(option: str, text: str) -> timedelta:
+    """A validity option (``365d``) as a timedelta; a one-line UsageError naming the option."""
+    from chiron.core.models import parse_duration
+
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except (ValueError, OverflowError) as exc:
+        message = str(exc) if isinstance(exc, ValueError) else f"'{text}' is too long"
+        raise UsageError(f"{option}: {message}") from None
 
 
 def _print_status(path: Path, status: Any, as_json: bool) -> None:
@@ -44,8 +59,8 @@ def _print_status(path: Path, status: Any, as_json: bool) -> None:
             }
         )
         return
-    typer.echo(f"{path}: root v{status.version}: {status.describe()}")
-    typer.echo("complete: ready to publish" if status.complete else "NOT complete: more signatures are needed")
+    say(f"{path}: root v{status.version}: {status.describe()}")
+    say("complete: ready to publish" if status.complete else "NOT complete: more signatures are needed")
 
 
 @app.command()
@@ -60,7 +75,6 @@ def sign(
     from chiron.trust.ceremony import sign_file
 
     status = sign_file(file, key, keyid, secret_env)
-    assert status is not None
     _print_status(file, status, as_json)
 
 
@@ -70,16 +84,10 @@ def keys_status(
     as_json: JsonOpt = False,
 ) -> None:
     """Who has signed a root file and who is missing. Exit 0 complete, 1 threshold not met."""
-    from chiron.trust.ceremony import previous_root
-    from chiron.trust.metadata import parse_root, signature_status
+    from chiron.trust.ceremony import previous_root, read_root
+    from chiron.trust.metadata import signature_status
 
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        from chiron.errors import UsageError
-
-        raise UsageError(f"{file}: cannot read: {exc.strerror}") from None
-    md = parse_root(data, str(file))
+    md = read_root(file)
     status = signature_status(md, previous_root(file, md.signed.version))
     _print_status(file, status, as_json)
     raise typer.Exit(ExitCode.OK if status.complete else ExitCode.VERIFY_FAILED)
@@ -93,22 +101,20 @@ def keys_new_root(
     expires: Annotated[str, typer.Option(help="Validity, e.g. 365d.")] = "365d",
 ) -> None:
     """Write an UNSIGNED root for a signing ceremony; then each holder runs 'chiron sign'."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
-    from chiron.core.models import parse_duration
     from chiron.trust.ceremony import key_from_file, new_root
 
+    validity = _duration("--expires", expires)
+    thresholds = _thresholds(threshold)
     role_keys: dict[str, list[Any]] = {r: [] for r in ("root", "targets", "snapshot", "timestamp")}
     for role, value in _role_pairs(key, "--key"):
-        role_keys[role].append(key_from_file(Path(value)))
+        role_keys[role].append(key_from_file(Path(value), "--key"))
     empty = [r for r, ks in role_keys.items() if not ks]
     if empty:
-        from chiron.errors import UsageError
-
         raise UsageError(f"--key: no key given for role(s) {', '.join(empty)}")
-    thresholds = {role: int(value) for role, value in _role_pairs(threshold, "--threshold")}
-    out = new_root(directory, role_keys, thresholds, timedelta(seconds=parse_duration(expires)), datetime.now(UTC))
-    typer.echo(f"wrote unsigned {out}; sign it with: chiron sign {out} --key URI (each root key holder)")
+    out = new_root(directory, role_keys, thresholds, validity, datetime.now(UTC))
+    say(f"wrote unsigned {out}; sign it with: chiron sign {out} --key URI (each root key holder)")
 
 
 @keys_app.command("rotate")
@@ -121,14 +127,14 @@ def keys_rotate(
     expires: Annotated[str, typer.Option(help="Validity of the new root, e.g. 365d.")] = "365d",
 ) -> None:
     """Write root N+1 with ROLE's keys changed; it needs signatures of the old AND new root thresholds."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
-    from chiron.core.models import parse_duration
     from chiron.trust.ceremony import key_from_file, rotate
 
-    keys = [key_from_file(p) for p in add]
-    out = rotate(root_dir, role, keys, revoke, threshold, timedelta(seconds=parse_duration(expires)), datetime.now(UTC))
-    typer.echo(
+    validity = _duration("--expires", expires)
+    keys = [key_from_file(p, "--add") for p in add]
+    out = rotate(root_dir, role, keys, revoke, threshold, validity, datetime.now(UTC))
+    say(
         f"wrote unsigned {out}: it needs the root threshold of the previous AND of this root; "
         f"sign with: chiron sign {out} --key URI"
     )
@@ -142,17 +148,12 @@ def keys_init(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a THROW-AWAY development key set: Ed25519 PEM per role (0600) and a signed 1.root.json."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
-    from chiron.core.models import parse_duration
-    from chiron.errors import UsageError
     from chiron.trust.devkeys import init_dev_keys
 
-    try:
-        seconds = parse_duration(root_expires)
-    except ValueError as exc:
-        raise UsageError(f"--root-expires: {exc}") from None
-    made = init_dev_keys(directory, root_expires=timedelta(seconds=seconds), now=datetime.now(UTC), force=force)
+    validity = _duration("--root-expires", root_expires)
+    made = init_dev_keys(directory, root_expires=validity, now=datetime.now(UTC), force=force)
     if as_json:
         emit(
             {
@@ -164,9 +165,9 @@ def keys_init(
             }
         )
         return
-    typer.echo(f"wrote development keys to {made.directory} (private keys: mode 0600, never packed)")
+    say(f"wrote development keys to {made.directory} (private keys: mode 0600, never packed)")
     for role, keyid in made.keyids.items():
-        typer.echo(f"  {role:<10} {keyid}")
-    typer.echo(f"root metadata: {made.root_path}")
-    typer.echo(f"root fingerprint: {made.fingerprint}")
-    typer.echo("These keys are for development only: use HSM/KMS keys and a signing ceremony in production.")
+        say(f"  {role:<10} {keyid}")
+    say(f"root metadata: {made.root_path}")
+    say(f"root fingerprint: {made.fingerprint}")
+    say("These keys are for development only: use HSM/KMS keys and a signing ceremony in production.")

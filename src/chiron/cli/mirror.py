@@ -1,7 +1,5 @@
 """Commands for the mirror store: mirror refresh / restore / status / prune."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
@@ -13,6 +11,7 @@ from chiron.cli.app import (
     emit,
     log,
     mirror_app,
+    say,
     tool_wheels_dir,
 )
 
@@ -76,21 +75,21 @@ def mirror_refresh(
     for note in result.notes if result.changed else ():
         log("notice", note)
     if not result.changed:
-        typer.echo(
+        say(
             f"up to date: nothing new upstream ({result.downloaded} artifacts downloaded); "
             f"{result.name} {result.version} metadata version {result.metadata_version} stays the newest: "
             f"{result.appliance}"
         )
         return
-    typer.echo(
+    say(
         f"built {result.appliance} ({result.name} {result.version}, metadata version {result.metadata_version}, "
         f"{result.size} bytes; {result.downloaded} artifacts downloaded, {result.bytes_downloaded} bytes, "
         f"{result.reused} from the store)"
     )
     if result.delta:
-        typer.echo(f"delta: {result.delta} ({result.delta_size} bytes)")
+        say(f"delta: {result.delta} ({result.delta_size} bytes)")
     if result.changelog:
-        typer.echo(render(result.changelog))
+        say(render(result.changelog))
 
 
 @mirror_app.command("restore")
@@ -116,13 +115,13 @@ def mirror_restore(
         return
     for notice in info["notices"]:
         log("notice", notice)
-    typer.echo(
+    say(
         f"restored {info['store']} from {archive}: {info['name']} {info['version']} metadata version "
         f"{info['metadata_version']} ({info['wheels']} wheels, {info['image_blobs']} image blobs); "
         f"the next refresh signs version {info['next_version']} with spec {info['spec']}"
     )
     for role, uris in sorted(info["keys"].items()):
-        typer.echo(f"  {role}: {', '.join(uris)}")
+        say(f"  {role}: {', '.join(uris)}")
 
 
 @mirror_app.command("status")
@@ -135,10 +134,10 @@ def mirror_status(store: StoreOpt = Path("mirror"), as_json: JsonOpt = False) ->
         emit(info)
         return
     latest = info["latest"]
-    typer.echo(f"store {info['store']}: {info['name']} (spec {info['spec']})")
-    typer.echo(f"latest: metadata version {latest['metadata_version']}, {latest['version']}, {latest['file']}")
-    typer.echo(f"versions: {', '.join(str(v) for v in info['versions'])}")
-    typer.echo(
+    say(f"store {info['store']}: {info['name']} (spec {info['spec']})")
+    say(f"latest: metadata version {latest['metadata_version']}, {latest['version']}, {latest['file']}")
+    say(f"versions: {', '.join(str(v) for v in info['versions'])}")
+    say(
         f"artifacts: {info['artifacts']} ({info['artifact_bytes']} bytes); "
         f"image blobs: {info['image_blobs']} ({info['image_bytes']} bytes)"
     )
@@ -157,7 +156,7 @@ def mirror_prune(
     if as_json:
         emit(info)
         return
-    typer.echo(
+    say(
         f"pruned {len(info['pruned'])} version(s) from {info['store']}; kept {', '.join(map(str, info['kept']))}; "
         f"{info['files_removed']} artifacts and blobs removed, {info['bytes_freed']} bytes freed"
     )

@@ -43,6 +43,34 @@ def _last_line(log: Path) -> bytes | None:
     return complete[-1] if complete and complete[-1] else None
 
 
+def tail(log: Path) -> tuple[int, str] | None:
+    """``(seq, sha256)`` of the log's last complete entry; None when the log is missing or empty. An
+    unchained (damaged) last line counts as seq 0."""
+    last = _last_line(log)
+    if last is None:
+        return None
+    try:
+        seq = int(json.loads(last)["seq"])
+    except (ValueError, KeyError, TypeError):
+        seq = 0
+    return seq, _line_hash(last)
+
+
+def entry_hash(log: Path, seq: int) -> str | None:
+    """The sha256 of the entry numbered ``seq``, or None when the log has no such entry."""
+    try:
+        with log.open("rb") as f:
+            for line in f:
+                try:
+                    if int(json.loads(line)["seq"]) == seq:
+                        return _line_hash(line)
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        return None
+    return None
+
+
 def append(log: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """Append ``entry`` chained to the previous one; fsync the log, then update the head."""
     last = _last_line(log)

@@ -1,9 +1,11 @@
-"""File helpers every layer uses: atomic and private writes, fsync of a directory, hashing, copying
-a byte range while hashing it.
+"""File helpers every layer uses: atomic and private writes, private directories, bounded reads of
+small input files, fsync of a directory, hashing, copying a byte range while hashing it.
 
 Temporary files are made beside their destination with unpredictable names, O_EXCL and mode 0600
 (``tempfile.mkstemp``), so a planted file or symlink with a guessable name can neither receive the
-data nor widen its mode; the final mode is set on the descriptor before the rename.
+data nor widen its mode; the final mode is set on the descriptor before the rename. The rename
+replaces whatever is at the destination, a symlink included, so data is never written through a
+link planted at the final name either.
 """
 
 from __future__ import annotations
@@ -11,13 +13,115 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from chiron.errors import VerificationError
+from chiron.errors import UsageError, VerificationError
 
 CHUNK = 1 << 20
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _label(path: Path, what: str) -> str:
+    return f"{what} {path}" if what else str(path)
+
+
+def read_small(path: Path, limit: int, what: str = "") -> bytes:
+    """The bytes of a small input file (a key, root metadata, a spec), at most ``limit`` of them.
+
+    Refuses, with a UsageError naming ``what`` and the file, anything that is not a regular file
+    without blocking on it (a FIFO would wait for ever, ``/dev/zero`` would never end) and a file
+    larger than ``limit``, so no input can make chiron hang or fill its memory.
+    """
+    label = _label(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UsageError(f"{label}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+            raise UsageError(f"{label}: is {kind}, not a regular file")
+        if st.st_size > limit:
+            raise UsageError(f"{label}: {st.st_size} bytes, more than the {limit} such a file may have")
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:  # the file may grow after fstat: read at most one byte past the bound
+            chunk = os.read(fd, limit + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise UsageError(f"{label}: more than the {limit} bytes such a file may have")
+    return b"".join(chunks)
+
+
+def private_dir(path: Path, what: str = "") -> Path:
+    """A directory only this user can write, for private keys: made 0700 when missing; an existing
+    one must be a directory this user (or root) owns that neither group nor others can write.
+
+    Returns the resolved path, so that later writes cannot be redirected by swapping a symlink on
+    the way to it. An unsafe directory is refused rather than tightened: whoever could write it may
+    already have planted something in it.
+    """
+    label = _label(path, what)
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask; 0700 whatever the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot create the directory: {exc.strerror or exc}") from None
+    resolved = path.resolve()
+    try:
+        st = resolved.stat()
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot use the directory: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{label}: is not a directory")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise UsageError(
+            f"{label}: owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})",
+            hint="use a directory of your own for private keys",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(
+            f"{label}: mode {stat.S_IMODE(st.st_mode):04o} lets others write it, so private keys are not safe there",
+            hint=f"check what is in it, then chmod 700 {resolved}; or choose a new directory",
+        )
+    if not os.access(resolved, os.W_OK | os.X_OK):
+        raise UsageError(f"{label}: this user cannot write the directory")
+    return resolved
+
+
+@contextlib.contextmanager
+def private_tempdir(prefix: str = "chiron-", parent: Path | None = None) -> Iterator[Path]:
+    """A new temporary directory only this user can enter (0700, unpredictable name), removed with
+    everything in it on exit, whether the body succeeded or failed. For secrets handed to a child
+    process through a file (never through its command line, which every local user can read)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fsync_dir(path: Path) -> None:

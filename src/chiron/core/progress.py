@@ -1,10 +1,38 @@
-"""Progress display: a bar on an interactive terminal, nothing when piped or in --json mode."""
+"""Progress display: a bar on an interactive terminal, nothing when piped or in --json mode; and the
+step a command is in, so that an error the system reports without a file name still says what
+chiron was doing."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Protocol
+
+_steps: list[str] = []
+_failed: tuple[BaseException, list[str]] | None = None
+
+
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """Mark a block as ``what`` chiron is doing (e.g. "writing dist/chiron.pex", and inside it
+    "packing wheels"); an exception leaving it remembers the steps it was raised in (``failed_step``)."""
+    global _failed
+    _steps.append(what)
+    try:
+        yield
+    except BaseException as exc:
+        if _failed is None or _failed[0] is not exc:
+            _failed = (exc, list(_steps))  # the innermost step is left first: the whole stack is here
+        raise
+    finally:
+        _steps.pop()
+
+
+def failed_step(exc: BaseException) -> str | None:
+    """The steps ``exc`` was raised in, outermost first ("writing X: packing wheels"), if any."""
+    return ": ".join(_failed[1]) if _failed is not None and _failed[0] is exc else None
 
 
 class Bar(Protocol):
@@ -14,14 +42,18 @@ class Bar(Protocol):
 
 
 class _Silent:
+    def __init__(self, description: str) -> None:
+        self._step = step(description)
+
     def advance(self, n: int) -> None:
         pass
 
     def __enter__(self) -> _Silent:
+        self._step.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        pass
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self._step.__exit__(t, v, tb)
 
 
 class _Rich:
@@ -46,16 +78,19 @@ class _Rich:
             console=Console(stderr=True),
         )
         self._task = self._p.add_task(description, total=total)
+        self._step = step(description)
 
     def advance(self, n: int) -> None:
         self._p.advance(self._task, n)
 
     def __enter__(self) -> _Rich:
+        self._step.__enter__()
         self._p.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
         self._p.stop()
+        self._step.__exit__(t, v, tb)
 
 
 def bar(total: int, description: str, *, enabled: bool) -> Bar:
@@ -65,4 +100,4 @@ def bar(total: int, description: str, *, enabled: bool) -> Bar:
             return _Rich(total, description)
         except ImportError:
             pass
-    return _Silent()
+    return _Silent(description)

@@ -31,6 +31,10 @@ def configure(trace_file: Path | None = None) -> bool:
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if trace_file is None and not endpoint:
         return False
+    if trace_file is not None:
+        # Fail now, naming the file, rather than after the command's work when the first span ends.
+        with trace_file.open("a", encoding="utf-8"):
+            pass
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -40,7 +44,8 @@ def configure(trace_file: Path | None = None) -> bool:
 
         raise EnvironmentProblem(
             "tracing is configured but opentelemetry-sdk is not installed",
-            hint="pip install 'chiron[telemetry]', or unset OTEL_EXPORTER_OTLP_ENDPOINT / CHIRON_TRACE_FILE",
+            hint="run the chiron of an appliance or PREFIX/bin/chiron, which carry it, "
+            "or unset OTEL_EXPORTER_OTLP_ENDPOINT / CHIRON_TRACE_FILE",
         ) from None
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -61,7 +66,8 @@ def configure(trace_file: Path | None = None) -> bool:
 
             raise EnvironmentProblem(
                 "OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is not installed",
-                hint="pip install 'chiron[telemetry]', or use --trace-file / CHIRON_TRACE_FILE, or unset the variable",
+                hint="unset it and use --trace-file FILE or CHIRON_TRACE_FILE (JSON lines; carry the file to "
+                "your collector), or on a connected host add the 'telemetry' extra to chiron's installation",
             ) from None
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         try:

@@ -16,7 +16,15 @@ from typing import Any
 from tuf.api.metadata import TargetFile
 
 from chiron import __version__
-from chiron.archive.layout import FORMAT, PIECE, SHEBANG_TARGET, TOOL_MEMBERS_TARGET, TOOL_TARGET, ZipTime
+from chiron.archive.layout import (
+    FORMAT,
+    PIECE,
+    SHEBANG_TARGET,
+    TOOL_MEMBERS_TARGET,
+    TOOL_TARGET,
+    ZipTime,
+    root_member_version,
+)
 from chiron.archive.toolzip import normalize_zip
 from chiron.archive.writer import ArchiveWriter, Written
 from chiron.core import progress as _progress
@@ -333,9 +341,8 @@ def tool_members_of(zip_path: Path) -> list[dict[str, Any]]:
 
 def _metadata_order(name: str) -> tuple[int, int, str]:
     # Root chain first (by version), then the rest; any fixed order keeps the output reproducible.
-    base = name.removeprefix("metadata/")
-    head = base.split(".")[0]
-    return (0, int(head), base) if head.isdigit() else (1, 0, base)
+    version = root_member_version(name)
+    return (0, version, name) if version is not None else (1, 0, name)
 
 
 def _target(w: Written, kind: str) -> TargetFile:

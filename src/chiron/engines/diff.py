@@ -1,72 +1,72 @@
 """``chiron diff OLD NEW``: what changed between two appliances: Python packages added, removed and
-upgraded (versions, sizes, licences from each wheel's own metadata) and container images."""
+upgraded (versions, sizes, licences from each wheel's own metadata) and container images.
+
+Neither appliance is verified here: each is opened through the strict reader (regions must tile the
+file), every member read with a bound and parsed into checked types, and every string escaped before
+``render`` prints it. A malformed appliance is a one-line VerificationError naming it (exit 1).
+"""
 
 from __future__ import annotations
 
-import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from chiron.archive.layout import Layout
-from chiron.archive.reader import read_layout
-from chiron.errors import ArtifactError, FormatError, UsageError
+from chiron.archive.manifest import LOCK, MANIFEST, MAX_LOCK, MAX_MANIFEST, parse_lock_summary, parse_manifest
+from chiron.archive.reader import ArchiveReader
+from chiron.core.text import plain
+from chiron.errors import ArtifactError, FormatError, VerificationError
 from chiron.sources import wheelmeta as _wheelmeta
 
-
-def _member(path: Path, layout: Layout, name: str) -> bytes:
-    offset, length = layout.regions()[name]
-    with path.open("rb") as f:
-        return os.pread(f.fileno(), length, offset)
+# A wheel is read whole to find its licence; past this size diff reports no licence rather than
+# holding a huge (and unverified) member in memory.
+MAX_WHEEL = 256 << 20
 
 
-def _licence(wheel: bytes, where: str) -> str:
+def _licence(reader: ArchiveReader, member: str, where: str) -> str:
     """The licence a wheel declares, or "" when it cannot be read (diff reports, it does not judge)."""
+    if reader.region(member)[1] > MAX_WHEEL:
+        return ""
     try:
-        return _wheelmeta.licence(_wheelmeta.read_metadata(wheel, where))
-    except ArtifactError:
+        return _wheelmeta.licence(_wheelmeta.read_metadata(reader.read(member, MAX_WHEEL), where))
+    except (ArtifactError, Exception):
         return ""
 
 
-def _packages(path: Path, layout: Layout) -> dict[str, dict[str, Any]]:
-    regions = layout.regions()
-    if "lock/pylock.toml" not in regions:
+def _packages(reader: ArchiveReader) -> dict[str, dict[str, Any]]:
+    if not reader.has(LOCK):
         return {}
-    lock = tomllib.loads(_member(path, layout, "lock/pylock.toml").decode())
+    lock = parse_lock_summary(reader.read(LOCK, MAX_LOCK), f"{reader.path}: {LOCK}")
     out: dict[str, dict[str, Any]] = {}
-    for pkg in lock.get("packages", []):
-        wheels = pkg.get("wheels", []) + ([pkg["sdist"]] if "sdist" in pkg else [])
-        first = next((w["name"] for w in wheels if f"wheels/{w['name']}" in regions), None)
-        out[pkg["name"]] = {
-            "version": pkg["version"],
-            "size": sum(int(w.get("size") or 0) for w in wheels),
-            "licence": _licence(_member(path, layout, f"wheels/{first}"), first)
-            if first and first.endswith(".whl")
-            else "",
+    for pkg in lock.packages:
+        files = [*pkg.wheels, *([pkg.sdist] if pkg.sdist else [])]
+        first = next((w.name for w in files if reader.has(f"wheels/{w.name}")), None)
+        out[pkg.name] = {
+            "version": pkg.version,
+            "size": sum(w.size for w in files),
+            "licence": _licence(reader, f"wheels/{first}", first) if first and first.endswith(".whl") else "",
         }
     return out
 
 
-def _images(path: Path, layout: Layout) -> dict[str, dict[str, Any]]:
-    import json
-
-    if "appliance.json" not in layout.regions():
+def _images(reader: ArchiveReader) -> dict[str, dict[str, Any]]:
+    if not reader.has(MANIFEST):
         return {}
-    manifest = json.loads(_member(path, layout, "appliance.json"))
-    return {i["ref"]: i for i in manifest.get("images", [])}
+    manifest = parse_manifest(reader.read(MANIFEST, MAX_MANIFEST), f"{reader.path}: {MANIFEST}")
+    return {i.ref: {"ref": i.ref, "digest": i.digest} for i in manifest.images}
+
+
+def _read(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(packages, images) of one appliance; VerificationError naming it when it is malformed."""
+    try:
+        with ArchiveReader(path) as reader:
+            return _packages(reader), _images(reader)
+    except FormatError as exc:
+        raise VerificationError([f"{path}: not a readable chiron appliance: {exc.message}"]) from None
 
 
 def diff(old: Path, new: Path) -> dict[str, Any]:
     """A JSON-able changelog from ``old`` to ``new`` (neither is verified here: verify them first)."""
-    layouts = []
-    for p in (old, new):
-        if not p.is_file():
-            raise UsageError(f"{p}: no such file")
-        try:
-            layouts.append(read_layout(p))
-        except FormatError as exc:
-            raise UsageError(f"{p}: not a chiron appliance: {exc}") from None
-    a, b = _packages(old, layouts[0]), _packages(new, layouts[1])
+    (a, ia), (b, ib) = _read(old), _read(new)
     added = [{"name": n, **b[n]} for n in sorted(set(b) - set(a))]
     removed = [{"name": n, **a[n]} for n in sorted(set(a) - set(b))]
     changed = []
@@ -82,7 +82,6 @@ def diff(old: Path, new: Path) -> dict[str, Any]:
                     "to_licence": b[n]["licence"],
                 }
             )
-    ia, ib = _images(old, layouts[0]), _images(new, layouts[1])
     images = {
         "added": [{"ref": r, "digest": ib[r]["digest"]} for r in sorted(set(ib) - set(ia))],
         "removed": [{"ref": r, "digest": ia[r]["digest"]} for r in sorted(set(ia) - set(ib))],
@@ -101,7 +100,20 @@ def diff(old: Path, new: Path) -> dict[str, Any]:
     }
 
 
+def _escaped(value: Any) -> Any:
+    """``value`` with every string in it made safe to print (they come from unverified archives)."""
+    if isinstance(value, str):
+        return plain(value)
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
 def render(d: dict[str, Any]) -> str:
+    """The changelog as text, every string escaped."""
+    d = _escaped(d)
     lines = [f"changes from {d['old']} to {d['new']}:"]
     p = d["packages"]
     for x in p["added"]:

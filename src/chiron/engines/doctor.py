@@ -11,9 +11,13 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chiron.errors import ChironError
+
+if TYPE_CHECKING:
+    from chiron.archive.reader import ArchiveReader
+    from chiron.engines.host import Paths
 
 
 @dataclass(frozen=True)
@@ -29,13 +33,20 @@ class Check:
 
 
 def doctor(archive: Path | None, prefix: Path | None, state_dir: Path | None) -> list[Check]:
-    """Run every applicable probe; nothing is changed on the host."""
-    checks = [_python_check()]
-    report = None
+    """Run every applicable probe; nothing is changed on the host.
+
+    An archive that is missing, or not a regular file (a FIFO would block, a device never end), is a
+    usage error (exit 2), as for every command given a file: there is nothing to probe.
+    """
     if archive is not None:
-        checks.append(_archive_check(archive))
-        if checks[-1].ok:
-            report = _light_report(archive)
+        from chiron.archive.reader import open_regular
+
+        os.close(open_regular(archive))
+    checks = [_python_check()]
+    if archive is not None:
+        check, report = _archive_check(archive)
+        checks.append(check)
+        if report is not None:
             checks.append(_environment_check(archive, report))
             checks.append(_images_check(report))
             if prefix is not None:
@@ -65,19 +76,29 @@ def _python_check() -> Check:
     )
 
 
-def _archive_check(archive: Path) -> Check:
-    from chiron.archive.reader import read_layout
+class _Unreadable(Exception):
+    """A member doctor needs cannot be read as what it should be (the message names it)."""
+
+
+def _archive_check(archive: Path) -> tuple[Check, _Light | None]:
+    """The archive's structure (index, footer, how the members tile the file) and the few members
+    doctor reads; nothing here is trusted (run verify for that)."""
+    from chiron.archive.reader import ArchiveReader, check_tiling
     from chiron.errors import FormatError, UsageError
 
+    fix = "copy the file again, or rebuild the appliance"
     try:
-        layout = read_layout(archive)
-    except UsageError as exc:  # missing, unreadable, or not a regular file
-        return Check("archive", False, exc.message, "give the path of the appliance")
-    except (FormatError, OSError) as exc:
-        return Check("archive", False, f"{archive}: not readable as an appliance: {exc}", "copy the file again")
-    return Check(
-        "archive", True, f"{archive}: {len(layout.members)} members, {layout.size} bytes (run verify to trust it)"
-    )
+        with ArchiveReader(archive) as reader:
+            problems = check_tiling(reader.layout)
+            if problems:
+                return Check("archive", False, f"{archive}: {problems[0]}", fix), None
+            light = _light_report(reader)
+            members, size = len(reader.layout.members), reader.size
+    except UsageError as exc:  # unreadable
+        return Check("archive", False, exc.message, "give the path of the appliance"), None
+    except (FormatError, OSError, _Unreadable) as exc:
+        return Check("archive", False, f"{archive}: not readable as an appliance: {exc}", fix), None
+    return Check("archive", True, f"{archive}: {members} members, {size} bytes (run verify to trust it)"), light
 
 
 @dataclass
@@ -90,26 +111,32 @@ class _Light:
     images_required: bool = False
 
 
-def _light_report(archive: Path) -> _Light:
+_MEMBER_LIMIT = 64 << 20  # the manifest, lock and spec doctor reads: far below, whatever the archive says
+
+
+def _light_report(reader: ArchiveReader) -> _Light:
     import json
 
-    from chiron.archive.reader import read_layout
+    def member(name: str) -> bytes:
+        return reader.read(name, _MEMBER_LIMIT) if reader.has(name) else b""
 
-    layout = read_layout(archive)
-    regions = layout.regions()
-    with archive.open("rb") as f:
-
-        def read(name: str) -> bytes:
-            offset, length = regions[name]
-            return os.pread(f.fileno(), length, offset)
-
-        manifest = json.loads(read("appliance.json")) if "appliance.json" in regions else {}
-        lock_text = read("lock/pylock.toml").decode() if "lock/pylock.toml" in regions else ""
-        try:
-            spec = tomllib.loads(read("spec/appliance.toml").decode()) if "spec/appliance.toml" in regions else {}
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-            spec = {}
-    required = bool(spec.get("host", {}).get("images_required", False))
+    try:
+        manifest = json.loads(member("appliance.json") or b"{}")
+    except (ValueError, RecursionError):
+        raise _Unreadable("member appliance.json: is not valid JSON") from None
+    if not isinstance(manifest, dict):
+        raise _Unreadable("member appliance.json: is not a JSON object")
+    try:
+        lock_text = member("lock/pylock.toml").decode()
+    except UnicodeDecodeError:
+        raise _Unreadable("member lock/pylock.toml: is not UTF-8 text") from None
+    try:
+        spec = tomllib.loads(member("spec/appliance.toml").decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
+        spec = {}
+    host = spec.get("host")
+    required = isinstance(host, dict) and host.get("images_required") is True
+    regions = reader.layout.regions()
     return _Light(manifest, {n: r[1] for n, r in regions.items()}, lock_text, required)
 
 
@@ -184,9 +211,9 @@ def _disk_check(archive: Path, light: _Light, prefix: Path, state_dir: Path | No
 
 
 def _installer_checks() -> list[Check]:
-    from chiron.engines.host import _uv
+    from chiron.engines.host import find_uv
 
-    uv = _uv()
+    uv = find_uv()
     import importlib.util
 
     pip = importlib.util.find_spec("pip") is not None or shutil.which("pip") is not None
@@ -220,11 +247,10 @@ def _program_check(name: str, why: str, fix: str, *, severity: str = "error") ->
 
 
 def _state_checks(prefix: Path, state_dir: Path | None) -> list[Check]:
-    from chiron.engines.host import Paths, _read_floor, load_state
-    from chiron.errors import HostStateError
+    from chiron.engines.host import Paths
 
     paths = Paths.make(prefix, state_dir)
-    checks: list[Check] = []
+    checks = [_directories_check(paths)]
     if not paths.state.exists():
         parent = next(p for p in paths.state.parents if p.exists())
         ok = os.access(parent, os.W_OK)
@@ -250,13 +276,44 @@ def _state_checks(prefix: Path, state_dir: Path | None) -> list[Check]:
             else f"chmod 700 {paths.state} and run as its owner: others must not rewrite it",
         )
     )
+    return checks + _integrity_checks(paths)
+
+
+def _directories_check(paths: Paths) -> Check:
+    from chiron.engines.host import check_host_dirs
+
     try:
-        load_state(paths)
-        checks.append(Check("state integrity", True, "trusted metadata matches the digests in state.json"))
-        floor = _read_floor(paths)
+        check_host_dirs(paths)
+    except ChironError as exc:
+        return Check("directories", False, exc.message, exc.hint or "")
+    return Check("directories", True, f"{paths.prefix}: owner and modes let no other user write it")
+
+
+def _integrity_checks(paths: Paths) -> list[Check]:
+    """State well-formed and agreeing with the disk, no release it does not know, the clock."""
+    from chiron.engines.host import load_state, read_floor, unknown_releases
+    from chiron.errors import HostStateError
+
+    try:
+        state = load_state(paths)
+        floor = read_floor(paths)
     except HostStateError as exc:
-        checks.append(Check("state integrity", False, exc.message, exc.hint or "restore the state from backup"))
-        return checks
+        return [Check("state integrity", False, exc.message, exc.hint or "restore the state from backup")]
+    detail = "state.json is well-formed, agrees with the current link, and the trusted metadata matches its digests"
+    checks = [Check("state integrity", True, detail)]
+    unknown = unknown_releases(paths, state) if state is not None else []
+    if unknown:
+        checks.append(
+            Check(
+                "releases",
+                False,
+                f"{len(unknown)} release(s) on disk that state.json does not know: {', '.join(unknown)} "
+                "(state restored from a backup?)",
+                f"remove them if not needed (rm -rf {paths.releases}/ID); chiron never deletes a completed release "
+                "it does not know",
+                severity="warning",
+            )
+        )
     now = datetime.now(UTC)
     if floor is not None and now < floor:
         checks.append(

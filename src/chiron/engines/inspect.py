@@ -1,138 +1,167 @@
-"""Describe an appliance from its index and metadata (no verification: run ``verify`` for that)."""
+"""Describe an appliance from its index and metadata (no verification: run ``verify`` for that).
+
+Everything here comes from an archive nobody has verified yet: each member is read with a bound,
+parsed into checked types (a malformed one is a one-line VerificationError naming it), and every
+string is escaped before ``render`` prints it.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chiron.archive.layout import METADATA_PREFIX
-from chiron.archive.reader import read_layout
+from chiron.archive.layout import METADATA_PREFIX, is_metadata_file, root_member_version
+from chiron.archive.manifest import (
+    LOCK,
+    MANIFEST,
+    MAX_LOCK,
+    MAX_MANIFEST,
+    LockSummary,
+    Manifest,
+    parse_lock_summary,
+    parse_manifest,
+)
+from chiron.archive.reader import ArchiveReader
+from chiron.core.clock import iso
+from chiron.core.text import plain
 from chiron.errors import FormatError, UsageError, VerificationError
 from chiron.sources import sbom as _sbom
+from chiron.trust.client import METADATA_LIMITS
+
+MAX_SBOM = 256 << 20
 
 
 def inspect_archive(path: Path) -> dict[str, Any]:
     """A JSON-able description: appliance, targets by kind, packages per environment, TUF roles."""
-    from tuf.api.metadata import Metadata
-
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
     from chiron.archive.delta import is_delta
 
-    if is_delta(path):
+    if is_delta(path):  # also refuses a missing file, a FIFO or a device, before anything blocks
         raise UsageError(
             f"{path} is a chiron delta, not a whole appliance",
             hint="inspect the full appliance it was made from, or the one a host rebuilds from it",
         )
     try:
-        layout = read_layout(path)
+        reader = ArchiveReader(path)
     except FormatError as exc:
-        raise VerificationError([f"layout: {exc}"]) from None
-    regions = layout.regions()
-    with path.open("rb") as f:
-        fd = f.fileno()
-
-        def read(name: str) -> bytes:
-            offset, length = regions[name]
-            return os.pread(fd, length, offset)
-
-        try:
-            manifest = json.loads(read("appliance.json")) if "appliance.json" in regions else {}
-            md: dict[str, Metadata[Any]] = {
-                n.removeprefix(METADATA_PREFIX): Metadata.from_bytes(read(n))
-                for n in regions
-                if n.startswith(METADATA_PREFIX)
-            }
-            lock = tomllib.loads(read("lock/pylock.toml").decode()) if "lock/pylock.toml" in regions else {}
-            # Archives built before chiron carried an SBOM have none: null, not an error.
-            sbom = _sbom.summary(read(_sbom.MEMBER)) if _sbom.MEMBER in regions else None
-        except Exception as exc:
-            raise VerificationError([f"cannot read the archive's metadata: {exc}"]) from None
+        raise VerificationError([f"layout: {exc.message}"]) from None
+    with reader:
+        manifest, md, lock, sbom, roots = _read_members(reader)
+        size, tool_format = reader.size, reader.layout.tool_format
     targets = md["targets.json"].signed.targets if "targets.json" in md else {}
     kinds: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     for tf in targets.values():
-        kind = (tf.custom or {}).get("kind", "other")
+        kind = str((tf.custom or {}).get("kind", "other"))
         kinds[kind] += 1
         sizes[kind] += tf.length
-    roots = sorted((k for k in md if k.split(".")[0].isdigit()), key=lambda k: int(k.split(".")[0]))
-    roles: dict[str, Any] = {}
-    if roots:
-        root = md[roots[-1]].signed
-        for role, r in root.roles.items():
-            roles[role] = {
-                "keyids": list(r.keyids),
-                "key_types": sorted({root.keys[k].keytype for k in r.keyids if k in root.keys}),
-                "threshold": r.threshold,
-            }
-        roles["root"].update(version=root.version, expires=_ts(root.expires))
-    for role, schemes in manifest.get("signers", {}).items():
-        if role in roles:
-            roles[role]["signed_by"] = schemes
-    for name in ("targets", "snapshot", "timestamp"):
-        if f"{name}.json" in md and name in roles:
-            signed = md[f"{name}.json"].signed
-            roles[name].update(version=signed.version, expires=_ts(signed.expires))
-    envs = lock.get("tool", {}).get("chiron", {}).get("environments", {})
-    platforms = {e["name"]: e for e in manifest.get("environments", [])}
-    packages = []
-    for pkg in lock.get("packages", []):
-        name, version = pkg["name"], pkg["version"]
-        in_envs = sorted(e for e, pins in envs.items() if f"{name}=={version}" in pins)
-        wheels = pkg.get("wheels", [])
-        packages.append(
-            {
-                "name": name,
-                "version": version,
-                "environments": in_envs,
-                "wheels": [w["name"] for w in wheels],
-                "size": sum(int(w.get("size") or 0) for w in wheels),
-            }
-        )
     return {
         "schema": "chiron.inspect/1",
         "verified": False,
         "path": str(path),
-        "size": layout.size,
-        "name": manifest.get("name"),
-        "version": manifest.get("version"),
-        "description": manifest.get("description"),
-        "created": manifest.get("created"),
-        "tool_format": layout.tool_format,
-        "chiron_version": manifest.get("chiron_version"),
-        "environments": list(platforms.values()),
+        "size": size,
+        "name": manifest.name if manifest else None,
+        "version": manifest.version if manifest else None,
+        "description": manifest.description if manifest else None,
+        "created": manifest.created if manifest else None,
+        "tool_format": tool_format,
+        "chiron_version": manifest.chiron_version if manifest else None,
+        "environments": list(manifest.raw.get("environments", [])) if manifest else [],
         "targets": {
             "count": len(targets),
             "bytes": sum(sizes.values()),
             "by_kind": {k: {"count": kinds[k], "bytes": sizes[k]} for k in sorted(kinds)},
         },
-        "packages": packages,
-        "images": manifest.get("images", []),
-        "images_shared_bytes": manifest.get("images_shared_bytes", 0),
+        "packages": _packages(lock),
+        "images": list(manifest.raw.get("images", [])) if manifest else [],
+        "images_shared_bytes": manifest.images_shared_bytes if manifest else 0,
         "sbom": sbom,
-        "roles": roles,
-        "root_chain": [{"file": k, "sha256": hashlib.sha256(_bytes(path, regions, k)).hexdigest()} for k in roots],
-        "root_fingerprint": hashlib.sha256(_bytes(path, regions, roots[0])).hexdigest() if roots else None,
+        "roles": _roles(md, roots, manifest),
+        "root_chain": [{"file": k, "sha256": digest} for k, digest in roots.items()],
+        "root_fingerprint": next(iter(roots.values()), None),
     }
 
 
-def _bytes(path: Path, regions: dict[str, tuple[int, int]], name: str) -> bytes:
-    offset, length = regions[METADATA_PREFIX + name]
-    with path.open("rb") as f:
-        return os.pread(f.fileno(), length, offset)
+def _read_members(
+    reader: ArchiveReader,
+) -> tuple[Manifest | None, dict[str, Any], LockSummary | None, dict[str, Any] | None, dict[str, str]]:
+    """The manifest, the TUF metadata by file name, the lock, the SBOM summary and the root chain
+    (file name -> sha256, by version), each read with its bound."""
+    from tuf.api.metadata import Metadata
+
+    names = [m.name for m in reader.layout.members]
+    try:
+        manifest = parse_manifest(reader.read(MANIFEST, MAX_MANIFEST)) if reader.has(MANIFEST) else None
+        lock = parse_lock_summary(reader.read(LOCK, MAX_LOCK)) if reader.has(LOCK) else None
+        # Archives built before chiron carried an SBOM have none: null, not an error.
+        sbom = _sbom.summary(reader.read(_sbom.MEMBER, MAX_SBOM)) if reader.has(_sbom.MEMBER) else None
+        md: dict[str, Any] = {}
+        roots: dict[str, str] = {}
+        for name in sorted((n for n in names if is_metadata_file(n)), key=lambda n: root_member_version(n) or 0):
+            version = root_member_version(name)
+            data = reader.read(name, METADATA_LIMITS["root" if version else name[len(METADATA_PREFIX) : -5]])
+            md[name.removeprefix(METADATA_PREFIX)] = Metadata.from_bytes(data)
+            if version is not None:
+                roots[name.removeprefix(METADATA_PREFIX)] = hashlib.sha256(data).hexdigest()
+    except Exception as exc:  # python-tuf raises many kinds for malformed metadata; FormatError; sbom: ValueError
+        raise VerificationError([f"cannot read the archive's metadata: {plain(str(exc))}"]) from None
+    return manifest, md, lock, sbom, roots
 
 
-def _ts(dt: Any) -> str:
-    return str(dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+def _packages(lock: LockSummary | None) -> list[dict[str, Any]]:
+    if lock is None:
+        return []
+    return [
+        {
+            "name": pkg.name,
+            "version": pkg.version,
+            "environments": sorted(e for e, pins in lock.environments.items() if f"{pkg.name}=={pkg.version}" in pins),
+            "wheels": [w.name for w in pkg.wheels],
+            "size": sum(w.size for w in pkg.wheels),
+        }
+        for pkg in lock.packages
+    ]
+
+
+def _roles(md: dict[str, Any], roots: dict[str, str], manifest: Manifest | None) -> dict[str, Any]:
+    """Each role of the newest root: keys, threshold, and version and expiry of its metadata."""
+    roles: dict[str, Any] = {}
+    if not roots:
+        return roles
+    root = md[list(roots)[-1]].signed
+    for role, r in root.roles.items():
+        roles[role] = {
+            "keyids": list(r.keyids),
+            "key_types": sorted({root.keys[k].keytype for k in r.keyids if k in root.keys}),
+            "threshold": r.threshold,
+        }
+    if "root" in roles:
+        roles["root"].update(version=root.version, expires=iso(root.expires))
+    for role, schemes in (manifest.signers if manifest else {}).items():
+        if role in roles:
+            roles[role]["signed_by"] = list(schemes)
+    for name in ("targets", "snapshot", "timestamp"):
+        if f"{name}.json" in md and name in roles:
+            signed = md[f"{name}.json"].signed
+            roles[name].update(version=signed.version, expires=iso(signed.expires))
+    return roles
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every string in it made safe to print (they come from an unverified archive)."""
+    if isinstance(value, str):
+        return plain(value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped(v) for v in value]
+    return value
 
 
 def render(info: dict[str, Any]) -> str:
-    """The human-readable form of ``inspect_archive``'s result."""
+    """The human-readable form of ``inspect_archive``'s result, every string escaped."""
+    info = _escaped(info)
     out = [
         f"{info['name']} {info['version']}  ({info['tool_format']}, {_size(info['size'])}, created {info['created']})",
         "  (inspect reads the archive without verifying it; run 'verify' before trusting it)",
@@ -152,14 +181,16 @@ def render(info: dict[str, Any]) -> str:
     out += [f"  {k:<13} {v['count']:>5}  {_size(v['bytes'])}" for k, v in t["by_kind"].items()]
     out += ["", "environments:"]
     for e in info["environments"]:
-        out.append(f"  {e['name']}: Python {e['python_version']} ({e['implementation']}), {', '.join(e['platforms'])}")
+        platforms = ", ".join(e.get("platforms", []))
+        out.append(f"  {e['name']}: Python {e['python_version']} ({e.get('implementation', 'cp')}), {platforms}")
     if info["images"]:
         out += [
             "",
             f"images: {len(info['images'])} ({_size(info['images_shared_bytes'])} of layers shared, stored once)",
         ]
         for i in info["images"]:
-            out.append(f"  {i['ref']}  {i['digest'][:19]}  {', '.join(i['platforms'])}  {_size(i['size'])}")
+            platforms = ", ".join(i.get("platforms", []))
+            out.append(f"  {i['ref']}  {i['digest'][:19]}  {platforms}  {_size(i.get('size', 0))}")
     out += ["", f"python packages: {len(info['packages'])}"]
     for p in info["packages"]:
         out.append(f"  {p['name']:<28} {p['version']:<12} {_size(p['size']):>10}  {', '.join(p['environments'])}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chiron.archive.layout import METADATA_PREFIX, TOOL_TARGET, Layout
+from chiron.archive.layout import METADATA_PREFIX, TOOL_TARGET, Layout, root_member_version
 from chiron.archive.reader import read_layout
 from chiron.core.fs import copy_region
 from chiron.engines.verify import verify
@@ -76,7 +76,7 @@ def rebuild(
         roots.mkdir()
         files = ws / "files"
         for m in layout.members:
-            if m.name.startswith(METADATA_PREFIX) and m.name.removeprefix(METADATA_PREFIX).split(".")[0].isdigit():
+            if root_member_version(m.name) is not None:
                 (roots / m.name.removeprefix(METADATA_PREFIX)).write_bytes(_read(archive, layout, m.name))
             elif m.name.startswith("files/"):
                 dest = files / m.name.removeprefix("files/")

@@ -13,12 +13,13 @@ import hashlib
 import json
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chiron import __version__
+from chiron.core.clock import parse_iso
+from chiron.core.text import parse_json
 from chiron.errors import UsageError
 from chiron.sources import wheelmeta as _wheelmeta
 
@@ -66,7 +67,7 @@ def make(manifest: dict[str, Any], lock: Lock, wheels: dict[str, Path], images: 
     tool = Component(
         type=ComponentType.APPLICATION, name="chiron", version=__version__, bom_ref=f"chiron-tool@{__version__}"
     )
-    created = datetime.strptime(str(manifest["created"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    created = parse_iso(str(manifest["created"]))
     bom = Bom(
         components=components,
         metadata=BomMetaData(component=appliance, tools=ToolRepository(components=[tool]), timestamp=created),
@@ -163,14 +164,22 @@ def _split_ref(ref: str) -> tuple[str, str]:
 
 
 def summary(data: bytes) -> dict[str, Any]:
-    """What ``inspect`` shows of an SBOM: spec version, components by type, licences of the packages."""
-    doc = json.loads(data)
-    components = doc.get("components") or []
+    """What ``inspect`` shows of an SBOM: spec version, components by type, licences of the packages.
+
+    inspect reads it without verifying: ValueError (naming the SBOM) for anything not shaped like one.
+    """
+    doc = parse_json(data, MEMBER)
+    components = (doc.get("components") or []) if isinstance(doc, dict) else None
+    if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
+        raise ValueError(f"{MEMBER}: not a CycloneDX document (components is not a list of objects)")
     by_type = Counter(str(c.get("type", "?")) for c in components)
     licences: Counter[str] = Counter()
     for c in components:
         if c.get("type") == "library":
-            licences[_licence_label(c.get("licenses") or [])] += 1
+            entries = c.get("licenses") or []
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise ValueError(f"{MEMBER}: a component's licenses is not a list of objects")
+            licences[_licence_label(entries)] += 1
     return {
         "spec_version": str(doc.get("specVersion", "")),
         "components": {t: by_type[t] for t in sorted(by_type)},
@@ -186,5 +195,6 @@ def _licence_label(entries: list[dict[str, Any]]) -> str:
             labels.append(str(e["expression"]))
         else:
             lic = e.get("license") or {}
-            labels.append(str(lic.get("id") or lic.get("name") or ""))
+            if isinstance(lic, dict):
+                labels.append(str(lic.get("id") or lic.get("name") or ""))
     return " AND ".join(x for x in labels if x) or "unknown"

@@ -9,9 +9,10 @@ from pathlib import Path
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import Metadata, Root
 
-from chiron.core.fs import write_atomic, write_private
+from chiron.core.fs import private_dir, write_atomic, write_private
 from chiron.errors import UsageError
-from chiron.trust.metadata import ONLINE_ROLES, expiry, fingerprint, to_bytes
+from chiron.trust.ceremony import expires_at
+from chiron.trust.metadata import ONLINE_ROLES, fingerprint, to_bytes
 from chiron.trust.sshsig import allowed_signers_line
 
 
@@ -26,18 +27,24 @@ class DevKeys:
 
 
 def init_dev_keys(directory: Path, *, root_expires: timedelta, now: datetime, force: bool = False) -> DevKeys:
-    """Make a throw-away Ed25519 key per role (PEM, 0600) and a signed root v1 naming them."""
+    """Make a throw-away Ed25519 key per role (PEM, 0600) and a signed root v1 naming them.
+
+    The directory is made 0700; an existing one others can write is refused (``private_dir``). Each
+    key is written through an unpredictable temporary name and renamed over its final name, which
+    replaces a symlink planted there instead of writing through it.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    expires = expires_at(now, root_expires, "--root-expires")
+    directory = private_dir(directory, "key directory")
     existing = [p.name for p in directory.iterdir() if p.suffix == ".pem" or p.name == "1.root.json"]
     if existing and not force:
         raise UsageError(
             f"{directory}: already holds keys ({', '.join(sorted(existing))})",
             hint="choose an empty directory, or pass --force to replace them",
         )
-    root = Root(expires=expiry(now, root_expires), consistent_snapshot=False)
+    root = Root(expires=expires, consistent_snapshot=False)
     signers: dict[str, CryptoSigner] = {}
     keyids: dict[str, str] = {}
     for role in ("root", *ONLINE_ROLES):

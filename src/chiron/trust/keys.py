@@ -25,9 +25,11 @@ from securesystemslib.signer import (
 )
 from tuf.api.metadata import Root
 
-from chiron.errors import SigningKeyError
+from chiron.core.fs import read_small
+from chiron.errors import SigningKeyError, UsageError
 
 SECRET_SCHEME = "secret"  # noqa: S105 - a URI scheme name, not a secret
+KEY_FILE_MAX = 64 << 10  # a PEM or TUF key JSON is a few KiB; anything bigger is not a key
 
 
 def secret_handler(uri: str, secret_env: str | None) -> SecretsHandler:
@@ -117,20 +119,43 @@ def fetch_secret(uri: str) -> bytes:
 SIGNER_FOR_URI_SCHEME[SECRET_SCHEME] = SecretStoreSigner
 
 
+def check_uri(uri: str) -> str:
+    """The scheme of a private-key URI; a UsageError naming the URI when it has none chiron knows."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep or not rest:
+        raise UsageError(f"key {uri!r}: not a private-key URI (SCHEME:..., e.g. file2:PATH or hsm:...)")
+    if scheme not in SIGNER_FOR_URI_SCHEME:
+        known = ", ".join(f"{s}:" for s in sorted(SIGNER_FOR_URI_SCHEME))
+        raise UsageError(f"key {uri}: unknown scheme {scheme!r} (known: {known})")
+    return scheme
+
+
+def file_pem(uri: str) -> bytes:
+    """The bytes of a ``file2:`` key file: a regular file of bounded size (never a FIFO or device)."""
+    try:
+        return read_small(Path(uri.partition(":")[2]), KEY_FILE_MAX, "key file")
+    except UsageError as exc:
+        raise SigningKeyError(exc.message) from None
+
+
 def public_key_of(uri: str, secret_env: str | None = None) -> SSlibKey | None:
     """The public key of a locally held private key (file2:, secret:); None for remote backends."""
-    scheme = uri.partition(":")[0]
+    scheme = check_uri(uri)
     if scheme == "file2":
-        path = Path(uri.partition(":")[2])
-        try:
-            pem = path.read_bytes()
-        except OSError as exc:
-            raise SigningKeyError(f"key {uri}: cannot read {path}: {exc.strerror}") from None
+        pem = file_pem(uri)
     elif scheme == SECRET_SCHEME:
         pem = fetch_secret(uri)
     else:
         return None
     return SSlibKey.from_crypto(load_pem(pem, uri, secret_env).public_key())
+
+
+# Right after a rotation the usual cause is a spec whose trust.root names one file (1.root.json)
+# instead of the directory holding the new N.root.json: say so rather than "rotate the root".
+_NOT_LISTED_HINT = (
+    "use the key this root lists for the role; after a rotation, trust.root must name the "
+    "DIRECTORY of N.root.json files, not one file, so that the newest root is used"
+)
 
 
 def load_signer(uri: str, role: str, root: Root, keyid: str | None, secret_env: str | None = None) -> Signer:
@@ -140,18 +165,21 @@ def load_signer(uri: str, role: str, root: Root, keyid: str | None, secret_env: 
     if local is not None:
         if local.keyid not in allowed:
             raise SigningKeyError(
-                f"key {uri} is not a {role} key of the root metadata (its keyid {local.keyid[:16]}... is not listed)",
-                hint="use the key made for this role, or rotate the root to include it",
+                f"key {uri} is not a {role} key of the root metadata (root v{root.version}; "
+                f"its keyid {local.keyid[:16]}... is not listed)",
+                hint=_NOT_LISTED_HINT,
             )
         if uri.startswith("file2:"):
             # Loaded here rather than by securesystemslib so that encrypted PEM files work too.
-            pem = Path(uri.partition(":")[2]).read_bytes()
-            return CryptoSigner(load_pem(pem, uri, secret_env), local)
+            return CryptoSigner(load_pem(file_pem(uri), uri, secret_env), local)
         keyid = local.keyid
     if keyid is None:
         raise SigningKeyError(f'key {uri}: give keyid = "..." (which {role} key of the root this is)')
     if keyid not in allowed:
-        raise SigningKeyError(f"key {uri}: keyid {keyid[:16]}... is not a {role} key of the root metadata")
+        raise SigningKeyError(
+            f"key {uri}: keyid {keyid[:16]}... is not a {role} key of the root metadata (root v{root.version})",
+            hint=_NOT_LISTED_HINT,
+        )
     try:
         return Signer.from_priv_key_uri(uri, root.keys[keyid], secret_handler(uri, secret_env))
     except SigningKeyError:

@@ -4,8 +4,7 @@ signing a repository's online roles."""
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,10 +22,14 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from chiron.archive.layout import root_member, root_version
+from chiron.archive.reader import read_file
+from chiron.core.text import plain
 from chiron.errors import SigningKeyError, UsageError
 
 SERIALIZER = JSONSerializer(compact=False)
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
+MAX_ROOT = 2 << 20  # a root with hundreds of keys is tens of KiB; python-tuf's own default is 500 kB
 
 
 def to_bytes(md: Metadata[Any]) -> bytes:
@@ -53,17 +56,14 @@ def load_root_chain(path: Path) -> list[bytes]:
     """Root metadata from a file, or every N.root.json of a directory in version order."""
     if path.is_dir():
         files = sorted(
-            (p for p in path.iterdir() if p.name.endswith(".root.json") and p.name.split(".")[0].isdigit()),
-            key=lambda p: int(p.name.split(".")[0]),
+            ((v, p) for p in path.iterdir() if (v := root_version(p.name)) is not None),
+            key=lambda vp: vp[0],
         )
         if not files:
             raise UsageError(f"{path}: no N.root.json files (make them with chiron keys init)")
-        chain = [p.read_bytes() for p in files]
+        chain = [read_file(p, MAX_ROOT, "root metadata") for _v, p in files]
     else:
-        try:
-            chain = [path.read_bytes()]
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read root metadata: {exc.strerror}") from None
+        chain = [read_file(path, MAX_ROOT, "root metadata")]
     problems = check_root_chain(chain)
     if problems:
         raise UsageError(f"{path}: {problems[0]}")
@@ -74,32 +74,35 @@ def parse_root(data: bytes, what: str) -> Metadata[Root]:
     try:
         md = Metadata[Root].from_bytes(data)
     except Exception as exc:
-        raise UsageError(f"{what}: not valid root metadata: {exc}") from None
+        raise UsageError(f"{what}: not valid root metadata: {plain(str(exc))}") from None
     if not isinstance(md.signed, Root):
         raise UsageError(f"{what}: is {md.signed.type} metadata, not root")
     return md
 
 
-def check_root_chain(chain: list[bytes]) -> list[str]:
-    """Each root N+1 must be signed by the threshold of root N and of itself, versions consecutive."""
+def check_root_chain(chain: Iterable[bytes]) -> list[str]:
+    """Each root N+1 must be signed by the threshold of root N and of itself, versions consecutive.
+
+    The chain is walked one root at a time, holding only the previous one: an archive's chain is
+    read lazily from it, whatever its length.
+    """
     problems: list[str] = []
-    mds: list[Metadata[Root]] = []
+    prev: Metadata[Root] | None = None
     for i, data in enumerate(chain):
         try:
-            mds.append(parse_root(data, f"root chain entry {i + 1}"))
+            md = parse_root(data, f"root chain entry {i + 1}")
         except UsageError as exc:
-            return [exc.message]
-    if mds and mds[0].signed.version != 1:
-        # Every host, however old its trusted root, must be able to walk the chain from version 1.
-        problems.append(f"root chain starts at version {mds[0].signed.version}, not 1")
-    for prev, cur in itertools.pairwise(mds):
-        if cur.signed.version != prev.signed.version + 1:
-            problems.append(f"root chain: version {cur.signed.version} follows {prev.signed.version}")
-
-    for i, md in enumerate(mds):
-        status = signature_status(md, mds[i - 1] if i > 0 else None)
+            return [*problems, exc.message]
+        if prev is None and md.signed.version != 1:
+            # Every host, however old its trusted root, must be able to walk the chain from version 1.
+            problems.append(f"root chain starts at version {md.signed.version}, not 1")
+        if prev is not None and md.signed.version != prev.signed.version + 1:
+            problems.append(f"root chain: version {md.signed.version} follows {prev.signed.version}")
+        status = signature_status(md, prev)
         if not status.complete:
-            problems.append(f"root v{md.signed.version}: threshold not met: {status.describe()}")
+            # keyids are whatever the root file says: escaped, as it may come from an archive
+            problems.append(f"root v{md.signed.version}: threshold not met: {plain(status.describe())}")
+        prev = md
     return problems
 
 
@@ -127,7 +130,7 @@ def build_repository(
     sbytes = _sign(smd, signers["snapshot"])
     ts = Metadata(Timestamp(version=version, expires=expiry(now, expires["timestamp"])))
     ts.signed.snapshot_meta = MetaFile.from_data(version, sbytes, ["sha256"])
-    out = {f"metadata/{parse_root(r, 'root').signed.version}.root.json": r for r in root_chain}
+    out = {root_member(parse_root(r, "root").signed.version): r for r in root_chain}
     out.update(
         {
             "metadata/targets.json": tbytes,

@@ -29,8 +29,12 @@ def _ssh_public_blob(key: Key) -> tuple[str, bytes]:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        pk = serialization.load_pem_public_key(key.keyval["public"].encode())
-        assert isinstance(pk, ec.EllipticCurvePublicKey)
+        try:
+            pk = serialization.load_pem_public_key(key.keyval["public"].encode())
+        except (ValueError, TypeError):
+            pk = None
+        if not isinstance(pk, ec.EllipticCurvePublicKey) or pk.curve.name != "secp256r1":
+            raise SigningKeyError(f"key {key.keyid[:16]}...: its public key is not an ECDSA P-256 PEM key")
         point = pk.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         name = b"ecdsa-sha2-nistp256"
         return name.decode(), _ssh_string(name) + _ssh_string(b"nistp256") + _ssh_string(point)

@@ -22,15 +22,20 @@ def hand_over_to_installed(
     notice: Callable[[str], None],
     images: str = "load",
     registry: str | None = None,
+    global_args: list[str] | None = None,
 ) -> None:
     """Run the upgrade with the INSTALLED tool when invoked from another archive (``./new.pex upgrade``):
-    a new archive's own code must not be what decides to trust it."""
+    a new archive's own code must not be what decides to trust it.
+
+    ``global_args`` (--log-format, --trace-file, --verbose as given) go before the command's name,
+    where every chiron, also an older installed one, accepts them."""
     me, installed = self_archive(), prefix / "bin" / "chiron"
     if me is None or not installed.exists() or me == installed.resolve() or os.environ.get("CHIRON_HANDED_OVER"):
         return
     notice(f"handing over to the installed tool {installed} (the new archive does not verify itself)")
     argv = [
         str(installed),
+        *(global_args or []),
         "upgrade",
         str(archive),
         "--prefix",

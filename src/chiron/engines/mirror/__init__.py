@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chiron.archive.layout import METADATA_PREFIX, TOOL_TARGET
+from chiron.archive.layout import METADATA_PREFIX, TOOL_TARGET, root_member_version, root_version
 from chiron.archive.reader import read_layout
 from chiron.core import filelock as _lockfile
 from chiron.core import progress as _progress
@@ -527,7 +527,9 @@ def _key_uris(loaded: LoadedSpec) -> dict[str, list[str]]:
 
 def _check_same_trust(store: Store, chain: list[bytes]) -> None:
     """The spec's root chain must extend the store's: same first root, no versions dropped."""
-    stored = sorted(store.tuf.glob("root/*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+    stored = sorted(
+        (p for p in store.tuf.glob("root/*.root.json") if root_version(p.name)), key=lambda p: root_version(p.name) or 0
+    )
     if not stored:
         return
     if stored[0].read_bytes() != chain[0]:
@@ -556,7 +558,7 @@ def _save_tuf(store: Store, archive: Path, chain: list[bytes] | None) -> None:
     with archive.open("rb") as f:
         for m in layout.members:
             base = m.name.removeprefix(METADATA_PREFIX)
-            if m.name.startswith(METADATA_PREFIX) and not base.split(".")[0].isdigit():
+            if m.name.startswith(METADATA_PREFIX) and root_member_version(m.name) is None:
                 write_atomic(store.tuf / base, os.pread(f.fileno(), m.length, m.offset))
 
 
@@ -615,7 +617,7 @@ def restore(
                     spec_raw = os.pread(f.fileno(), m.length, m.offset)
                 elif m.name == "lock/pylock.toml":
                     pylock = os.pread(f.fileno(), m.length, m.offset)
-                elif m.name.startswith(METADATA_PREFIX) and m.name.removeprefix(METADATA_PREFIX)[0].isdigit():
+                elif root_member_version(m.name) is not None:
                     chain.append(os.pread(f.fileno(), m.length, m.offset))
         chain.sort(key=lambda data: _trust.parse_root(data, "root").signed.version)
         write_atomic(store.locks / f"{number}.pylock.toml", pylock)
