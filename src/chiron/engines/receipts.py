@@ -166,8 +166,10 @@ def _sign(state: Path, body: dict[str, Any]) -> str:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    key = load_pem_private_key((identity_dir(state) / "host-key.pem").read_bytes(), password=None)
-    assert isinstance(key, Ed25519PrivateKey)  # load_identity checked it
+    key_file = identity_dir(state) / "host-key.pem"
+    key = load_pem_private_key(key_file.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):  # load_identity checked it; the file may have changed since
+        raise HostStateError(f"{key_file}: not an Ed25519 private key")
     return sign(body, key)
 
 

@@ -85,10 +85,10 @@ class JobRunner:
         with self._lock:
             self._procs[job_id] = proc
         self.db.job_started(job_id, proc.pid)
-        assert proc.stderr is not None and proc.stdout is not None
-        for line in proc.stderr:
+        stderr, stdout = proc.stderr, proc.stdout
+        for line in stderr if stderr is not None else ():  # always pipes: both were asked for above
             self.db.job_log(job_id, line.rstrip("\n"))
-        out = proc.stdout.read()
+        out = stdout.read() if stdout is not None else ""
         code = proc.wait()
         with self._lock:
             self._procs.pop(job_id, None)
