@@ -712,9 +712,11 @@ def out_fleet(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Pat
 
 
 @pytest.fixture()
-def out_pull(capsys: pytest.CaptureFixture[str], index: LocalIndex, wheelhouse: Path, tmp_path: Path) -> list[Output]:
+def out_download(
+    capsys: pytest.CaptureFixture[str], index: LocalIndex, wheelhouse: Path, tmp_path: Path
+) -> list[Output]:
     url = index.url.removesuffix("/simple") + "/files/alpha-1.0-py3-none-any.whl"
-    out = run(capsys, ["pull", url, "-o", str(tmp_path / "alpha.whl"), "--json"])
+    out = run(capsys, ["download", url, "-o", str(tmp_path / "alpha.whl"), "--json"])
     assert (
         out[1] == 0
         and (tmp_path / "alpha.whl").read_bytes() == (wheelhouse / "alpha-1.0-py3-none-any.whl").read_bytes()

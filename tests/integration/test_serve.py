@@ -270,7 +270,7 @@ def test_tokens_on_the_wire(served: Any, tmp_path: Path) -> None:
     assert ("/simple/alpha/", 403) in [(e["path"], e["status"]) for e in seen]
     assert not [e for e in seen if e["status"] < 400]
     refused = run(
-        "pull",
+        "download",
         f"{served.url}appliances/latest",
         "-o",
         str(tmp_path / "x.pex"),
@@ -294,14 +294,14 @@ def test_curl_resume_gives_the_same_bytes(served: Any, appliance: Path, tmp_path
     assert out.read_bytes() == appliance.read_bytes()
     # The rest of the file went out with sendfile (the zero-copy path of the pinned uvicorn still works).
     assert _sendfile_bytes(served) - before == size - (size // 3 + 1)
-    # chiron pull continues a partial download the same way, and fetches the detached signature.
-    work = tmp_path / "pull" / ".chiron-pull"
+    # chiron download continues a partial download the same way, and fetches the detached signature.
+    work = tmp_path / "pull" / ".chiron-download"
     work.mkdir(parents=True)
     _status, headers, _ = call(served.url, "HEAD", "/appliances/demo.pex", served.tokens["read"])
     sha = headers["etag"].strip('"')
     (work / f".partial-{sha}").write_bytes(appliance.read_bytes()[: size // 2])
     pulled = run(
-        "pull",
+        "download",
         f"{served.url}appliances/latest",
         "-o",
         str(tmp_path / "pull" / "demo.pex"),
@@ -338,11 +338,11 @@ def test_tls_and_a_site_ca(tmp_path: Path, appliance: Path, keys: Path) -> None:
         deadline = time.monotonic() + 60
         while True:  # readiness over TLS: the first verification may still be running
             got = run(
-                "pull",
+                "download",
                 f"{svc.url}appliances/latest",
                 "-o",
                 str(tmp_path / "a.pex"),
-                "--cacert",
+                "--ca-file",
                 str(cert),
                 "--json",
                 check=False,
@@ -353,7 +353,7 @@ def test_tls_and_a_site_ca(tmp_path: Path, appliance: Path, keys: Path) -> None:
             time.sleep(0.2)
         assert got.returncode == 0, got.stderr
         assert (tmp_path / "a.pex").read_bytes() == appliance.read_bytes()  # streamed: TLS has no sendfile
-        untrusted = run("pull", f"{svc.url}appliances/latest", "-o", str(tmp_path / "b.pex"), check=False, env=env)
+        untrusted = run("download", f"{svc.url}appliances/latest", "-o", str(tmp_path / "b.pex"), check=False, env=env)
         assert untrusted.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
         assert "Traceback" not in untrusted.stderr and not (tmp_path / "b.pex").exists()
     finally:

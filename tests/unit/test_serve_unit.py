@@ -421,7 +421,7 @@ def test_openapi_schema_is_committed() -> None:
 
 
 def test_url_credentials_become_a_header_and_etags_name_a_sha256() -> None:
-    from chiron.engines.pull import strong_sha256
+    from chiron.engines.download import strong_sha256
     from chiron.sources.http import with_url_credentials
 
     url, client = with_url_credentials("https://__token__:abc%2Fd@host:8443/simple/?x=1", None)

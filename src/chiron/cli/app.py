@@ -135,7 +135,7 @@ TokenOpt = Annotated[
     str | None,
     typer.Option("--token", envvar="CHIRON_TOKEN", help="Token for a chiron serve ($CHIRON_TOKEN; or in the URL)."),
 ]
-CaOpt = Annotated[Path | None, typer.Option("--cacert", help="CA certificates for the server's TLS (PEM).")]
+CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="CA certificates for the server's TLS (PEM).")]
 
 
 def client(token: str | None, cacert: Path | None) -> Any:
@@ -147,7 +147,7 @@ def client(token: str | None, cacert: Path | None) -> Any:
 
 def register_commands() -> None:
     """Import the command modules; each registers its commands with ``app`` (in --help order)."""
-    from chiron.cli import archive, host, keys, mirror, pull, serve  # noqa: F401
+    from chiron.cli import archive, download, host, keys, mirror, serve  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

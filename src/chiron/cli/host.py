@@ -127,7 +127,7 @@ def upgrade(
     from chiron.engines.host import upgrade as run_upgrade
 
     if archive is not None and "://" in archive:  # downloaded (resumably) first, then upgraded from as a file
-        from chiron.engines.pull import for_upgrade
+        from chiron.engines.download import for_upgrade
 
         archive = str(for_upgrade(archive, prefix, state_dir, client(token, cacert)))
     local = Path(archive) if archive is not None else None

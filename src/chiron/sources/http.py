@@ -1,7 +1,7 @@
 """The one HTTP client of chiron: a URL (or a local path) opened for reading, with a Range for a
 resumed download, and every failure an ArtifactError naming the URL.
 
-Talking to a ``chiron serve`` (``chiron pull``, ``upgrade URL``, ``receipt --server``) adds what a
+Talking to a ``chiron serve`` (``chiron download``, ``upgrade URL``, ``receipt --server``) adds what a
 client of an authenticated service needs: a token (Bearer, or taken from the URL's
 ``__token__:TOKEN@`` user part, as pip and uv use it), a CA file for a site's own TLS certificates,
 JSON requests, and RFC 9457 problem documents turned into one-line errors.
@@ -43,7 +43,7 @@ class Client:
         try:
             return ssl.create_default_context(cafile=str(self.cafile))
         except (OSError, ssl.SSLError) as exc:
-            raise UsageError(f"--cacert {self.cafile}: cannot use it as CA certificates: {exc}") from None
+            raise UsageError(f"--ca-file {self.cafile}: cannot use it as CA certificates: {exc}") from None
 
 
 def with_url_credentials(url: str, client: Client | None) -> tuple[str, Client]:

@@ -24,7 +24,7 @@ File = Annotated[
 LATEST_CACHE = "no-cache"
 DOWNLOAD: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/octet-stream": {}}, "description": "The appliance, or its signature."},
-    206: {"description": "The requested range (resume with curl -C -, or chiron pull)."},
+    206: {"description": "The requested range (resume with curl -C -, or chiron download)."},
     304: {"description": "Not modified (If-None-Match)."},
     307: {"description": "latest: the file it stands for now."},
     **problems.responses(

@@ -1,4 +1,4 @@
-"""Client commands for a chiron serve: ``chiron pull`` (download, resumable) and ``chiron receipt``."""
+"""Client commands for a chiron serve: ``chiron download`` (resumable) and ``chiron receipt``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from chiron.cli.app import CaOpt, JsonOpt, PrefixOpt, StateOpt, TokenOpt, app, c
 
 
 @app.command()
-def pull(
+def download(
     url: Annotated[str, typer.Argument(help="What to download, e.g. https://SERVER/appliances/latest.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The file to write.")],
     token: TokenOpt = None,
@@ -22,9 +22,9 @@ def pull(
     as_json: JsonOpt = False,
 ) -> None:
     """Download an appliance or delta, resuming an interrupted download; verify it afterwards as any file."""
-    from chiron.engines.pull import pull as run_pull
+    from chiron.engines.download import download as run_download
 
-    result = run_pull(url, output, client(token, cacert), signature=signature, show_progress=not as_json)
+    result = run_download(url, output, client(token, cacert), signature=signature, show_progress=not as_json)
     if as_json:
         emit(result.as_dict())
         return

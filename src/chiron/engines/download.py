@@ -1,6 +1,6 @@
 """Download an appliance, a delta or a signature from a server, resumably; nothing is trusted here.
 
-``chiron pull URL -o FILE`` and ``chiron upgrade URL`` use it. The download goes through the
+``chiron download URL -o FILE`` and ``chiron upgrade URL`` use it. The download goes through the
 artifact cache's resumable path: the partial file is named by the sha256 the server announces as
 its strong ETag (``chiron serve`` does), so an interrupted download continues with an HTTP Range
 request the next time; a server without such an ETag gets a whole download each time. What arrives
@@ -25,11 +25,11 @@ from chiron.sources import http as _http
 from chiron.sources.cache import PARTIAL, ArtifactCache
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-WORK = ".chiron-pull"  # beside the output: partial downloads, kept so the next run resumes them
+WORK = ".chiron-download"  # beside the output: partial downloads, kept so the next run resumes them
 
 
 @dataclass
-class PullResult:
+class DownloadResult:
     url: str
     output: Path
     size: int
@@ -41,7 +41,7 @@ class PullResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "schema": "chiron.pull/1",
+            "schema": "chiron.download/1",
             "url": self.url,
             "output": str(self.output),
             "size": self.size,
@@ -62,21 +62,21 @@ def strong_sha256(etag: str | None) -> str:
     return tag if SHA256.match(tag) else ""
 
 
-def pull(
+def download(
     url: str,
     out: Path,
     client: _http.Client | None = None,
     *,
     signature: bool = True,
     show_progress: bool = False,
-) -> PullResult:
+) -> DownloadResult:
     """Download ``url`` to ``out`` (atomically; resumed if an earlier run was interrupted), and its
     detached signature ``URL.sig`` beside it when the server has one."""
     started = time.monotonic()
     if out.is_dir():
         raise UsageError(f"-o {out}: is a directory; give the file to write")
     url, client = _http.with_url_credentials(url, client)
-    final, headers = _http.head(url, "pull", client=client)
+    final, headers = _http.head(url, "download", client=client)
     sha = strong_sha256(headers.get("etag"))
     total = int(headers.get("content-length") or 0)
     work = out.parent / WORK
@@ -91,7 +91,7 @@ def pull(
     _tidy(work)
     sig = _signature(final, out, client) if signature and not final.endswith(".sig") else None
     stats = cache.stats
-    return PullResult(
+    return DownloadResult(
         url=final,
         output=out,
         size=size,
@@ -160,4 +160,4 @@ def for_upgrade(url: str, prefix: Path, state_dir: Path | None, client: _http.Cl
         name = Path(urlsplit(url).path).name or "appliance.pex"
         if name in ("latest", "current"):
             name = f"{name}.pex"
-    return pull(target, downloads / name, client, signature=False).output
+    return download(target, downloads / name, client, signature=False).output
