@@ -11,6 +11,8 @@ Sections (all by default; choose with --only):
            layer (needs docker-registry and skopeo), each against a cold chiron build; delta sizes
   serve    chiron serve next to nginx (Debian's) on loopback: 50 clients downloading an appliance and a
            wheelhouse, index-page latency, RSS (benchmarks/serve.py)
+  fleet    20 hosts upgrading at once from a loopback registry (chiron pull --have) vs each pulling
+           the full appliance: bytes per host and fleet wall time (benchmarks/fleet.py)
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ BIN = Path(sys.executable).parent
 CHIRON = str(BIN / "chiron")
 UV = shutil.which("uv", path=str(BIN)) or "uv"
 RESULTS: list[tuple[str, str, str]] = []
-SECTIONS = ("install", "startup", "verify", "memory", "refresh", "serve")
+SECTIONS = ("install", "startup", "verify", "memory", "refresh", "serve", "fleet")
 
 
 def timed(cmd: list[str], *, env: dict[str, str] | None = None, repeat: int = 3, setup=None) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -560,6 +562,10 @@ def main() -> None:
             from serve import bench_serve  # benchmarks/serve.py, beside this file
 
             bench_serve(work, record)
+        if "fleet" in sections:
+            from fleet import bench_fleet
+
+            bench_fleet(work, keys, record)
 
 
 if __name__ == "__main__":

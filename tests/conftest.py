@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Generator
 from datetime import UTC, datetime, timedelta
@@ -17,9 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chiron.engines.build import BuildOptions, BuildResult, build
 from chiron.trust.devkeys import init_dev_keys
 
-from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec
+from helpers import ENV_311, ENV_312, LocalIndex, LocalRegistry, make_wheel, write_spec
 
 REPO = Path(__file__).resolve().parent.parent
+BASE, APP = "chiron-test/busybox:1", "chiron-test/app:1"
 
 # `make test` sets CHIRON_REQUIRE_COMPONENTS=1 once tests/provision.py found every system component the tests use
 # (and CI runs `make test`): then a test that skips is a failure, so no run passes with the Docker Engine,
@@ -223,3 +225,90 @@ def copy(src: Path, dest: Path) -> Path:
     shutil.copyfile(src, dest)
     os.chmod(dest, 0o755)
     return dest
+
+
+# ---------------------------------------------------------------- registries and container images
+
+
+def start_registry(root: Path, htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None) -> LocalRegistry:
+    """Debian's docker-registry on a free loopback port (skips the test where it is not installed)."""
+    if shutil.which("docker-registry") is None:
+        pytest.skip("NO docker-registry: .ci/run installs the docker-registry package")
+    return LocalRegistry(root, htpasswd, tls)
+
+
+@pytest.fixture(scope="session")
+def engine():  # type: ignore[no-untyped-def]
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:
+        pytest.skip(
+            f"NO DOCKER ENGINE ({exc.__class__.__name__}): start dockerd --bridge=none --iptables=false "
+            "(.ci/run does) to run the image tests"
+        )
+    if shutil.which("skopeo") is None:
+        pytest.skip("NO SKOPEO: .ci/run installs it")
+    return client
+
+
+@pytest.fixture(scope="session")
+def local_images(engine, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("img")
+    rootfs = tmp / "rootfs.tar"
+    subprocess.run([str(REPO / "images" / "busybox" / "rootfs.sh"), str(rootfs)], check=True)
+    subprocess.run(["docker", "import", str(rootfs), BASE], check=True, capture_output=True)
+    subprocess.run(
+        ["docker", "build", "-q", "-t", APP, str(REPO / "images" / "app")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    return BASE, APP
+
+
+@pytest.fixture(scope="session")
+def registry(local_images, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A registry holding the two test images (busybox:1, app:1): the source the image tests build from."""
+    served = start_registry(tmp_path_factory.mktemp("registry"))
+    address = served.address
+    for ref in local_images:
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"docker-daemon:{ref}",
+                f"docker://{address}/{ref.split('/', 1)[1]}",
+            ],
+            check=True,
+        )
+    yield address
+    served.stop()
+
+
+def image_spec(tmp: Path, keys: Path, index_url: str, images: str, name: str = "svc", version: str = "1.0.0") -> Path:
+    return write_spec(
+        tmp,
+        keys=keys,
+        index_url=index_url,
+        requirements=["beta==1.0"],
+        environments=ENV_311,
+        name=name,
+        version=version,
+        extra=images,
+    )
+
+
+def images_toml(refs: list[str], source: str = "registry") -> str:
+    return "".join(f'[[images]]\nref = "{r}"\nsource = "{source}"\n' for r in refs)
+
+
+@pytest.fixture(scope="session")
+def image_appliance(registry: str, keys: Path, index, tool_wheels: Path, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("imgapp")
+    refs = [f"{registry}/busybox:1", f"{registry}/app:1"]
+    spec = image_spec(tmp / "s", keys, index.url, images_toml(refs))
+    return do_build(spec, tmp / "images.pex", tool_wheels, tmp / "cache").output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import io
@@ -407,3 +408,138 @@ def files_spec(directory: Path, *, keys: Path, index_url: str, text: str) -> Pat
         environments=ENV_311,
         extra='[[files]]\nsrc = "notes.txt"\ndest = "docs/notes.txt"\n',
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalRegistry:
+    """Debian's docker-registry (distribution 2.8) on a free loopback port, storing under ``root``.
+
+    With ``htpasswd`` every request needs basic auth by a user of that file; with ``tls`` (certificate
+    and key files) it speaks only HTTPS. Its access log (stderr) records every request, so a test can
+    count the blobs a client fetched.
+    """
+
+    def __init__(self, root: Path, htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None) -> None:
+        import shutil
+        import socket
+
+        if shutil.which("docker-registry") is None:
+            raise RuntimeError("NO docker-registry: .ci/run installs the docker-registry package")
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self._tls = tls is not None
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        auth = f"auth:\n  htpasswd:\n    realm: chiron-test\n    path: {htpasswd}\n" if htpasswd else ""
+        tls_cfg = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
+        config = root / "config.yml"
+        config.write_text(
+            f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+            f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{self.port}\n{tls_cfg}{auth}"
+        )
+        self.log = root / "access.log"
+        self._log = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=self._log, stderr=subprocess.STDOUT
+        )
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+    def settle(self) -> None:
+        """Wait until the access log holds every request answered so far: the registry logs a request
+        after its response is sent, so a client can be done before the line is written. A marker
+        request made now is logged after those (bounded wait)."""
+        import urllib.error
+        import urllib.request
+
+        self._marks = getattr(self, "_marks", 0) + 1
+        marker = f"/v2/settle-{self._marks}/tags/list"
+        scheme = "https" if self._tls else "http"
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            ctx = __import__("ssl")._create_unverified_context() if self._tls else None
+            urllib.request.urlopen(f"{scheme}://{self.address}{marker}", timeout=5, context=ctx)
+        for _ in range(100):
+            if marker in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+
+    def requests(self, method: str = "GET", kind: str = "blobs") -> list[tuple[str, int, int]]:
+        """(path, status, bytes) of each ``method`` request on ``/v2/.../{kind}/...`` in the access log."""
+        import re
+
+        self.settle()
+
+        pattern = re.compile(rf'"{method} (/v2/\S+/{kind}/\S+) HTTP/[0-9.]+" ([0-9]+) ([0-9]+|-)')
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            m = pattern.search(line)
+            if m:
+                out.append((m[1], int(m[2]), int(m[3]) if m[3] != "-" else 0))
+        return out
+
+    def blob_file(self, digest: str) -> Path:
+        """Where the registry stores a blob's bytes (to damage it on purpose)."""
+        hexdigest = digest.partition(":")[2]
+        return (
+            self.root / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hexdigest[:2] / hexdigest / "data"
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def make_tls(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for ``host`` signed by it: (ca.pem, server.pem, server.key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key: Any, issuer: Any, issuer_key: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False
+            )
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "chiron test CA")])
+    ca = cert("chiron test CA", ca_key, ca_name, ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = cert(host, key, ca.subject, ca_key, False)
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths

@@ -177,7 +177,9 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
 def test_os_errors_are_environment_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert run(["keys", "init", str(blocker / "sub")]) == 3
+    # A path the command line names that cannot be a directory is the operator's to fix (exit 2, issue 13
+    # item 11); an OSError on a path chiron chose stays an environment error (test_os_errors_name_...).
+    assert run(["keys", "init", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("chiron: error:") and "Traceback" not in err
 
@@ -234,7 +236,8 @@ def test_global_options_after_the_command(appliance: Path, tmp_path: Path, capsy
     captured = capsys.readouterr()
     assert captured.out.startswith(f"verified {appliance}: ")
     notices = [json.loads(line) for line in captured.err.splitlines()]
-    assert notices and all(n["level"] == "notice" for n in notices)  # trust on first use, as JSON lines
+    # trust on first use, and the warning that nothing anchored the check, as JSON lines
+    assert notices and all(n["level"] in ("notice", "warning") for n in notices)
     assert any(json.loads(line).get("name") == "chiron.verify" for line in trace.read_text().splitlines())
     assert run(["verify", str(tmp_path / "nope.pex"), "-v"]) == 2
     assert "Traceback" in capsys.readouterr().err
@@ -255,14 +258,14 @@ def test_json_is_one_line_unless_stdout_is_a_terminal(
 # ---------------------------------------------------------------- nothing from an archive drives the terminal
 
 
-def test_printable_escapes_controls_and_bidi() -> None:
-    from chiron.core.text import printable
+def test_terminal_safe_escapes_controls_and_bidi() -> None:
+    from chiron.core.text import terminal_safe
 
-    assert printable("wheels/a.whl") == "wheels/a.whl"
-    assert printable("\x1b[2K\rverified\x07") == "\\x1b[2K\\x0dverified\\x07"
-    assert printable("a\x7fb\x9bc\x00") == "a\\x7fb\\x9bc\\x00"
-    assert printable("evil\u202egnp.exe\u2066\u200f\u061c") == "evil\\u202egnp.exe\\u2066\\u200f\\u061c"
-    assert printable("caf\u00e9 \u6f22") == "caf\u00e9 \u6f22"  # printable non-ASCII stays
+    assert terminal_safe("wheels/a.whl") == "wheels/a.whl"
+    assert terminal_safe("\x1b[2K\rverified\x07") == "\\x1b[2K\\x0dverified\\x07"
+    assert terminal_safe("a\x7fb\x9bc\x00") == "a\\x7fb\\x9bc\\x00"
+    assert terminal_safe("evil\u202egnp.exe\u2066\u200f\u061c") == "evil\\u202egnp.exe\\u2066\\u200f\\u061c"
+    assert terminal_safe("caf\u00e9 \u6f22") == "caf\u00e9 \u6f22"  # printable non-ASCII stays
 
 
 def test_printed_lines_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
@@ -293,9 +296,9 @@ def test_missing_named_inputs_are_usage_errors(tmp_path: Path, capsys: pytest.Ca
     missing = tmp_path / "nope.pem"
     keys = [f"--key={role}={missing}" for role in ("root", "targets", "snapshot", "timestamp")]
     assert run(["keys", "new-root", str(tmp_path / "root"), *keys]) == 2
-    assert capsys.readouterr().err == f"chiron: error: {missing}: no such file or directory\n"
+    assert capsys.readouterr().err == f"chiron: error: --key {missing}: no such file\n"
     assert run(["keys", "rotate", "root", "--root-dir", str(tmp_path), "--add", str(missing)]) == 2
-    assert capsys.readouterr().err == f"chiron: error: {missing}: no such file or directory\n"
+    assert capsys.readouterr().err == f"chiron: error: --add {missing}: no such file\n"
     trace = tmp_path / "no" / "t.jsonl"
     assert run(["verify", str(tmp_path / "x.pex"), "--trace-file", str(trace)]) == 2
     assert capsys.readouterr().err == f"chiron: error: {trace}: its directory {trace.parent} does not exist\n"
@@ -377,7 +380,7 @@ def test_named_paths_that_exist_where_they_are_to_be_made_are_usage_errors(
     monkeypatch.chdir(tmp_path)
     Path("afile").write_text("x")
     assert run(["keys", "init", "afile"]) == 2
-    assert capsys.readouterr().err == "chiron: error: afile: already exists, and is not a directory\n"
+    assert capsys.readouterr().err == "chiron: error: key directory afile: is not a directory\n"
     Path("prefix").mkdir()
     err = describe_os_error(
         FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "prefix/state/x")),

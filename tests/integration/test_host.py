@@ -25,7 +25,7 @@ from chiron.engines.build import BuildOptions, build
 from chiron.errors import EnvironmentProblem, Refused, UsageError, VerificationError
 from chiron.trust import metadata as _trust
 
-from conftest import do_build
+from conftest import REPO, do_build
 from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, rewrite_archive, write_spec
 
 NOW = int(time.time())
@@ -1228,8 +1228,7 @@ def engine_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     if shutil.which("skopeo") is None:
         pytest.skip("NO SKOPEO: .ci/run installs it")
     rootfs = tmp_path_factory.mktemp("host-image") / "rootfs.tar"
-    repo = Path(__file__).resolve().parent.parent
-    subprocess.run([str(repo / "images" / "busybox" / "rootfs.sh"), str(rootfs)], check=True)
+    subprocess.run([str(REPO / "images" / "busybox" / "rootfs.sh"), str(rootfs)], check=True)
     ref = "chiron-test/host-images:1"
     subprocess.run(["docker", "import", str(rootfs), ref], check=True, capture_output=True)
     return ref

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,92 +20,19 @@ from chiron.engines import host
 from chiron.engines.inspect import inspect_archive
 from chiron.engines.verify import verify
 
-from conftest import do_build
-from helpers import ENV_311, write_spec
+from conftest import APP, BASE, do_build, start_registry
+from conftest import image_spec as _spec
+from conftest import images_toml as _images_toml
+from helpers import LocalRegistry
 
 REPO = Path(__file__).resolve().parents[2]
-BASE, APP = "chiron-test/busybox:1", "chiron-test/app:1"
 
 
-@pytest.fixture(scope="session")
-def engine():  # type: ignore[no-untyped-def]
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(timeout=30)
-        client.ping()
-    except Exception as exc:
-        pytest.skip(
-            f"NO DOCKER ENGINE ({exc.__class__.__name__}): start dockerd --bridge=none --iptables=false "
-            "(.ci/run does) to run the image tests"
-        )
-    if shutil.which("skopeo") is None:
-        pytest.skip("NO SKOPEO: .ci/run installs it")
-    return client
-
-
-@pytest.fixture(scope="session")
-def local_images(engine, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("img")
-    rootfs = tmp / "rootfs.tar"
-    subprocess.run([str(REPO / "images" / "busybox" / "rootfs.sh"), str(rootfs)], check=True)
-    subprocess.run(["docker", "import", str(rootfs), BASE], check=True, capture_output=True)
-    subprocess.run(
-        ["docker", "build", "-q", "-t", APP, str(REPO / "images" / "app")],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
-    )
-    return BASE, APP
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_registry(tmp: Path, htpasswd: Path | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+def _start_registry(tmp: Path, htpasswd: Path | None = None) -> tuple[str, LocalRegistry]:
     """Debian's docker-registry on a free loopback port, storing under ``tmp``; with ``htpasswd``,
     every request needs basic auth by a user of that file."""
-    if shutil.which("docker-registry") is None:
-        pytest.skip("NO docker-registry: .ci/run installs the docker-registry package")
-    port = _free_port()
-    config = tmp / "config.yml"
-    auth = f"auth:\n  htpasswd:\n    realm: chiron-test\n    path: {htpasswd}\n" if htpasswd else ""
-    config.write_text(
-        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp}/data\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n{auth}"
-    )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(50):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return f"127.0.0.1:{port}", proc
-
-
-@pytest.fixture(scope="session")
-def registry(local_images, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    address, proc = _start_registry(tmp_path_factory.mktemp("registry"))
-    for ref in local_images:
-        subprocess.run(
-            [
-                "skopeo",
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                f"docker-daemon:{ref}",
-                f"docker://{address}/{ref.split('/', 1)[1]}",
-            ],
-            check=True,
-        )
-    yield address
-    proc.terminate()
-    proc.wait(timeout=10)
+    served = start_registry(tmp, htpasswd)
+    return served.address, served
 
 
 @pytest.fixture()
@@ -114,33 +40,7 @@ def enclave_registry(engine, tmp_path: Path):  # type: ignore[no-untyped-def]
     (tmp_path / "enclave").mkdir()
     address, proc = _start_registry(tmp_path / "enclave")
     yield address
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _spec(tmp: Path, keys: Path, index_url: str, images: str, name: str = "svc", version: str = "1.0.0") -> Path:
-    return write_spec(
-        tmp,
-        keys=keys,
-        index_url=index_url,
-        requirements=["beta==1.0"],
-        environments=ENV_311,
-        name=name,
-        version=version,
-        extra=images,
-    )
-
-
-def _images_toml(refs: list[str], source: str = "registry") -> str:
-    return "".join(f'[[images]]\nref = "{r}"\nsource = "{source}"\n' for r in refs)
-
-
-@pytest.fixture(scope="session")
-def image_appliance(registry: str, keys: Path, index, tool_wheels: Path, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    tmp = tmp_path_factory.mktemp("imgapp")
-    refs = [f"{registry}/busybox:1", f"{registry}/app:1"]
-    spec = _spec(tmp / "s", keys, index.url, _images_toml(refs))
-    return do_build(spec, tmp / "images.pex", tool_wheels, tmp / "cache").output
+    proc.stop()
 
 
 def test_build_from_registry_stores_shared_layers_once(image_appliance: Path, registry: str) -> None:
@@ -426,8 +326,7 @@ def auth_registry(local_images, tmp_path: Path):  # type: ignore[no-untyped-def]
         check=True,
     )
     yield address
-    proc.terminate()
-    proc.wait(timeout=10)
+    proc.stop()
 
 
 @pytest.fixture()

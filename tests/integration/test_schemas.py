@@ -24,7 +24,7 @@ from chiron.archive.reader import read_layout
 from chiron.cli import app as cli_app
 from chiron.cli import main
 
-from conftest import REPO, do_build
+from conftest import REPO, do_build, start_registry
 from helpers import ENV_311, ENV_312, LocalIndex, make_wheel, write_spec
 
 SCHEMA_DIR = REPO / "docs" / "schemas"
@@ -652,6 +652,25 @@ def out_receipt(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: P
 
 
 @pytest.fixture()
+def oci_target(tmp_path: Path):  # type: ignore[no-untyped-def]
+    registry = start_registry(tmp_path / "registry")
+    yield f"oci://{registry.address}/schemas/demo"
+    registry.stop()
+
+
+@pytest.fixture()
+def out_publish(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, oci_target: str) -> list[Output]:
+    first = run(capsys, ["publish", str(appliance), oci_target, "--tag", "latest", "--json"])
+    again = run(
+        capsys, ["publish", str(appliance), f"{oci_target}:stable", "--root", str(keys / "1.root.json"), "--json"]
+    )
+    assert first[1] == again[1] == 0
+    assert first[2]["tags"] == ["1.0.0", "latest"] and first[2]["uploaded_blobs"] == first[2]["blobs"]
+    assert again[2]["uploaded_blobs"] == 0 and again[2]["digest"] == first[2]["digest"]  # same appliance, same manifest
+    return [first, again]
+
+
+@pytest.fixture()
 def out_serve_token(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> list[Output]:
     db = str(tmp_path / "serve.db")
     plain = run(capsys, ["serve", "token", "add", "--db", db, "--name", "ci", "--scope", "read", "--json"])
@@ -723,3 +742,18 @@ def out_download(
     )
     assert out[2]["resumed"] is False and out[2]["signature"] is None  # no sha256 ETag: a whole download; no .sig
     return [out]
+
+
+@pytest.fixture()
+def out_pull(
+    capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, oci_target: str, tmp_path: Path
+) -> list[Output]:
+    assert run(capsys, ["publish", str(appliance), oci_target, "--json"])[1] == 0
+    out = tmp_path / "pulled.pex"
+    fresh = run(capsys, ["pull", f"{oci_target}:1.0.0", "-o", str(out), "--json"])
+    again = run(capsys, ["pull", f"{oci_target}:1.0.0", "-o", str(out), "--root", str(keys / "1.root.json"), "--json"])
+    assert fresh[1] == again[1] == 0 and out.read_bytes() == appliance.read_bytes()
+    # The file being replaced serves every piece but the index, which held appliances never offer (as for deltas).
+    assert fresh[2]["fetched_blobs"] == fresh[2]["blobs"] and again[2]["fetched_blobs"] == 1
+    assert fresh[2]["signature"] == str(out) + ".sig" and again[2]["trust_anchor"] == "--root file"
+    return [fresh, again]

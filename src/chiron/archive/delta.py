@@ -23,7 +23,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from chiron.archive.layout import (
     INDEX_EXTENT,
@@ -124,12 +124,12 @@ def base_content(base: Path) -> set[str]:
         return set(inv["content"])
     try:
         # Every region, including metadata files that are not targets (the root chain rarely changes).
-        return {sha for name, _off, _len, sha in _extents(base) if name != INDEX_EXTENT}
+        return {sha for name, _off, _len, sha in extents(base) if name != INDEX_EXTENT}
     except FormatError as exc:
         raise UsageError(f"{base}: neither an appliance nor an inventory ({exc.message})") from None
 
 
-def _extents(archive: Path) -> list[tuple[str, int, int, str]]:
+def extents(archive: Path) -> list[tuple[str, int, int, str]]:
     """(name, offset, length, sha256) of every region of the full file, in file order.
 
     Targets take their hash from the targets metadata; the metadata files and the index (not targets
@@ -167,23 +167,23 @@ def make(base: Path, new: Path, out: Path) -> Made:
     if out.resolve() in (base.resolve(), new.resolve()):
         raise UsageError(f"{out}: the delta would overwrite its own input; choose another --output")
     have = base_content(base)
-    regions = _extents(new)
+    regions = extents(new)
     with ArchiveReader(new) as reader:
         size = reader.size
         whole = sha256_range(reader.fd, 0, size)
         manifest = parse_manifest(reader.read(MANIFEST, MAX_MANIFEST)) if reader.has(MANIFEST) else None
-    extents: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
     for rname, _off, length, sha in regions:
         # The shebang and the index are tiny and always carried; metadata changes with every version.
         carried = rname == INDEX_EXTENT or sha not in have
-        extents.append({"name": rname, "length": length, "sha256": sha, "carried": carried})
+        entries.append({"name": rname, "length": length, "sha256": sha, "carried": carried})
     header = {
         "format": FORMAT,
         "name": manifest.name if manifest else None,
         "version": manifest.version if manifest else None,
         "size": size,
         "sha256": whole,
-        "extents": extents,
+        "extents": entries,
     }
     raw = canonical_json(header)
     src_fd = open_regular(new)
@@ -191,7 +191,7 @@ def make(base: Path, new: Path, out: Path) -> Made:
         with temp_beside(out) as (fd, tmp), os.fdopen(os.dup(fd), "wb") as dst:
             dst.write(HEAD.pack(MAGIC, len(raw)))
             dst.write(raw)
-            for (_n, off, length, _s), e in zip(regions, extents, strict=True):
+            for (_n, off, length, _s), e in zip(regions, entries, strict=True):
                 if e["carried"]:
                     _copy_range(src_fd, off, length, dst)
             dst.flush()
@@ -199,7 +199,7 @@ def make(base: Path, new: Path, out: Path) -> Made:
             os.replace(tmp, out)
     finally:
         os.close(src_fd)
-    carried_bytes = sum(int(e["length"]) for e in extents if e["carried"])
+    carried_bytes = sum(int(e["length"]) for e in entries if e["carried"])
     return Made(out, out.stat().st_size, carried_bytes, size - carried_bytes)
 
 
@@ -271,12 +271,14 @@ def _extent(e: Any, i: int) -> Extent:
     return Extent(name, length, sha, carried)
 
 
-def _pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
-    """sha256 -> every (appliance, offset, length) that claims to hold it (re-checked when copied)."""
+def held_pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
+    """sha256 -> every (appliance, offset, length) that claims to hold it (re-checked when copied).
+
+    The one answer to "what does this host already hold" for deltas and for OCI pulls alike."""
     pieces: dict[str, list[tuple[Path, int, int]]] = {}
     for src in sources:
         try:
-            for name, off, length, sha in _extents(src):
+            for name, off, length, sha in extents(src):
                 if name != INDEX_EXTENT:
                     pieces.setdefault(sha, []).append((src, off, length))
         except (FormatError, VerificationError, UsageError, OSError):
@@ -284,7 +286,7 @@ def _pieces(sources: list[Path]) -> dict[str, list[tuple[Path, int, int]]]:
     return pieces
 
 
-def _copy_range(src_fd: int, off: int, length: int, dst: IO[bytes]) -> str:
+def _copy_range(src_fd: int, off: int, length: int, dst: Sink) -> str:
     """Append ``length`` bytes of ``src_fd`` at ``off`` to ``dst``; their sha256."""
     h = hashlib.sha256()
     end = off + length
@@ -298,7 +300,14 @@ def _copy_range(src_fd: int, off: int, length: int, dst: IO[bytes]) -> str:
     return h.hexdigest()
 
 
-def _copy(src: Path, off: int, length: int, dst: IO[bytes]) -> str:
+class Sink(Protocol):
+    """Where copied bytes go: a file, or anything that hashes or counts them on the way."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+def copy_piece(src: Path, off: int, length: int, dst: Sink) -> str:
+    """Append ``length`` bytes of the file ``src`` at ``off`` to ``dst``; their sha256."""
     fd = open_regular(src)
     try:
         return _copy_range(fd, off, length, dst)
@@ -313,7 +322,7 @@ def apply(delta_path: Path, sources: list[Path], out: Path) -> Delta:
     hash-checked as it is copied (a kept copy that does not match is skipped for the next one).
     """
     d = read(delta_path)
-    pieces = _pieces(sources)
+    pieces = held_pieces(sources)
     missing = [
         e for e in d.extents if not e.carried and not any(n == e.length for _s, _o, n in pieces.get(e.sha256, []))
     ]
@@ -360,7 +369,7 @@ def _assemble(d: Delta, pieces: dict[str, list[tuple[Path, int, int]]], dst: IO[
         else:
             candidates = [c for c in pieces[e.sha256] if c[2] == e.length]
         for src, off, _n in candidates:
-            if _copy(src, off, e.length, dst) == e.sha256:
+            if copy_piece(src, off, e.length, dst) == e.sha256:
                 break
             dst.seek(start)
             dst.truncate()
@@ -375,7 +384,7 @@ def inventory(name: str, releases: list[dict[str, Any]], archives: list[Path]) -
     content: set[str] = set()
     for a in archives:
         try:
-            content |= {sha for n, _o, _l, sha in _extents(a) if n != INDEX_EXTENT}
+            content |= {sha for n, _o, _l, sha in extents(a) if n != INDEX_EXTENT}
         except (FormatError, VerificationError, UsageError, OSError):
             continue
     return {"schema": INVENTORY_SCHEMA, "name": name, "releases": releases, "content": sorted(content)}

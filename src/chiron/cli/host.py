@@ -6,7 +6,6 @@ from typing import Annotated, Any
 import typer
 
 from chiron.cli.app import (
-    CaOpt,
     ImagesOpt,
     InstallerOpt,
     JsonOpt,
@@ -24,6 +23,7 @@ from chiron.cli.app import (
     say,
     state,
 )
+from chiron.cli.oci import AuthfileOpt, CaFileOpt, InsecureOpt, local_appliance
 from chiron.core.runtime import self_archive
 from chiron.errors import ExitCode
 
@@ -64,7 +64,9 @@ def _print_host_result(result: Any, as_json: bool) -> None:
 
 @app.command()
 def install(
-    archive: Annotated[Path | None, typer.Argument(help="Appliance to install; default: the one running.")] = None,
+    archive: Annotated[
+        str | None, typer.Argument(help="Appliance to install (a file or oci://...); default: the one running.")
+    ] = None,
     prefix: PrefixOpt = Path("/opt/chiron"),
     state_dir: StateOpt = None,
     root: Annotated[Path | None, typer.Option("--root", help="Trusted root metadata obtained out of band.")] = None,
@@ -79,26 +81,31 @@ def install(
     images: ImagesOpt = "load",
     registry: RegistryOpt = None,
     wait: WaitOpt = 0.0,
+    authfile: AuthfileOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """First install on a host: verify, then create the release offline and switch to it."""
     from chiron.engines.host import install as run_install
 
-    opts = _host_opts(
-        archive,
-        "install",
-        prefix,
-        state_dir=state_dir,
-        root_file=root,
-        root_sha256=root_sha256,
-        trust_on_first_use=trust_on_first_use,
-        installer=installer,
-        images=images,
-        registry=registry,
-        wait=wait,
-        show_progress=not as_json,
-    )
-    _print_host_result(run_install(opts), as_json)
+    with local_appliance(archive, prefix, state_dir, authfile, ca_file, insecure, not as_json) as local:
+        opts = _host_opts(
+            local,
+            "install",
+            prefix,
+            state_dir=state_dir,
+            root_file=root,
+            root_sha256=root_sha256,
+            trust_on_first_use=trust_on_first_use,
+            installer=installer,
+            images=images,
+            registry=registry,
+            wait=wait,
+            show_progress=not as_json,
+        )
+        result = run_install(opts)
+    _print_host_result(result, as_json)
 
 
 @app.command()
@@ -106,8 +113,8 @@ def upgrade(
     archive: Annotated[
         str | None,
         typer.Argument(
-            help="The newer appliance or delta: a file, or a URL (https://SERVER/ asks a chiron serve for the "
-            "delta this host needs); default: the one running."
+            help="The newer appliance or delta: a file, oci://..., or a URL (https://SERVER/ asks a chiron serve "
+            "for the delta this host needs); default: the one running."
         ),
     ] = None,
     prefix: PrefixOpt = Path("/opt/chiron"),
@@ -119,47 +126,52 @@ def upgrade(
     images: ImagesOpt = "load",
     registry: RegistryOpt = None,
     wait: WaitOpt = 0.0,
+    authfile: AuthfileOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
     token: TokenOpt = None,
-    cacert: CaOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify against the host's trusted metadata, install beside the current release, health-check, switch."""
     from chiron.engines.host import upgrade as run_upgrade
 
-    if archive is not None and "://" in archive:  # downloaded (resumably) first, then upgraded from as a file
+    if archive is not None and archive.startswith(("http://", "https://")):  # a chiron serve, or any HTTP server
         from chiron.engines.download import for_upgrade
 
-        archive = str(for_upgrade(archive, prefix, state_dir, client(token, cacert)))
-    local = Path(archive) if archive is not None else None
-    target = archive_arg(local, "upgrade").absolute()
-    from chiron.engines.host.handover import hand_over_to_installed
+        # Downloaded (resumably) into the state directory, then upgraded from as a file: verified like one.
+        archive = str(for_upgrade(archive, prefix, state_dir, client(token, ca_file)))
+    # An oci:// appliance is pulled first (transport only); whichever tool runs the upgrade verifies it.
+    with local_appliance(archive, prefix, state_dir, authfile, ca_file, insecure, not as_json) as local:
+        target = archive_arg(local, "upgrade").absolute()
+        from chiron.engines.host.handover import hand_over_to_installed
 
-    hand_over_to_installed(
-        prefix,
-        target,
-        state_dir,
-        allow_downgrade,
-        installer,
-        wait,
-        as_json,
-        lambda m: log("notice", m),
-        images,
-        registry,
-        state["global_args"],
-    )
-    opts = _host_opts(
-        local,
-        "upgrade",
-        prefix,
-        state_dir=state_dir,
-        allow_downgrade=allow_downgrade,
-        installer=installer,
-        images=images,
-        registry=registry,
-        wait=wait,
-        show_progress=not as_json,
-    )
-    _print_host_result(run_upgrade(opts), as_json)
+        hand_over_to_installed(
+            prefix,
+            target,
+            state_dir,
+            allow_downgrade,
+            installer,
+            wait,
+            as_json,
+            lambda m: log("notice", m),
+            images,
+            registry,
+            state["global_args"],
+        )
+        opts = _host_opts(
+            local,
+            "upgrade",
+            prefix,
+            state_dir=state_dir,
+            allow_downgrade=allow_downgrade,
+            installer=installer,
+            images=images,
+            registry=registry,
+            wait=wait,
+            show_progress=not as_json,
+        )
+        result = run_upgrade(opts)
+    _print_host_result(result, as_json)
 
 
 @app.command()

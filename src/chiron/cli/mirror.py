@@ -14,6 +14,7 @@ from chiron.cli.app import (
     say,
     tool_wheels_dir,
 )
+from chiron.cli.oci import AuthfileOpt, CaFileOpt, InsecureOpt, access
 
 if TYPE_CHECKING:
     from chiron.sources.tool import ToolFormat
@@ -45,6 +46,16 @@ def mirror_refresh(
     source_date_epoch: Annotated[
         int | None, typer.Option(help="Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH).")
     ] = None,
+    publish_to: Annotated[
+        str | None,
+        typer.Option("--publish", help="Then publish the newest appliance to oci://HOST/REPO (tag: VERSION-N)."),
+    ] = None,
+    publish_tag: Annotated[
+        list[str] | None, typer.Option("--publish-tag", help="Another tag to publish it under, e.g. latest.")
+    ] = None,
+    authfile: AuthfileOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-resolve the spec, fetch only what the store lacks, apply the policy, sign version N+1 if anything
@@ -69,9 +80,28 @@ def mirror_refresh(
             show_progress=not as_json,
         )
     )
+    published = None
+    if publish_to is not None and result.appliance is not None:
+        # Every run publishes the newest appliance, built now or not: a publish that failed last time is
+        # made up, and one that already happened costs a few HEAD requests (the registry has every blob).
+        from chiron.engines.oci import PublishOptions, publish, tag_for
+
+        published = publish(
+            PublishOptions(
+                archive=result.appliance,
+                target=publish_to,
+                access=access(authfile, ca_file, insecure),
+                tags=list(publish_tag or []),
+                # A store keeps the spec's version and signs metadata version N+1: VERSION-N tells them apart.
+                default_tag=tag_for(f"{result.version}-{result.metadata_version}"),
+                show_progress=not as_json,
+            )
+        )
     if as_json:
-        emit(result.as_dict())
+        emit({**result.as_dict(), **({"published": published.as_dict()} if published else {})})
         return
+    if published is not None:
+        typer.echo(f"published {published.reference} ({published.uploaded_bytes} bytes uploaded)")
     for note in result.notes if result.changed else ():
         log("notice", note)
     if not result.changed:

@@ -158,12 +158,19 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write a file through a temporary sibling and a rename, so readers never see half of it."""
-    with temp_beside(path, mode) as (fd, tmp):
-        _write_all(fd, data)
-        os.fsync(fd)
-        os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Write a file through a temporary sibling and a rename, so readers never see half of it.
+
+    An OSError that does not name a file (a full disk, a quota) is raised naming ``path``."""
+    try:
+        with temp_beside(path, mode) as (fd, tmp):
+            _write_all(fd, data)
+            os.fsync(fd)
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -93,6 +93,8 @@ def load_spec_bytes(raw: bytes, where: str, path: Path | None = None) -> LoadedS
         raise SpecError(f"{where}: spec is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level: a hostile spec is malformed, not a crash
+        raise SpecError(f"{where}: not valid TOML: nested too deeply") from None
     try:
         spec = ApplianceSpec.model_validate(data)
     except ValidationError as exc:

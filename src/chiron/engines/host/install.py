@@ -70,11 +70,11 @@ def _check_inputs(opts: InstallOptions) -> None:
 
 def install(opts: InstallOptions) -> HostResult:
     """First installation on a host: verify against an anchor, then create the first release."""
+    paths = Paths.make(opts.prefix, opts.state_dir)
+    _check_inputs(opts)  # a missing or unreadable archive is named first
     anchor = anchor_from_options(
         opts.root_file, opts.root_sha256, trust_on_first_use=opts.trust_on_first_use, required=True
     )
-    paths = Paths.make(opts.prefix, opts.state_dir)
-    _check_inputs(opts)
     with locked(paths, "install", opts.wait):
         recover(paths)
         state = load_state(paths)
