@@ -29,7 +29,8 @@ $(VENV)/.installed: pyproject.toml
 # Rebuilt only when the code or the pins change, so repeated runs need no package index.
 tool-wheels: $(TOOL_WHEELS)/.stamp
 $(TOOL_WHEELS)/.stamp: $(VENV)/.installed pyproject.toml requirements/tool-constraints.txt $(shell find src -name '*.py')
-	rm -rf $(TOOL_WHEELS)
+	# setuptools builds in ./build/lib: clear it, or a module moved into a package stays in the wheel.
+	rm -rf $(TOOL_WHEELS) build/lib build/bdist.*
 	$(BIN)/pip wheel -q -c requirements/tool-constraints.txt -w $(TOOL_WHEELS) '.[serve]'
 	# The tool runs on the target hosts too: add the compiled dependencies for CPython 3.12 on x86_64
 	# (the default bundle's other environment); pure wheels are shared.

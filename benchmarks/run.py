@@ -430,12 +430,12 @@ def _refresh_profile(store: Path) -> dict[str, float]:
         return float(sum(v[3] for (f, _line, fn), v in stats.items() if f"/chiron/{where}" in f and fn == func))
 
     steps = {
-        "pip resolution (sources.lock.resolve, a pip subprocess)": cum("sources/lock/", "resolve"),
-        "tool zip lookup: hash tool wheels, re-hash cached zip": cum("engines/build.py", "tool_zip_for"),
-        "sha256 of whole files (core.fs.sha256_file: the tool zip, [[files]])": cum("core/fs.py", "sha256_file"),
+        "pip resolution (sources.lock.resolve, a pip subprocess)": cum("sources/lock/resolve.py", "resolve"),
+        "tool zip lookup: hash tool wheels, check the cached zip": cum("sources/toolcache.py", "cached_tool_zip"),
         "skopeo (sources.images.fetch: inspect, copy to the store's oci/)": cum("sources/images.py", "fetch"),
+        "sha256 of whole files (core.fs.sha256_file: the tool zip, [[files]])": cum("core/fs.py", "sha256_file"),
     }
-    refresh = cum("engines/mirror/", "refresh")
+    refresh = cum("engines/mirror/refresh.py", "refresh")
     if not refresh:
         raise SystemExit("refresh profile: no chiron.engines.mirror refresh() in the profile (moved? update run.py)")
     return {

@@ -152,6 +152,9 @@ def do_build(
             tool_format=fmt,  # type: ignore[arg-type]
             source_date_epoch=epoch,
             show_progress=False,
+            # Fixtures of the verifier's and the host's tests build expired appliances on purpose; build's
+            # own refusal of them is tested in test_build_verify.
+            allow_expired=True,
         )
     )
 
@@ -194,12 +197,19 @@ def tool_cache(tool_wheels: Path, session_cache: Path) -> Path:
     import tempfile
 
     from chiron.core.models import TargetEnvironment
-    from chiron.engines.build import ZIP_TIME, platforms_for, tool_zip_for
+    from chiron.sources.tool import platforms_for
+    from chiron.sources.toolcache import cached_tool_zip
 
     envs = [TargetEnvironment(name="cp311", python_version="3.11", platforms=["manylinux_2_17_x86_64"])]
-    opts = BuildOptions(spec=Path("-"), output=Path("-"), tool_wheels=tool_wheels, cache_dir=session_cache)
     with tempfile.TemporaryDirectory() as tmp:
-        tool_zip_for(opts, ZIP_TIME, Path(tmp), platforms_for("pex", envs)[0])
+        cached_tool_zip(
+            fmt="pex",
+            wheels=tool_wheels,
+            shebang="/usr/bin/env python3",
+            platforms=platforms_for("pex", envs)[0],
+            cache_dir=session_cache,
+            work=Path(tmp),
+        )
     return session_cache / "tool"
 
 

@@ -112,3 +112,7 @@ class PolicyViolation(Refused):
             hint="fix the spec's constraints or the policy; the previous appliance stays the newest",
         )
         self.details = details
+
+
+class StoreStateError(Refused):
+    """A mirror store's state is damaged or not what chiron wrote; chiron will not guess what it held."""

@@ -264,3 +264,30 @@ def test_tool_platforms_for_pex(tag: str, expected: str) -> None:
 
     env = TargetEnvironment(name="e", python_version="3.12", platforms=[tag])
     assert tool_platforms([env]) == [expected]
+
+
+def test_a_build_time_that_would_expire_the_metadata_is_refused(
+    tmp_path: Path,
+    good_spec: Path,
+    tool_wheels: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An old SOURCE_DATE_EPOCH: refused at build (exit 2) naming the role, its expiry and the build
+    time, before anything is written; never a build that only the verify step after it fails."""
+    from chiron.cli import main
+
+    old = int(time.time()) - 10 * 86400  # targets (30d) still fit; timestamp (1d) and snapshot (7d) do not
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(old))
+    out, cache = tmp_path / "dist" / "old.pex", tmp_path / "cache"
+    argv = ["build", str(good_spec), "-o", str(out), "--tool-wheels", str(tool_wheels), "--cache-dir", str(cache)]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    built, expires = time.strftime(iso, time.gmtime(old)), time.strftime(iso, time.gmtime(old + 86400))
+    assert exc.value.code == 2, err
+    assert f"role timestamp: metadata built at {built} with expires = 1d would expire at {expires}, before now" in err
+    assert "(snapshot too)" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists() and not out.parent.exists() and not cache.exists()

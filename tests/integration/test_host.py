@@ -96,6 +96,7 @@ def apps(tmp_path_factory: pytest.TempPathFactory, keys: Path, tool_wheels: Path
                 source_date_epoch=epoch,
                 metadata_version=md_version,
                 show_progress=False,
+                allow_expired=True,  # the expired and back-dated releases are expired on purpose
             )
         )
         return out

@@ -206,3 +206,28 @@ def test_partial_download_is_continued_or_restarted(tmp_path: Path, private_inde
     partial.write_bytes(data[:100])
     private_index.ranges = None
     assert cache.fetch(url, sha, wheel.name)[0].read_bytes() == data
+
+
+def test_a_project_the_index_does_not_have_is_named(tmp_path: Path, keys: Path, private_index: LocalIndex) -> None:
+    """The index answered 404 for the project: a spec problem (exit 2), named as one."""
+    spec = load_spec(write_spec(tmp_path / "s", keys=keys, index_url=private_index.url, requirements=["nosuchproject"]))
+    with pytest.raises(LockError) as exc:
+        _lock.resolve(spec.spec, spec.base)
+    assert f"the index {private_index.url} has no project 'nosuchproject'" in exc.value.message
+    assert exc.value.hint and "allow_sdists" not in exc.value.hint
+
+
+def test_an_index_that_is_down_is_a_network_failure(tmp_path: Path, keys: Path) -> None:
+    """pip says "no matching distribution" for an unreachable index too: the index is asked before the
+    spec is blamed (exit 3, naming the URL)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/simple"
+    spec = load_spec(write_spec(tmp_path / "s", keys=keys, index_url=url, requirements=["alpha"]))
+    with pytest.raises(ArtifactError) as exc:
+        _lock.resolve(spec.spec, spec.base)
+    assert exc.value.exit_code == 3
+    assert exc.value.message.startswith(f"environment cp311: cannot reach the package index at {url}/alpha/")

@@ -232,7 +232,7 @@ def _check_index_shape(index: Any) -> None:
     if set(index) != {"format", "tool_format", "shebang_length", "members"} or not isinstance(index["members"], list):
         raise FormatError("index has unknown or missing fields")
     if len(index["members"]) > MAX_MEMBERS:
-        raise FormatError(f"index lists {len(index['members'])} members, more than the {MAX_MEMBERS} chiron reads")
+        raise FormatError(f"index lists {len(index['members'])} members, over the limit of {MAX_MEMBERS} chiron reads")
     if any(not isinstance(m, dict) or set(m) != {"name", "offset", "length"} for m in index["members"]):
         raise FormatError("index member entries have unknown or missing fields")
     if any(

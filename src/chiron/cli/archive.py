@@ -124,6 +124,8 @@ def build(
     result = run_build(opts)
     for note in result.notes:
         log("notice", note)
+    for warning in result.warnings:
+        log("warning", warning)
     if as_json:
         emit({"schema": "chiron.build/1", **result.as_dict()})
     else:

@@ -1,18 +1,18 @@
-"""Commands for the mirror store: mirror refresh / restore / status / prune."""
+"""Commands for the mirror store: mirror refresh / restore / init / status / prune."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from chiron.cli.app import (
     JsonOpt,
     StoreOpt,
+    archive_arg,
     emit,
     log,
     mirror_app,
     say,
-    tool_wheels_dir,
 )
 from chiron.cli.oci import AuthfileOpt, CaFileOpt, InsecureOpt, access
 
@@ -38,7 +38,11 @@ def mirror_refresh(
     ] = False,
     fmt: Annotated[str, typer.Option("--format", help="Tool zip format: pex or shiv.")] = "pex",
     tool_wheels: Annotated[
-        Path | None, typer.Option(help="Wheels of chiron and its dependencies (default: $CHIRON_TOOL_WHEELS).")
+        Path | None,
+        typer.Option(
+            help="Wheels of chiron and its dependencies (default: $CHIRON_TOOL_WHEELS, else the tool of the "
+            "store's newest appliance is signed again)."
+        ),
     ] = None,
     base: Annotated[
         Path | None, typer.Option("--base", help="Folder the spec's relative paths resolve against.")
@@ -60,17 +64,20 @@ def mirror_refresh(
 ) -> None:
     """Re-resolve the spec, fetch only what the store lacks, apply the policy, sign version N+1 if anything
     changed. Exit 0 built or up to date, 4 policy violation, 3 upstream or disk problem."""
+    import os
+
     from chiron.engines.diff import render
     from chiron.engines.mirror import RefreshOptions, refresh
     from chiron.errors import UsageError
 
     if fmt not in ("pex", "shiv"):
         raise UsageError(f"--format: '{fmt}' is not pex or shiv")
+    env_wheels = os.environ.get("CHIRON_TOOL_WHEELS")
     result = refresh(
         RefreshOptions(
             store=store,
             spec=spec,
-            tool_wheels=tool_wheels_dir(tool_wheels),
+            tool_wheels=tool_wheels or (Path(env_wheels) if env_wheels else None),
             base_dir=base,
             tool_format=cast("ToolFormat", fmt),
             policy=policy,
@@ -80,6 +87,8 @@ def mirror_refresh(
             show_progress=not as_json,
         )
     )
+    for warning in result.warnings:
+        log("warning", warning)
     published = None
     if publish_to is not None and result.appliance is not None:
         # Every run publishes the newest appliance, built now or not: a publish that failed last time is
@@ -101,8 +110,8 @@ def mirror_refresh(
         emit({**result.as_dict(), **({"published": published.as_dict()} if published else {})})
         return
     if published is not None:
-        typer.echo(f"published {published.reference} ({published.uploaded_bytes} bytes uploaded)")
-    for note in result.notes if result.changed else ():
+        say(f"published {published.reference} ({published.uploaded_bytes} bytes uploaded)")
+    for note in result.notes if result.changed else result.notes[1:]:
         log("notice", note)
     if not result.changed:
         say(
@@ -110,16 +119,26 @@ def mirror_refresh(
             f"{result.name} {result.version} metadata version {result.metadata_version} stays the newest: "
             f"{result.appliance}"
         )
-        return
-    say(
-        f"built {result.appliance} ({result.name} {result.version}, metadata version {result.metadata_version}, "
-        f"{result.size} bytes; {result.downloaded} artifacts downloaded, {result.bytes_downloaded} bytes, "
-        f"{result.reused} from the store)"
-    )
+    else:
+        say(
+            f"built {result.appliance} ({result.name} {result.version}, metadata version "
+            f"{result.metadata_version}, {result.size} bytes; {result.downloaded} artifacts downloaded, "
+            f"{result.bytes_downloaded} bytes, {result.reused} from the store)"
+        )
     if result.delta:
         say(f"delta: {result.delta} ({result.delta_size} bytes)")
+    _roots(result.root)
     if result.changelog:
         say(render(result.changelog))
+
+
+def _roots(info: dict[str, Any]) -> None:
+    """The fingerprints to publish out of band (verify --root-sha256, install --root-sha256)."""
+    if info.get("root_fingerprint"):
+        say(f"root fingerprint: {info['root_fingerprint']}")
+        newest = info["newest_root"]
+        if newest["version"] > 1:
+            say(f"newest root (version {newest['version']}): {newest['sha256']}")
 
 
 @mirror_app.command("restore")
@@ -152,6 +171,42 @@ def mirror_restore(
     )
     for role, uris in sorted(info["keys"].items()):
         say(f"  {role}: {', '.join(uris)}")
+    _roots(info)
+
+
+@mirror_app.command("init")
+def mirror_init(
+    archive: Annotated[
+        Path | None, typer.Argument(help="The appliance to set the store up from (default: the one running).")
+    ] = None,
+    store: StoreOpt = Path("mirror"),
+    base: Annotated[
+        Path | None,
+        typer.Option("--base", help="Folder the appliance spec's relative key paths resolve against."),
+    ] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Trusted root to verify the appliance.")] = None,
+    root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of a trusted root.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set up a mirror host's store from an appliance (./chiron.pex mirror init --store DIR): its spec, lock,
+    root chain, wheels and images; 'mirror refresh --store DIR' then runs, signing the same tool again."""
+    from chiron.engines.mirror import init
+
+    given = archive_arg(archive, "mirror init")
+    info = init(given, store, base=base, root_file=root, root_sha256=root_sha256)
+    if as_json:
+        emit(info)
+        return
+    for notice in info["notices"]:
+        log("notice", notice)
+    say(
+        f"set up {info['store']} from {given}: {info['name']} {info['version']} metadata version "
+        f"{info['metadata_version']} ({info['wheels']} wheels, {info['image_blobs']} image blobs), spec {info['spec']}"
+    )
+    for role, uris in sorted(info["keys"].items()):
+        say(f"  {role}: {', '.join(uris)}")
+    _roots(info)
+    say(f"next: chiron mirror refresh --store {info['store']}")
 
 
 @mirror_app.command("status")
@@ -171,6 +226,7 @@ def mirror_status(store: StoreOpt = Path("mirror"), as_json: JsonOpt = False) ->
         f"artifacts: {info['artifacts']} ({info['artifact_bytes']} bytes); "
         f"image blobs: {info['image_blobs']} ({info['image_bytes']} bytes)"
     )
+    _roots(info)
 
 
 @mirror_app.command("prune")

@@ -186,6 +186,17 @@ class TrustSection(_Strict):
     root: str
     roles: dict[str, RoleSpec]
     detached: DetachedSpec = DetachedSpec()
+    # How long an appliance may take to reach the hosts (media, approvals, a data diode): build and
+    # refresh warn when a role's validity is shorter, and a refresh renews metadata before less than
+    # this is left.
+    carry_interval: str | None = None
+
+    @field_validator("carry_interval")
+    @classmethod
+    def _carry(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
 
     @field_validator("roles")
     @classmethod

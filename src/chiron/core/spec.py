@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from chiron.core.models import ApplianceSpec, KeyRef
+from chiron.core.text import printable
 from chiron.errors import SpecError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -105,5 +106,7 @@ def load_spec_bytes(raw: bytes, where: str, path: Path | None = None) -> LoadedS
         elif err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see docs/spec.md)"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise SpecError(f"{where}: {_field(tuple(err['loc']))}: {msg}{more}") from None
+        # Field names and values come from the file: never a raw control or bidi character on a terminal.
+        field, text = printable(_field(tuple(err["loc"])))[1:-1], printable(msg)[1:-1]
+        raise SpecError(f"{where}: {field}: {text}{more}") from None
     return LoadedSpec(spec=spec, path=path.resolve(), raw=raw)

@@ -106,6 +106,8 @@ def load(path: Path | None) -> LoadedPolicy:
         raise SpecError(f"{path}: policy file not found") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SpecError(f"{path}: cannot read the policy: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: cannot read the policy: nested too deeply") from None
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:

@@ -19,9 +19,10 @@ from typing import Any
 
 from chiron.archive.layout import METADATA_PREFIX, TOOL_TARGET, Layout, root_member_version
 from chiron.archive.reader import read_layout
-from chiron.core.fs import copy_region
-from chiron.engines.verify import verify
+from chiron.core.clock import iso, parse_iso
+from chiron.engines.verify import VerifiedAppliance, verified
 from chiron.errors import VerificationError
+from chiron.sources.toolcache import ToolZip, tool_members_of
 
 
 @dataclass
@@ -47,6 +48,34 @@ def _read(path: Path, layout: Layout, name: str) -> bytes:
         return os.pread(f.fileno(), length, offset)
 
 
+def _unpack(appliance: VerifiedAppliance, ws: Path, *, wheels: bool) -> tuple[Path | None, ToolZip]:
+    """Lay out what the appliance carries in the workspace ``ws``, every signed member re-hashed as it
+    is copied: spec, lock, root chain, [[files]], wheels (offline) and the OCI layout. Returns the
+    OCI layout (None without images) and the tool zip."""
+    (ws / "appliance.toml").write_bytes(appliance.read("spec/appliance.toml"))
+    (ws / "pylock.toml").write_bytes(appliance.read("lock/pylock.toml"))
+    roots = ws / "root"
+    roots.mkdir()
+    has_images = False
+    for m in appliance.layout.members:
+        if root_member_version(m.name) is not None:
+            # Root metadata is not a target: python-tuf verified the chain while verify ran.
+            (roots / m.name.removeprefix(METADATA_PREFIX)).write_bytes(appliance.reader.read(m.name))
+        elif m.name.startswith("files/"):
+            appliance.copy(m.name, ws / "files" / m.name.removeprefix("files/"))
+        elif m.name.startswith("wheels/") and wheels:
+            # Offline: a private cache seeded with the archive's own wheels (content-addressed).
+            digest = appliance.target(m.name).sha256
+            appliance.copy(m.name, ws / "cache" / "sha256" / digest[:2] / digest)
+        elif m.name.startswith("images/"):
+            appliance.copy(m.name, ws / "oci" / m.name.removeprefix("images/"))
+            has_images = True
+    tool = ws / "tool.zip"
+    appliance.copy(TOOL_TARGET, tool)
+    packed = ToolZip(tool, appliance.target(TOOL_TARGET).sha256, tool_members_of(tool))
+    return (ws / "oci" if has_images else None), packed
+
+
 def rebuild(
     archive: Path,
     output: Path,
@@ -61,70 +90,35 @@ def rebuild(
     """Rebuild ``archive`` into ``output`` and compare; the caller decides what a difference means."""
     from chiron.engines.build import BuildOptions, build
 
-    report = verify(archive, root_file=root_file, root_sha256=root_sha256)
-    if not report.ok:
-        raise VerificationError(report.problems, hint="rebuild only from a verified appliance")
-    layout = read_layout(archive)
-    manifest = report.manifest
-    with tempfile.TemporaryDirectory(prefix="chiron-rebuild-") as tmp_s:
-        ws = Path(tmp_s)
-        spec_path = ws / "appliance.toml"
-        spec_path.write_bytes(_read(archive, layout, "spec/appliance.toml"))
-        lock = ws / "pylock.toml"
-        lock.write_bytes(_read(archive, layout, "lock/pylock.toml"))
-        roots = ws / "root"
-        roots.mkdir()
-        files = ws / "files"
-        for m in layout.members:
-            if root_member_version(m.name) is not None:
-                (roots / m.name.removeprefix(METADATA_PREFIX)).write_bytes(_read(archive, layout, m.name))
-            elif m.name.startswith("files/"):
-                dest = files / m.name.removeprefix("files/")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                copy_region(archive, m.offset, m.length, dest)
-        cache = cache_dir
-        if not online:
-            # Offline: seed a private cache with the archive's own wheels (content-addressed).
-            cache = ws / "cache"
-            for m in layout.members:
-                if m.name.startswith("wheels/"):
-                    digest = report.targets_meta[m.name]["sha256"]
-                    dest = cache / "sha256" / digest[:2] / digest
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    copy_region(archive, m.offset, m.length, dest)
-        layout_dir = ws / "oci"
-        images = None
-        if manifest.get("images"):
-            # The archive's own OCI layout: blobs as packed; index.json as chiron wrote it.
-            for m in layout.members:
-                if m.name.startswith("images/"):
-                    dest = layout_dir / m.name.removeprefix("images/")
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    copy_region(archive, m.offset, m.length, dest)
-            images = (layout_dir, list(manifest["images"]))
-        tool = ws / "tool.zip"
-        offset, length = layout.regions()[TOOL_TARGET]
-        copy_region(archive, offset, length, tool)
-        epoch = _epoch(manifest["created"])
-        build(
-            BuildOptions(
-                spec=spec_path,
-                output=output,
-                tool_wheels=tool_wheels or ws,
-                cache_dir=cache,
-                tool_format=layout.tool_format,  # type: ignore[arg-type]
-                source_date_epoch=epoch,
-                metadata_version=int(report.roles["targets"]["version"]),
-                shebang=layout.shebang.decode().removeprefix("#!").rstrip("\n"),
-                show_progress=False,
-                base_dir=base,
-                root_chain=roots,
-                lock_file=lock,
-                files_dir=files,
-                tool_zip=tool,
-                images=images,
+    with verified(archive, root_file=root_file, root_sha256=root_sha256) as report:
+        if not report.ok:
+            raise VerificationError(report.problems, hint="rebuild only from a verified appliance")
+        appliance = report.verified
+        manifest = report.manifest
+        with tempfile.TemporaryDirectory(prefix="chiron-rebuild-") as tmp_s:
+            ws = Path(tmp_s)
+            layout_dir, tool = _unpack(appliance, ws, wheels=not online)
+            build(
+                BuildOptions(
+                    spec=ws / "appliance.toml",
+                    output=output,
+                    tool_wheels=tool_wheels or ws,
+                    cache_dir=cache_dir if online else ws / "cache",
+                    tool_format=appliance.layout.tool_format,  # type: ignore[arg-type]
+                    source_date_epoch=_epoch(manifest["created"]),
+                    metadata_version=int(report.roles["targets"]["version"]),
+                    shebang=appliance.layout.shebang.decode().removeprefix("#!").rstrip("\n"),
+                    show_progress=False,
+                    base_dir=base,
+                    root_chain=ws / "root",
+                    lock_file=ws / "pylock.toml",
+                    files_dir=ws / "files",
+                    tool=tool,
+                    images=(layout_dir, list(manifest["images"])) if layout_dir and manifest.get("images") else None,
+                    appliance_version=str(manifest["version"]),
+                    check_store=False,
+                )
             )
-        )
     result = RebuildReport(original=str(archive), rebuilt=str(output))
     result.differences = compare(archive, output)
     result.identical = not result.differences and _same_file(archive, output)
@@ -132,10 +126,7 @@ def rebuild(
 
 
 def _epoch(created: str) -> int:
-    from calendar import timegm
-    from time import strptime
-
-    return timegm(strptime(created, "%Y-%m-%dT%H:%M:%SZ"))
+    return int(parse_iso(created).timestamp())
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -202,9 +193,7 @@ def _cause(name: str, pa: Path, a: Layout, pb: Path, b: Layout) -> str:
                 "signatures differ over identical content (a non-deterministic key such as ECDSA/HSM, or another key)"
             )
         if ma.signed.expires != mb.signed.expires:
-            return (
-                f"timestamps: expires {ma.signed.expires:%Y-%m-%dT%H:%M:%SZ} vs {mb.signed.expires:%Y-%m-%dT%H:%M:%SZ}"
-            )
+            return f"timestamps: expires {iso(ma.signed.expires)} vs {iso(mb.signed.expires)}"
         if ma.signed.version != mb.signed.version:
             return f"metadata version {ma.signed.version} vs {mb.signed.version}"
         return "signed content differs (it lists other targets: see the members above)"

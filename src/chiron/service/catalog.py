@@ -172,11 +172,11 @@ class Catalog:
         if s.store is not None:
             from chiron.engines.mirror import Store
 
-            state = Store(s.store.absolute()).state() or {"versions": []}
-            for v in state["versions"]:
-                path = s.store.absolute() / v["file"]
-                if not v.get("pruned") and path.is_file():
-                    found.append((path, "store", str(v["file"]), False))
+            state = Store(s.store.absolute()).state()
+            for v in state.versions if state is not None else []:
+                path = s.store.absolute() / v.file
+                if not v.pruned and path.is_file():
+                    found.append((path, "store", v.file, False))
         if s.appliances is not None:
             for p in sorted(s.appliances.absolute().iterdir()):
                 if p.suffix in SUFFIXES and p.is_file():

@@ -56,13 +56,10 @@ class JobRunner:
         """Queue a refresh and start it; ProblemError when one is already queued or running."""
         if self.stopping:
             raise ProblemError("unavailable", "the service is stopping")
+        # Without tool wheels, a refresh signs the tool of the store's newest appliance again (mirror engine).
         wheels = self.tool_wheels or (
             Path(os.environ["CHIRON_TOOL_WHEELS"]) if "CHIRON_TOOL_WHEELS" in os.environ else None
         )
-        if wheels is None:
-            raise ProblemError(
-                "unavailable", "the service was started without --tool-wheels: a refresh needs chiron's own wheels"
-            )
         job_id = secrets.token_hex(8)
         if not self.db.add_job(job_id, KIND, str(self.store), by, {"force": force}):
             running = self.db.active_job(str(self.store), KIND)
@@ -72,9 +69,18 @@ class JobRunner:
         threading.Thread(target=self._run, args=(job_id, wheels, force), name=f"job-{job_id}", daemon=True).start()
         return job_id
 
-    def _run(self, job_id: str, wheels: Path, force: bool) -> None:
-        argv = [sys.executable, "-m", "chiron.service.worker", KIND, "--store", str(self.store)]
-        argv += ["--tool-wheels", str(wheels), "--parent", str(os.getpid())] + (["--force"] if force else [])
+    def _run(self, job_id: str, wheels: Path | None, force: bool) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "chiron.service.worker",
+            KIND,
+            "--store",
+            str(self.store),
+            "--parent",
+            str(os.getpid()),
+        ]
+        argv += (["--tool-wheels", str(wheels)] if wheels else []) + (["--force"] if force else [])
         try:
             # Started from this thread, which waits for it: PR_SET_PDEATHSIG follows the thread that forked.
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -37,12 +37,12 @@ def log(line: str) -> None:
     sys.stderr.flush()
 
 
-def refresh(store: Path, tool_wheels: Path, force: bool) -> dict[str, object]:
+def refresh(store: Path, tool_wheels: Path | None, force: bool) -> dict[str, object]:
     from chiron.engines.mirror import RefreshOptions, Store
     from chiron.engines.mirror import refresh as run_refresh
 
-    state = Store(store).state() or {}
-    log(f"refresh of {store} started (spec {state.get('spec', '?')}, force={force})")
+    state = Store(store).state()
+    log(f"refresh of {store} started (spec {state.spec if state else '?'}, force={force})")
     result = run_refresh(RefreshOptions(store=store, tool_wheels=tool_wheels, force=force, show_progress=False))
     if result.changed:
         log(
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chiron.service.worker")
     parser.add_argument("kind", choices=["refresh"])
     parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--tool-wheels", type=Path, required=True)
+    parser.add_argument("--tool-wheels", type=Path)  # default: the tool of the store's newest appliance
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)

@@ -12,10 +12,10 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from chiron.core.fs import sha256_file
 from chiron.errors import ArtifactError
@@ -38,6 +38,25 @@ class FetchStats:
     reused: int = 0
     bytes_downloaded: int = 0
     resumed: int = 0  # downloads continued from an interrupted run's partial file
+
+
+class Pinned(Protocol):
+    """What a lock pins: where an artifact comes from, its file name and sha256 ("" if not yet known)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def filename(self) -> str: ...
+
+
+@dataclass
+class Fetched:
+    """Every artifact of a lock, in the cache: path and measured (sha256, size) by file name."""
+
+    paths: dict[str, Path] = field(default_factory=dict)
+    measured: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 class ArtifactCache:
@@ -105,6 +124,15 @@ class ArtifactCache:
         self.stats.downloaded += 1
         self.stats.bytes_downloaded += size - (have if resumed else 0)
         return dest, got, size
+
+    def fetch_all(self, artifacts: Iterable[Pinned], progress: Callable[[int], None] | None = None) -> Fetched:
+        """Fetch every artifact the cache lacks (each re-hashed); the one loop build, refresh and lock share."""
+        out = Fetched()
+        for art in artifacts:
+            path, sha, size = self.fetch(art.url, art.sha256, art.filename, progress=progress)
+            out.paths[art.filename] = path
+            out.measured[art.filename] = (sha, size)
+        return out
 
     def _partial(self, sha256: str) -> tuple[int | None, Path, bool]:
         """An open, locked partial file: named by the pinned hash (resumable) when it is free, else a

@@ -2,17 +2,19 @@
 resumed download, and every failure an ArtifactError naming the URL.
 
 Talking to a ``chiron serve`` (``chiron download``, ``upgrade URL``, ``receipt --server``) adds what a
-client of an authenticated service needs: a token (Bearer, or taken from the URL's
+client of an authenticated service needs (a ``Client``): a token (Bearer, or taken from the URL's
 ``__token__:TOKEN@`` user part, as pip and uv use it), a CA file for a site's own TLS certificates,
 JSON requests, and RFC 9457 problem documents turned into one-line errors.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from chiron.errors import ArtifactError, ServerRefused, UsageError
 
-MAX_JSON = 16 << 20  # the largest JSON answer read from a server
+READ_LIMIT = 64 << 20  # an index page or a small document; artifacts are streamed, never read whole
+MAX_JSON = 16 << 20  # the largest JSON answer read from a chiron server
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,6 @@ class Response:
         data: bytes = self._f.read(n)  # type: ignore[attr-defined]
         return data
 
-    def header(self, name: str) -> str | None:
-        headers = getattr(self._f, "headers", None)
-        return None if headers is None else headers.get(name)
-
 
 def _problem(exc: urllib.error.HTTPError) -> tuple[str, str]:
     """The server's own explanation of an error status: (": title: detail", the problem type URI)."""
@@ -114,8 +113,22 @@ def http_error(exc: urllib.error.HTTPError, url: str, what: str) -> Exception:
     return ArtifactError(message)
 
 
-def open_url(url: str, what: str, offset: int = 0, *, client: Client | None = None) -> tuple[Response, bool]:
-    """The response for ``url`` and whether it continues at ``offset`` (a 206 for our Range)."""
+def _request(url: str, headers: Mapping[str, str], timeout: float, context: ssl.SSLContext | None = None) -> object:
+    req = urllib.request.Request(url, headers={"User-Agent": "chiron", **headers})  # noqa: S310 - scheme checked by callers
+    return urllib.request.urlopen(req, timeout=timeout, context=context)  # noqa: S310 - as above
+
+
+def open_url(
+    url: str,
+    what: str,
+    offset: int = 0,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    client: Client | None = None,
+) -> tuple[Response, bool]:
+    """The response for ``url`` and whether it continues at ``offset`` (a 206 for our Range). With a
+    ``client`` (a chiron server): its token and CA, and its refusals as ServerRefused."""
     if "://" not in url:
         try:
             return Response(Path(url).open("rb")), False
@@ -123,29 +136,65 @@ def open_url(url: str, what: str, offset: int = 0, *, client: Client | None = No
             raise ArtifactError(f"{what}: cannot open {url}: {exc.strerror}") from None
     if not url.startswith(("http://", "https://", "file://")):
         raise ArtifactError(f"{what}: unsupported URL scheme in {url}")
-    url, client = with_url_credentials(url, client)
-    headers = client.headers()
+    extra = dict(headers or {})
+    context = None
+    if client is not None:
+        url, client = with_url_credentials(url, client)
+        extra = {**client.headers(), **extra}
+        timeout, context = client.timeout, client.context()
     if offset and url.startswith(("http://", "https://")):
-        headers["Range"] = f"bytes={offset}-"
+        extra["Range"] = f"bytes={offset}-"
     try:
-        req = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked above
-        resp = urllib.request.urlopen(req, timeout=client.timeout, context=client.context())  # noqa: S310
+        resp = _request(url, extra, timeout, context)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # the partial file is not a prefix of what is served now
-            return open_url(url, what, 0, client=client)
-        raise http_error(exc, url, what) from None
-    except (urllib.error.URLError, OSError) as exc:
+            return open_url(url, what, 0, headers=headers, timeout=timeout, client=client)
+        if client is not None:
+            raise http_error(exc, url, what) from None
+        raise ArtifactError(f"{what}: {url} answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ArtifactError(
             f"{what}: cannot fetch {url}: {reason}", hint="check the index URL and that the host is reachable"
         ) from None
     status = getattr(resp, "status", 200)
     if offset and status == 206:
-        if str(resp.headers.get("Content-Range", "")).startswith(f"bytes {offset}-"):
+        if str(resp.headers.get("Content-Range", "")).startswith(f"bytes {offset}-"):  # type: ignore[attr-defined]
             return Response(resp), True
-        resp.close()  # a part other than the one asked for: ask for the whole file instead
-        return open_url(url, what, 0, client=client)
+        Response(resp).close()  # a part other than the one asked for: ask for the whole file instead
+        return open_url(url, what, 0, headers=headers, timeout=timeout, client=client)
     return Response(resp), False
+
+
+def read_url(
+    url: str, what: str, *, headers: Mapping[str, str] | None = None, timeout: float = 60, limit: int = READ_LIMIT
+) -> bytes:
+    """The whole body of ``url`` (an index page), refused past ``limit`` bytes."""
+    resp, _ = open_url(url, what, headers=headers, timeout=timeout)
+    with resp:
+        try:
+            data = resp.read(limit + 1)
+        except (http.client.HTTPException, OSError) as exc:
+            raise ArtifactError(f"{what}: reading {url} failed: {exc}") from None
+    if len(data) > limit:
+        raise ArtifactError(f"{what}: {url} is larger than {limit} bytes")
+    return data
+
+
+def probe(url: str, timeout: float = 30) -> tuple[int | None, str]:
+    """Whether ``url`` can be reached: (HTTP status, "") when it answers, (None, reason) when not.
+
+    Used to tell a network failure from a real answer after an external tool (pip) failed."""
+    if not url.startswith(("http://", "https://")):
+        return 200, ""  # a local path or file:// URL: nothing on a network to be down
+    try:
+        resp = _request(url, {"Cache-Control": "max-age=0"}, timeout)
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        return None, str(getattr(exc, "reason", exc))
+    Response(resp).close()
+    return int(getattr(resp, "status", 200)), ""
 
 
 def request(

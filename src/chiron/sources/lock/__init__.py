@@ -1,6 +1,7 @@
 """The lock pipeline, split by job: the model, tags per environment, resolution with pip, and the
 lock files (pylock.toml and requirements). Importers use this package's names."""
 
+from chiron.sources.lock.load import load_lock
 from chiron.sources.lock.model import Artifact, Lock, LockedPackage
 from chiron.sources.lock.pylock import (
     check_fits,
@@ -21,6 +22,7 @@ __all__ = [
     "env_tags",
     "expand_platform",
     "fill_hashes",
+    "load_lock",
     "marker_env",
     "parse_pylock",
     "read_pylock",

@@ -91,43 +91,67 @@ def parse_pylock(text: str, environments: Iterable[TargetEnvironment], *, allow_
     """Parse lock text and select, for every environment, the artifact of each package it installs."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise LockError(f"{where}: not a valid TOML lock: {exc}") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise LockError(f"{where}: not a valid TOML lock: {reason}") from None
     if str(data.get("lock-version", "")).split(".")[0] != "1":
         raise LockError(f"{where}: lock-version {data.get('lock-version')!r} is not a PEP 751 1.x lock")
-    packages: list[LockedPackage] = []
-    for i, entry in enumerate(data.get("packages", [])):
-        at = f"{where}: packages[{i}]"
-        try:
-            name, version = canonicalize_name(entry["name"]), str(entry["version"])
-        except KeyError as exc:
-            raise LockError(f"{at}: missing field {exc.args[0]}") from None
-        pkg = LockedPackage(name, version, entry.get("index"), marker=entry.get("marker"))
-        items = list(entry.get("wheels", []))
-        if "sdist" in entry:
-            if not allow_sdists:
-                raise LockError(f"{at} ({name} {version}): is an sdist and python.allow_sdists is false")
-            items.append(entry["sdist"])
-        for j, w in enumerate(items):
-            art = _read_artifact(w, f"{at}.wheels[{j}]")
-            pkg.artifacts[art.filename] = art
-        if not pkg.artifacts:
-            raise LockError(f"{at} ({name} {version}): has no wheels (chiron installs from artifacts only)")
-        packages.append(pkg)
+    entries = data.get("packages", [])
+    if not isinstance(entries, list):
+        raise LockError(f"{where}: packages: is not an array of tables")
+    packages = [_read_package(entry, f"{where}: packages[{i}]", allow_sdists) for i, entry in enumerate(entries)]
     selection = _select(packages, environments, where)
     return Lock(packages=packages, selection=selection)
 
 
-def _read_artifact(w: dict[str, Any], where: str) -> Artifact:
-    url = w.get("url")
-    name = w.get("name") or (unquote(urlsplit(url).path.rsplit("/", 1)[-1]) if url else None)
-    sha = (w.get("hashes") or {}).get("sha256")
+def _text(table: dict[str, Any], key: str, at: str, *, required: bool = True) -> str | None:
+    value = table.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise LockError(f"{at}: {key}: {'missing' if value is None else 'is not a string'}")
+    return value
+
+
+def _read_package(entry: object, at: str, allow_sdists: bool) -> LockedPackage:
+    """One [[packages]] table, every field checked for its type (a lock is input: it may be hostile)."""
+    if not isinstance(entry, dict):
+        raise LockError(f"{at}: is not a table")
+    name, version = canonicalize_name(str(_text(entry, "name", at))), str(_text(entry, "version", at))
+    pkg = LockedPackage(
+        name, version, _text(entry, "index", at, required=False), marker=_text(entry, "marker", at, required=False)
+    )
+    items = entry.get("wheels", [])
+    if not isinstance(items, list):
+        raise LockError(f"{at}: wheels: is not an array of tables")
+    items = list(items)
+    if "sdist" in entry:
+        if not allow_sdists:
+            raise LockError(f"{at} ({name} {version}): is an sdist and python.allow_sdists is false")
+        items.append(entry["sdist"])
+    for j, w in enumerate(items):
+        art = _read_artifact(w, f"{at}.wheels[{j}]")
+        pkg.artifacts[art.filename] = art
+    if not pkg.artifacts:
+        raise LockError(f"{at} ({name} {version}): has no wheels (chiron installs from artifacts only)")
+    return pkg
+
+
+def _read_artifact(w: object, where: str) -> Artifact:
+    if not isinstance(w, dict):
+        raise LockError(f"{where}: is not a table")
+    url = _text(w, "url", where) or ""
+    name = _text(w, "name", where, required=False) or unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    hashes = w.get("hashes")
+    sha = hashes.get("sha256") if isinstance(hashes, dict) else None
     if not name or not url:
         raise LockError(f"{where}: needs name and url")
     if not isinstance(sha, str) or not SHA256.match(sha):
         raise LockError(f"{where} ({name}): needs hashes.sha256 (64 hex digits)")
     size = w.get("size")
-    return Artifact(filename=name, url=url, sha256=sha, size=int(size) if size is not None else None)
+    if size is not None and (type(size) is not int or size < 0):
+        raise LockError(f"{where} ({name}): size: is not a non-negative integer")
+    return Artifact(filename=name, url=url, sha256=sha, size=size)
 
 
 def _select(
