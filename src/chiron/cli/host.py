@@ -47,7 +47,7 @@ def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> A
     return InstallOptions(archive=archive_arg(archive, command).absolute(), prefix=prefix, **kw)
 
 
-def _print_host_result(result: Any, as_json: bool) -> None:
+def _print_host_result(result: Any, as_json: bool, prefix: Path | None = None) -> None:
     if as_json:
         emit(result.as_dict())
         return
@@ -60,6 +60,18 @@ def _print_host_result(result: Any, as_json: bool) -> None:
     typer.echo(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
     if result.previous:
         typer.echo(f"previous release kept: {result.previous}")
+    trial = result.trial
+    if trial and trial["last_check"]:
+        check = trial["last_check"]
+        verdict = "passed" if check["ok"] else "FAILED"
+        typer.echo(f"live check {verdict} ({check['attempts']} attempt(s)): {check['output']}")
+    if trial and trial["phase"] == "on-trial":
+        typer.echo(
+            f"on trial until {trial['deadline']}: confirm with 'chiron commit --prefix {prefix}'; "
+            "without it the next chiron operation after that time reverts it"
+        )
+    elif trial and trial["phase"] == "committed":
+        typer.echo(f"committed: {result.release} passed its trial")
 
 
 @app.command()
@@ -112,13 +124,19 @@ def upgrade(
     installer: InstallerOpt = "auto",
     images: ImagesOpt = "load",
     registry: RegistryOpt = None,
+    trial_until: Annotated[
+        str | None,
+        typer.Option("--trial-until", help="Leave the new release on trial this long (30m, 2h) for 'chiron commit'."),
+    ] = None,
     wait: WaitOpt = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify against the host's trusted metadata, install beside the current release, health-check, switch."""
+    from chiron.engines.host import parse_until
     from chiron.engines.host import upgrade as run_upgrade
 
     target = archive_arg(archive, "upgrade").absolute()
+    until = parse_until(trial_until) if trial_until is not None else None
     from chiron.engines.host.handover import hand_over_to_installed
 
     hand_over_to_installed(
@@ -132,6 +150,7 @@ def upgrade(
         lambda m: log("notice", m),
         images,
         registry,
+        trial_until,
     )
     opts = _host_opts(
         archive,
@@ -144,8 +163,9 @@ def upgrade(
         registry=registry,
         wait=wait,
         show_progress=not as_json,
+        trial_until=until,
     )
-    _print_host_result(run_upgrade(opts), as_json)
+    _print_host_result(run_upgrade(opts), as_json, prefix)
 
 
 @app.command()
@@ -163,6 +183,25 @@ def recover(
         emit({"schema": "chiron.recover/1", "prefix": str(prefix), "outcome": outcome})
     else:
         typer.echo(outcome or "nothing to recover")
+
+
+@app.command()
+def commit(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Confirm the release on trial (after 'upgrade --trial-until'); logged."""
+    from chiron.engines.host import commit_release
+
+    info = commit_release(prefix, state_dir, wait)
+    if as_json:
+        emit(info)
+        return
+    if info["recovered"]:
+        typer.echo(info["recovered"])
+    typer.echo(f"committed release {info['release']} (previous release kept: {info['previous'] or '-'})")
 
 
 @app.command()

@@ -27,6 +27,7 @@ from chiron.archive.layout import (
 )
 from chiron.archive.toolzip import normalize_zip
 from chiron.archive.writer import ArchiveWriter, Written
+from chiron.core import compose as _compose
 from chiron.core import progress as _progress
 from chiron.core import telemetry as _telemetry
 from chiron.core.clock import utc_from_epoch
@@ -141,6 +142,7 @@ def build(opts: BuildOptions) -> BuildResult:
     # is reproducible and cacheable; the build time lives in appliance.json and the metadata.
     zip_time = ZIP_TIME
     platforms, notes = platforms_for(opts.tool_format, spec.environments)
+    check_compose(loaded, opts.files_dir)
 
     with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=spec.appliance.version) as sp:
         root_chain = _trust.load_root_chain(opts.root_chain or loaded.resolve_path(spec.trust.root, "trust.root"))
@@ -268,6 +270,20 @@ def build(opts: BuildOptions) -> BuildResult:
         seconds=time.monotonic() - started,
         notes=notes,
     )
+
+
+def check_compose(loaded: LoadedSpec, files_dir: Path | None) -> None:
+    """``[host].compose`` names a [[files]] entry (a signed member): refuse before anything is fetched
+    a Compose file that is not one, or whose services run an image the appliance does not carry."""
+    dest = loaded.spec.host.compose
+    if dest is None:
+        return
+    i, extra = next((i, f) for i, f in enumerate(loaded.spec.files) if f.dest == dest)
+    src = files_dir / dest if files_dir else loaded.resolve_path(extra.src, f"files[{i}].src")
+    if not src.is_file():
+        raise SpecError(f"{loaded.path}: files[{i}].src: {src} is not a file (it is the host.compose file)")
+    where = f"{loaded.path}: host.compose ({src})"
+    _compose.check_carried(_compose.parse(src.read_bytes(), where), [i.ref for i in loaded.spec.images], where)
 
 
 def platforms_for(fmt: ToolFormat, environments: list[TargetEnvironment]) -> tuple[list[str], list[str]]:
