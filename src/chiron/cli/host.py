@@ -252,11 +252,30 @@ def status(
         )
     if info["pending_transaction"]:
         typer.echo(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
+    _print_trial(info["trial"])
     for w in info["warnings"]:
         typer.echo(f"warning: {w}")
     typer.echo("last operations:")
     for op in info["last_operations"]:
         typer.echo(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
+
+
+def _print_trial(trial: dict[str, Any] | None) -> None:
+    if not trial:
+        return
+    if trial["phase"] in ("on-trial", "reverting"):
+        waits = "waiting for 'chiron commit'" if trial["external"] else f"run by pid {trial['pid']}"
+        typer.echo(
+            f"trial: release {trial['release']} {trial['phase']} since {trial['since']}, "
+            f"until {trial['deadline']} ({waits})"
+        )
+    else:
+        why = f": {trial['reason']}" if trial["reason"] else ""
+        typer.echo(f"last trial: release {trial['release']} {trial['phase']} at {trial['ended']}{why}")
+    check = trial["last_check"]
+    if check:
+        verdict = "passed" if check["ok"] else "failed"
+        typer.echo(f"last live check: {verdict} at {check['time']} ({check['attempts']} attempt(s)): {check['output']}")
 
 
 @app.command()
