@@ -40,10 +40,8 @@ def clean(text: str, limit: int = MAX_CHECK_OUTPUT) -> str:
     """Output of a hook, the Compose CLI or the application, as chiron may print and record it: the
     end of it (the error is usually last), with every control character escaped."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    joined = " | ".join(lines) or "(no output)"
-    if len(joined) > limit:
-        joined = "..." + joined[-(limit - 3) :]
-    return printable(joined)[1:-1][-limit:]
+    joined = printable(" | ".join(lines) or "(no output)")[1:-1]
+    return joined if len(joined) <= limit else "..." + joined[-(limit - 3) :]
 
 
 # ---------------------------------------------------------------- staging (before the switch)
