@@ -1228,7 +1228,7 @@ def engine_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     if shutil.which("skopeo") is None:
         pytest.skip("NO SKOPEO: .ci/run installs it")
     rootfs = tmp_path_factory.mktemp("host-image") / "rootfs.tar"
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     subprocess.run([str(repo / "images" / "busybox" / "rootfs.sh"), str(rootfs)], check=True)
     ref = "chiron-test/host-images:1"
     subprocess.run(["docker", "import", str(rootfs), ref], check=True, capture_output=True)

@@ -73,11 +73,11 @@ def _check_inputs(opts: InstallOptions) -> None:
 
 def install(opts: InstallOptions) -> HostResult:
     """First installation on a host: verify against an anchor, then create the first release."""
+    _check_inputs(opts)  # a missing or FIFO archive is named first, before what anchors it
     anchor = anchor_from_options(
         opts.root_file, opts.root_sha256, trust_on_first_use=opts.trust_on_first_use, required=True
     )
     paths = Paths.make(opts.prefix, opts.state_dir)
-    _check_inputs(opts)
     with locked(paths, "install", opts.wait):
         recover(paths)
         state = load_state(paths)
