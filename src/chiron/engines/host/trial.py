@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from chiron.core.compose import project_name
-from chiron.core.hoststate import HostState, ReleaseRecord, Trial, format_time, parse_time, read_model
+from chiron.core.hoststate import (
+    MAX_CHECK_OUTPUT,
+    HostState,
+    ReleaseRecord,
+    Trial,
+    format_time,
+    parse_time,
+    read_model,
+)
 from chiron.core.models import HostSection
 from chiron.engines.host import activation as _act
 from chiron.engines.host.auditlog import audit
@@ -155,6 +163,7 @@ def fail(paths: Paths, trial: Trial, reason: str) -> None:
 
 def end_failed(paths: Paths, trial: Trial, reason: str) -> str:
     """Audit the failure and revert; returns what happened (for the error or for ``recover``)."""
+    reason = reason if len(reason) <= MAX_CHECK_OUTPUT else reason[: MAX_CHECK_OUTPUT - 3] + "..."
     extra: dict[str, Any] = {"check": trial.last_check.output} if trial.last_check else {}
     if trial.phase == "on-trial":
         audit(paths, "trial", "failed", release=trial.release, reason=reason, **extra)
