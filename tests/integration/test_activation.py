@@ -336,6 +336,17 @@ def test_a_failing_pre_switch_hook_aborts_before_the_switch(apps: Apps, tmp_path
     assert host.status(prefix, None)["trial"]["release"] == good.release  # no trial began
 
 
+def test_a_compose_application_without_an_engine_fails_before_the_switch(
+    apps: Apps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    prefix = tmp_path / "p"
+    with pytest.raises(EnvironmentProblem, match="no Docker Engine is reachable"):
+        _install(apps, prefix, apps.v1)
+    assert not (prefix / "current").exists() and not (prefix / "state" / "trial.json").exists()
+    assert list((prefix / "releases").iterdir()) == []
+
+
 def test_a_compose_file_naming_an_image_not_carried_is_refused_at_build(
     keys: Path, index, tool_wheels: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -278,7 +278,9 @@ def _prepare(
     write_model(paths.txn, txn)
     txn = _release.build_slot(paths, txn, appliance, lock, env, opts.installer)
     health_check(spec.host, paths.release(rid), sorted(lock.selection[env.name]))
-    load_images(opts.images, opts.registry, appliance, spec.host.images_required, notices)
+    # A Compose application cannot start without its images: fail here, before the switch, not in the trial.
+    required = spec.host.images_required or spec.host.compose is not None
+    load_images(opts.images, opts.registry, appliance, required, notices)
     _activation.stage(spec, appliance, paths.release(rid), opts.images, opts.registry)
     fsync_dir(paths.releases)
     crash_point("health")
