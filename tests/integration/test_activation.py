@@ -240,6 +240,9 @@ def test_v1_serves_and_a_healthy_v2_is_switched_and_committed(apps: Apps, tmp_pa
     info = host.status(prefix, None)
     assert info["trial"]["phase"] == "committed" and info["trial"]["release"] == second.release
     assert info["trial"]["last_check"]["output"] == f"http://127.0.0.1:{apps.port}/health answered HTTP 200"
+    # A deliberate rollback takes the application along: v1's project is up again.
+    back = host.rollback(prefix, None)
+    assert back.release == first.release and _serves(apps.port) == "1.0.0"
 
 
 def test_a_v3_failing_its_live_check_reverts_by_itself(apps: Apps, tmp_path: Path) -> None:

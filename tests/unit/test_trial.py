@@ -157,6 +157,14 @@ def test_a_compose_file_that_expands_without_bound_is_refused() -> None:
         compose.parse(b"#" * (compose.MAX_BYTES + 1), "compose.yaml")
 
 
+def test_images_pushed_to_a_registry_are_pinned_by_manifest_digest() -> None:
+    from chiron.engines.host.activation import repository_path
+
+    assert repository_path("registry.lab.example:5000/team/web:2.4.1") == "team/web"
+    assert repository_path("localhost/web@sha256:" + "a" * 64) == "web"
+    assert repository_path("team/web:1") == "team/web" and repository_path("web") == "web"
+
+
 def test_project_name_is_one_per_appliance() -> None:
     assert compose.project_name("My.App_1") == "chiron-my-app_1"
 

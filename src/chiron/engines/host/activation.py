@@ -71,12 +71,12 @@ def _pin(appliance: VerifiedAppliance, image: dict[str, object], mode: str, regi
     if not isinstance(digest, str):
         raise EnvironmentProblem(f"image {image['ref']}: no manifest for this host's platform {host_platform()}")
     if mode == "push" and registry:
-        return f"{registry.rstrip('/')}/{_repository(str(image['ref']))}@{digest}"
+        return f"{registry.rstrip('/')}/{repository_path(str(image['ref']))}@{digest}"
     manifest = json.loads(appliance.read(f"images/blobs/sha256/{digest.partition(':')[2]}"))
     return str(manifest["config"]["digest"])
 
 
-def _repository(ref: str) -> str:
+def repository_path(ref: str) -> str:
     """``team/app`` of ``registry.example:5000/team/app:1`` (no registry host, tag or digest)."""
     first, _, rest = ref.partition("/")
     path = rest if rest and ("." in first or ":" in first or first == "localhost") else ref
