@@ -102,3 +102,26 @@ def probe(url: str, timeout: float = 30) -> tuple[int | None, str]:
         return None, str(getattr(exc, "reason", exc))
     Response(resp).close()
     return int(getattr(resp, "status", 200)), ""
+
+
+def live_get(url: str, timeout: float, limit: int = 65536) -> tuple[int, bytes]:
+    """One GET of ``url`` for a live check: the status (an error status is an answer, not an
+    exception) and at most ``limit`` bytes of the body. Never through a proxy: a live check asks the
+    service on this host itself. OSError (refused, timed out, reset) when there is no answer."""
+    import http.client
+
+    if not url.startswith(("http://", "https://")):
+        raise ArtifactError(f"live check: unsupported URL scheme in {url}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, headers={"User-Agent": "chiron-live-check"})  # noqa: S310 - scheme checked
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read(limit)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code), exc.read(limit)
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        raise OSError(str(reason.strerror if isinstance(reason, OSError) and reason.strerror else reason)) from None
+    except http.client.HTTPException as exc:
+        raise OSError(f"not an HTTP answer ({type(exc).__name__})") from None
