@@ -290,6 +290,28 @@ def out_host_result(
 
 
 @pytest.fixture()
+def out_commit(
+    capsys: pytest.CaptureFixture[str], appliance: Path, newer_appliance: Path, keys: Path, tmp_path: Path
+) -> list[Output]:
+    """upgrade --trial-until leaves the release on trial (host-result and status show it); commit ends it."""
+    prefix = tmp_path / "p"
+    _install(capsys, appliance, prefix, keys)
+    upgraded = run(capsys, ["upgrade", str(newer_appliance), "--prefix", str(prefix), "--trial-until", "10m", "--json"])
+    assert upgraded[1] == 0 and upgraded[2]["trial"]["phase"] == "on-trial" and upgraded[2]["trial"]["external"]
+    on_trial = run(capsys, ["status", "--prefix", str(prefix), "--json"])
+    assert on_trial[2]["trial"]["release"] == upgraded[2]["release"]
+    for output, schema in ((upgraded, "chiron.host-result/1"), (on_trial, "chiron.status/1")):
+        assert _errors(_load(SCHEMAS[schema]), output[2]) == []
+    committed = run(capsys, ["commit", "--prefix", str(prefix), "--json"])
+    assert committed[1] == 0 and committed[2]["release"] == upgraded[2]["release"]
+    after = run(capsys, ["status", "--prefix", str(prefix), "--json"])
+    assert after[2]["trial"]["phase"] == "committed" and _errors(_load(SCHEMAS["chiron.status/1"]), after[2]) == []
+    again = run(capsys, ["commit", "--prefix", str(prefix), "--json"])
+    assert again[1] == 2 and again[2]["schema"] == "chiron.error/1"
+    return [committed]
+
+
+@pytest.fixture()
 def installed(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> Path:
     prefix = tmp_path / "installed"
     assert _install(capsys, appliance, prefix, keys)[1] == 0

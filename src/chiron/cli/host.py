@@ -47,7 +47,7 @@ def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> A
     return InstallOptions(archive=archive_arg(archive, command).absolute(), prefix=prefix, **kw)
 
 
-def _print_host_result(result: Any, as_json: bool) -> None:
+def _print_host_result(result: Any, as_json: bool, prefix: Path | None = None) -> None:
     if as_json:
         emit(result.as_dict())
         return
@@ -60,6 +60,18 @@ def _print_host_result(result: Any, as_json: bool) -> None:
     say(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
     if result.previous:
         say(f"previous release kept: {result.previous}")
+    trial = result.trial
+    if trial and trial["last_check"]:
+        check = trial["last_check"]
+        verdict = "passed" if check["ok"] else "FAILED"
+        say(f"live check {verdict} ({check['attempts']} attempt(s)): {check['output']}")
+    if trial and trial["phase"] == "on-trial":
+        say(
+            f"on trial until {trial['deadline']}: confirm with 'chiron commit --prefix {prefix}'; "
+            "without it the next chiron operation after that time reverts it"
+        )
+    elif trial and trial["phase"] == "committed":
+        say(f"committed: {result.release} passed its trial")
 
 
 @app.command()
@@ -125,6 +137,10 @@ def upgrade(
     installer: InstallerOpt = "auto",
     images: ImagesOpt = "load",
     registry: RegistryOpt = None,
+    trial_until: Annotated[
+        str | None,
+        typer.Option("--trial-until", help="Leave the new release on trial this long (30m, 2h) for 'chiron commit'."),
+    ] = None,
     wait: WaitOpt = 0.0,
     authfile: AuthfileOpt = None,
     ca_file: CaFileOpt = None,
@@ -133,6 +149,7 @@ def upgrade(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify against the host's trusted metadata, install beside the current release, health-check, switch."""
+    from chiron.engines.host import parse_until
     from chiron.engines.host import upgrade as run_upgrade
 
     if archive is not None and archive.startswith(("http://", "https://")):  # a chiron serve, or any HTTP server
@@ -143,6 +160,7 @@ def upgrade(
     # An oci:// appliance is pulled first (transport only); whichever tool runs the upgrade verifies it.
     with local_appliance(archive, prefix, state_dir, authfile, ca_file, insecure, not as_json) as local:
         target = archive_arg(local, "upgrade").absolute()
+        until = parse_until(trial_until) if trial_until is not None else None
         from chiron.engines.host.handover import hand_over_to_installed
 
         hand_over_to_installed(
@@ -157,6 +175,7 @@ def upgrade(
             images,
             registry,
             state["global_args"],
+            trial_until,
         )
         opts = _host_opts(
             local,
@@ -169,9 +188,10 @@ def upgrade(
             registry=registry,
             wait=wait,
             show_progress=not as_json,
+            trial_until=until,
         )
         result = run_upgrade(opts)
-    _print_host_result(result, as_json)
+    _print_host_result(result, as_json, prefix)
 
 
 @app.command()
@@ -189,6 +209,25 @@ def recover(
         emit({"schema": "chiron.recover/1", "prefix": str(prefix), "outcome": outcome})
     else:
         say(outcome or "nothing to recover")
+
+
+@app.command()
+def commit(
+    prefix: PrefixOpt = Path("/opt/chiron"),
+    state_dir: StateOpt = None,
+    wait: WaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Confirm the release on trial (after 'upgrade --trial-until'); logged."""
+    from chiron.engines.host import commit_release
+
+    info = commit_release(prefix, state_dir, wait)
+    if as_json:
+        emit(info)
+        return
+    if info["recovered"]:
+        say(info["recovered"])
+    say(f"committed release {info['release']} (previous release kept: {info['previous'] or '-'})")
 
 
 @app.command()
@@ -235,11 +274,30 @@ def status(
         say(f"root fingerprint: {info['root_fingerprint']} (sha256 of the trusted root; --root-sha256 for other hosts)")
     if info["pending_transaction"]:
         say(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
+    _print_trial(info["trial"])
     for w in info["warnings"]:
         say(f"warning: {w}")
     say("last operations:")
     for op in info["last_operations"]:
         say(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
+
+
+def _print_trial(trial: dict[str, Any] | None) -> None:
+    if not trial:
+        return
+    if trial["phase"] in ("on-trial", "reverting"):
+        waits = "waiting for 'chiron commit'" if trial["external"] else f"run by pid {trial['pid']}"
+        say(
+            f"trial: release {trial['release']} {trial['phase']} since {trial['since']}, "
+            f"until {trial['deadline']} ({waits})"
+        )
+    else:
+        why = f": {trial['reason']}" if trial["reason"] else ""
+        say(f"last trial: release {trial['release']} {trial['phase']} at {trial['ended']}{why}")
+    check = trial["last_check"]
+    if check:
+        verdict = "passed" if check["ok"] else "failed"
+        say(f"last live check: {verdict} at {check['time']} ({check['attempts']} attempt(s)): {check['output']}")
 
 
 @app.command()

@@ -251,3 +251,26 @@ def head(url: str, what: str, *, client: Client | None = None) -> tuple[str, dic
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ArtifactError(f"{what}: cannot reach {url}: {reason}", hint="check the URL and the network") from None
+
+
+def live_get(url: str, timeout: float, limit: int = 65536) -> tuple[int, bytes]:
+    """One GET of ``url`` for a live check: the status (an error status is an answer, not an
+    exception) and at most ``limit`` bytes of the body. Never through a proxy: a live check asks the
+    service on this host itself. OSError (refused, timed out, reset) when there is no answer."""
+    import http.client
+
+    if not url.startswith(("http://", "https://")):
+        raise ArtifactError(f"live check: unsupported URL scheme in {url}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, headers={"User-Agent": "chiron-live-check"})  # noqa: S310 - scheme checked
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read(limit)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code), exc.read(limit)
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        raise OSError(str(reason.strerror if isinstance(reason, OSError) and reason.strerror else reason)) from None
+    except http.client.HTTPException as exc:
+        raise OSError(f"not an HTTP answer ({type(exc).__name__})") from None

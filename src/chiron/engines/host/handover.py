@@ -23,6 +23,7 @@ def hand_over_to_installed(
     images: str = "load",
     registry: str | None = None,
     global_args: list[str] | None = None,
+    trial_until: str | None = None,
 ) -> None:
     """Run the upgrade with the INSTALLED tool when invoked from another archive (``./new.pex upgrade``):
     a new archive's own code must not be what decides to trust it.
@@ -48,6 +49,7 @@ def hand_over_to_installed(
     argv += ["--state-dir", str(state_dir)] if state_dir else []
     argv += ["--allow-downgrade"] if allow_downgrade else []
     argv += ["--images", images] + (["--registry", registry] if registry else [])
+    argv += ["--trial-until", trial_until] if trial_until else []
     argv += ["--json"] if js else []
     sys.stdout.flush()
     sys.stderr.flush()
