@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -76,7 +75,10 @@ def test_config_show_names_the_source_of_every_value(
     assert rows["serve.port"] == (9000, "system", str(system))
     assert rows["host.registry"] == (None, "default", None)
     assert rows["mcp.allow_paths"] == (["/srv/a", "/srv/b"], "env", "$CHIRON_MCP_ALLOW_PATHS")
-    assert doc["files"] == {"system": {"path": str(system), "exists": True}, "user": {"path": str(user), "exists": True}}
+    assert doc["files"] == {
+        "system": {"path": str(system), "exists": True},
+        "user": {"path": str(user), "exists": True},
+    }
     # The human table says the same, one line per key.
     code, out, _err = run(capsys, ["config", "show"])
     line = next(x for x in out.splitlines() if x.startswith("host.installer"))
@@ -87,9 +89,15 @@ def test_global_config_option_names_the_user_file(capsys: pytest.CaptureFixture[
     named = _write(tmp_path / "site.toml", '[mirror]\nstore = "/stores/site"\n')
     code, out, _err = run(capsys, ["config", "show", "--json", "--config", str(named)])  # global option, anywhere
     rows = {r["key"]: r for r in json.loads(out)["settings"]}
-    assert code == 0 and rows["mirror.store"]["value"] == "/stores/site" and rows["mirror.store"]["origin"] == str(named)
+    assert (
+        code == 0 and rows["mirror.store"]["value"] == "/stores/site" and rows["mirror.store"]["origin"] == str(named)
+    )
     code, _out, err = run(capsys, ["--config", str(tmp_path / "nope.toml"), "config", "show"])
-    assert code == 2 and err.strip() == f"chiron: error: {tmp_path / 'nope.toml'}: settings file not found (check --config / CHIRON_CONFIG)"
+    assert (
+        code == 2
+        and err.strip()
+        == f"chiron: error: {tmp_path / 'nope.toml'}: settings file not found (check --config / CHIRON_CONFIG)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -142,7 +150,10 @@ def test_config_flags_through_openfeature(
     doc = json.loads(out)
     assert code == 0 and not list(_schema("config-flags").iter_errors(doc))
     got = {f["name"]: (f["value"], f["default"], f["source"], bool(f["error"])) for f in doc["flags"]}
-    assert got == {"mcp_mutations": (True, False, str(user), False), "mcp_http": (False, False, "$CHIRON_FLAG_MCP_HTTP", True)}
+    assert got == {
+        "mcp_mutations": (True, False, str(user), False),
+        "mcp_http": (False, False, "$CHIRON_FLAG_MCP_HTTP", True),
+    }
     assert doc["provider"] == "chiron settings" and doc["unknown"] == ["future_thing"]
     assert "flag mcp_http: TYPE_MISMATCH" in err and "using its default (false)" in err  # a notice, not a crash
 

@@ -90,7 +90,9 @@ def test_tools_on_real_appliances(appliance: Path, keys: Path, tmp_path: Path) -
     async def steps(s: ClientSession) -> dict[str, CallToolResult]:
         listed = await s.list_tools()
         assert {t.name for t in listed.tools} == READ_ONLY  # no mutation tool: its flag is off
-        assert all(t.output_schema and t.output_schema["$id"].startswith("https://chiron.invalid/") for t in listed.tools)
+        assert all(
+            t.output_schema and t.output_schema["$id"].startswith("https://chiron.invalid/") for t in listed.tools
+        )
         assert all(t.annotations and t.annotations.read_only_hint for t in listed.tools)
         return {
             "inspect": await s.call_tool("inspect", {"archive": str(appliance)}),
@@ -216,7 +218,9 @@ def test_host_tools_and_mutations_behind_the_flag(
     assert rolled_back.is_error and no_previous["exit_code"] == 4 and "no previous release" in no_previous["error"]
     assert outside.is_error and "outside the allowed roots" in _validate(outside, "error.schema.json")["error"]
     # The same server with the flag set in the settings file instead of the environment.
-    (tmp_path / "xdg" / "chiron" / "config.toml").write_text(f'[host]\nprefix = "{prefix}"\n[flags]\nmcp_mutations = true\n')
+    (tmp_path / "xdg" / "chiron" / "config.toml").write_text(
+        f'[host]\nprefix = "{prefix}"\n[flags]\nmcp_mutations = true\n'
+    )
 
     async def listed(s: ClientSession) -> set[str]:
         return {t.name for t in (await s.list_tools()).tools}

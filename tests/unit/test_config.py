@@ -93,7 +93,10 @@ def test_layers_merge_by_key_not_by_section(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("CHIRON_WAIT", "2.5")
     monkeypatch.setenv("CHIRON_MCP_ALLOW_PATHS", os.pathsep.join(["/srv/a", "/srv/b"]))
     effective = load()
-    assert effective.settings.host.installer == "uv" and effective.sources["host.installer"] == ("system", str(sys_file))
+    assert effective.settings.host.installer == "uv" and effective.sources["host.installer"] == (
+        "system",
+        str(sys_file),
+    )
     assert effective.settings.host.prefix == Path("/b") and effective.sources["host.prefix"] == ("user", str(user_file))
     assert effective.settings.host.wait == 2.5 and effective.sources["host.wait"] == ("env", "$CHIRON_WAIT")
     assert effective.settings.mcp.allow_paths == [Path("/srv/a"), Path("/srv/b")]
@@ -219,6 +222,7 @@ def test_provider_named_in_the_settings_answers(providers: None) -> None:
     seen, notice = _notices()
     name = flags.use_provider({}, "flagsite:make", {"values": {"mcp_http": True}}, notice)  # type: ignore[arg-type]
     assert name == "site flags" and flags.evaluate("mcp_http", notice).value is True  # type: ignore[arg-type]
+    assert seen == []
 
 
 def test_failing_provider_gives_defaults_never_a_crash(providers: None) -> None:
