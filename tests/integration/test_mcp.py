@@ -103,6 +103,7 @@ def test_tools_on_real_appliances(appliance: Path, keys: Path, tmp_path: Path) -
             "explain": await s.call_tool("explain_exit_code", {"code": 4}),
             "missing": await s.call_tool("inspect", {"archive": str(work / "missing.pex")}),
             "garbage": await s.call_tool("inspect", {"archive": str(root)}),
+            "no store": await s.call_tool("policy_check", {"store": str(work / "store")}),
         }
 
     got = with_server(_allow(appliance.parent, keys, work), _env(tmp_path), steps)
@@ -118,7 +119,11 @@ def test_tools_on_real_appliances(appliance: Path, keys: Path, tmp_path: Path) -
     assert _validate(got["diff"], "diff.schema.json")["schema"] == "chiron.diff/1"
     explained = _validate(got["explain"], "exit-code.schema.json")
     assert explained["name"] == "refused" and any(c["class"] == "Refused" for c in explained["classes"])
-    for key, message in (("missing", "missing.pex: no such file"), ("garbage", "")):
+    for key, message in (
+        ("missing", "missing.pex: no such file"),
+        ("garbage", ""),
+        ("no store", f"{work / 'store'}: not a mirror store"),
+    ):
         result = got[key]
         assert result.is_error and _validate(result, "error.schema.json")["exit_code"] in (1, 2), key
         assert message in result.structured_content["error"]  # type: ignore[index]
