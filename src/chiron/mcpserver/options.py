@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ class McpOptions:
     registry: str | None = None
     wait: float = 0.0
     docs: Path | None = None
-    notices: list[str] = field(default_factory=list)
 
     @classmethod
     def from_settings(cls, effective: Any, allow_paths: list[Path], mutations: bool) -> McpOptions:
