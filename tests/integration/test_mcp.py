@@ -47,18 +47,22 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def _session(args: list[str], env: dict[str, str]) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=sys.executable, args=["-m", "chiron", "mcp", *args], env=env)
+async def _session(args: list[str], env: dict[str, str], program: Path | None = None) -> AsyncIterator[ClientSession]:
+    """``chiron mcp ARGS`` run by this interpreter, or by ``program`` (an appliance file)."""
+    command, first = (str(program), []) if program else (sys.executable, ["-m", "chiron"])
+    params = StdioServerParameters(command=command, args=[*first, "mcp", *args], env=env)
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         yield session
 
 
-def with_server(args: list[str], env: dict[str, str], steps: Callable[[ClientSession], Awaitable[T]]) -> T:
-    """Start ``chiron mcp ARGS`` as a subprocess of this interpreter, run ``steps`` against it, stop it."""
+def with_server(
+    args: list[str], env: dict[str, str], steps: Callable[[ClientSession], Awaitable[T]], program: Path | None = None
+) -> T:
+    """Start ``chiron mcp ARGS`` as a subprocess, run ``steps`` against it, stop it."""
 
     async def go() -> T:
-        async with _session(args, env) as session:
+        async with _session(args, env, program) as session:
             return await steps(session)
 
     return anyio.run(go)
@@ -245,3 +249,19 @@ def test_runbooks_are_resources(tmp_path: Path) -> None:
     assert sorted(u.removeprefix("chiron://runbooks/") for u in uris if "runbooks" in u) == on_disk
     assert book == (REPO / "docs" / "runbooks" / "install-and-upgrade.md").read_text()
     assert codes == (REPO / "docs" / "exit-codes.md").read_text()
+
+
+def test_the_appliance_itself_serves_mcp(appliance: Path, keys: Path, pex_root: Path, tmp_path: Path) -> None:
+    """The tool zip carries the MCP SDK and the packaged runbooks: ./chiron.pex mcp works on a bare host."""
+
+    async def steps(s: ClientSession) -> tuple[set[str], CallToolResult, str]:
+        names = {t.name for t in (await s.list_tools()).tools}
+        itself = await s.call_tool("verify", {"archive": str(appliance), "root": str(keys / "1.root.json")})
+        book = (await s.read_resource("chiron://runbooks/verify-on-air-gapped-host")).contents[0]
+        return names, itself, book.text  # type: ignore[union-attr]
+
+    env = _env(tmp_path, PEX_ROOT=str(pex_root))
+    names, itself, book = with_server(_allow(appliance.parent, keys), env, steps, program=appliance)
+    assert names == READ_ONLY
+    assert _validate(itself, "verify.schema.json")["ok"] is True
+    assert book == (REPO / "docs" / "runbooks" / "verify-on-air-gapped-host.md").read_text()
