@@ -32,7 +32,8 @@ def mcp(
         from chiron.errors import EnvironmentProblem
 
         raise EnvironmentProblem(
-            f"chiron mcp needs the MCP SDK ({exc.name} is missing)", hint="pip install 'chiron[mcp]'"
+            f"chiron mcp needs the MCP SDK ({exc.name} is missing)",
+            hint="install chiron with its dependencies (the mcp package is one of them)",
         ) from None
     mutations = flag("mcp_mutations").value
     opts = McpOptions.from_settings(settings(), list(allow_path or []), mutations)

@@ -33,7 +33,8 @@ def _unconfirmed(tool: str) -> CallToolResult:
 
 
 def mutating(opts: McpOptions) -> list[tuple[Any, str, str]]:
-    """(function, output schema name, title) of every tool that changes something, bound to ``opts``."""
+    """(function, output schema name, title) of every tool that changes something, bound to ``opts``
+    (closures, as in chiron.mcpserver.tools.read_only)."""
 
     def mirror_refresh(
         confirm: Confirm = False,

@@ -21,7 +21,10 @@ Store = Annotated[str | None, Field(description="A mirror store directory (defau
 
 
 def read_only(opts: McpOptions) -> list[tuple[Any, str, str]]:
-    """(function, output schema name, title) of every read-only tool, bound to ``opts``."""
+    """(function, output schema name, title) of every read-only tool, bound to ``opts``.
+
+    Long, but only as a list: each tool is a short closure over ``opts`` whose signature (typed, described
+    arguments) and docstring are what the MCP SDK publishes as the tool's input schema and description."""
 
     def inspect(archive: Archive) -> CallToolResult:
         """Describe an appliance: packages, platforms, images, signed targets, TUF roles. Does NOT verify."""
