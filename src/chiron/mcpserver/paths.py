@@ -32,7 +32,7 @@ class Roots:
         for p in paths:
             real = Path(os.path.realpath(p))
             if not real.is_dir():
-                raise UsageError(f"--allow-path {p}: no such directory")
+                raise UsageError(f"allowed root {p} (--allow-path, [mcp] allow_paths): no such directory")
             resolved.append(real)
             named.append(Path(os.path.normpath(os.path.abspath(p))))
         return cls(tuple(dict.fromkeys(resolved)), tuple(dict.fromkeys(named + resolved)))
