@@ -779,3 +779,72 @@ def out_pull(
     assert fresh[2]["fetched_blobs"] == fresh[2]["blobs"] and again[2]["fetched_blobs"] == 1
     assert fresh[2]["signature"] == str(out) + ".sig" and again[2]["trust_anchor"] == "--root file"
     return [fresh, again]
+
+
+# ---------------------------------------------------------------- settings, flags, and the MCP-only outputs
+
+
+@pytest.fixture()
+def out_config_show(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> list[Output]:
+    monkeypatch.setenv("CHIRON_SYSTEM_CONFIG", str(tmp_path / "system.toml"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "system.toml").write_text('[host]\nprefix = "/srv/chiron"\n[mcp]\nallow_paths = ["/srv"]\n')
+    plain = run(capsys, ["config", "show", "--json"])
+    given = run(capsys, ["config", "show", "--set", "host.wait=5", "--json"])
+    rows = {r["key"]: r for r in given[2]["settings"]}
+    assert plain[1] == given[1] == 0 and rows["host.wait"]["source"] == "option"
+    assert rows["host.prefix"]["origin"] == str(tmp_path / "system.toml")
+    return [plain, given]
+
+
+@pytest.fixture()
+def out_config_flags(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> list[Output]:
+    from openfeature import api
+
+    api.clear_providers()
+    monkeypatch.setenv("CHIRON_SYSTEM_CONFIG", "")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    defaults = run(capsys, ["config", "flags", "--json"])
+    monkeypatch.setenv("CHIRON_FLAG_MCP_MUTATIONS", "on")
+    monkeypatch.setenv("CHIRON_FLAG_MCP_HTTP", "perhaps")  # an evaluation error: the default, and a notice
+    set_ = run(capsys, ["config", "flags", "--json"])
+    assert [f["value"] for f in set_[2]["flags"]] == [True, False] and set_[2]["flags"][1]["error"]
+    return [defaults, set_]
+
+
+@pytest.fixture()
+def out_policy_check(keys: Path, index: LocalIndex, tmp_path: Path) -> list[Output]:
+    """The policy_check tool's report (chiron.engines.policycheck), on a locked spec with and without a policy."""
+    from chiron.engines.policycheck import check_spec
+
+    spec = write_spec(
+        tmp_path / "spec",
+        keys=keys,
+        index_url=index.url,
+        requirements=["alpha==1.0"],
+        extra_python='lock = "pylock.toml"\n',
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["lock", str(spec)])
+    assert exc.value.code in (0, None)
+    clean = check_spec(spec)
+    (spec.parent / "policy.toml").write_text('[packages]\ndeny = ["beta"]\n[licenses]\nallow = ["MIT"]\n')
+    denied = check_spec(spec)
+    assert clean["ok"] and clean["policy"] is None and clean["packages"] == 2
+    assert not denied["ok"] and [v["rule"] for v in denied["violations"]] == ["packages.deny"]
+    assert denied["unchecked"]  # no local copy of the wheels: their licences are named as unchecked
+    return [("policy_check spec", 0, clean), ("policy_check spec (policy)", 0, denied)]
+
+
+@pytest.fixture()
+def out_exit_code() -> list[Output]:
+    """The explain_exit_code tool's answer (chiron.mcpserver.docs.explain from docs/exit-codes.md)."""
+    from chiron.mcpserver.docs import explain
+
+    outs = [(f"explain_exit_code {c}", 0, explain(c)) for c in (0, 1, 2, 3, 4, 130, 9)]
+    assert [o[2]["known"] for o in outs] == [True] * 6 + [False]
+    return outs

@@ -5,7 +5,7 @@ appliances an enclave host's releases kept. Each is verified with ``engines.veri
 the service's trust anchor and then held open (the verified handle keeps its descriptor), together
 with what the index needs: every wheel's offset, signed sha256 and PEP 658 core metadata.
 
-How a change on disk is caught (ADR 0009): the verified file's identity and times
+How a change on disk is caught (ADR 0010): the verified file's identity and times
 (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) are recorded after verification. Every request
 that serves bytes compares them with ``fstat`` of the held descriptor (an in-place write changes
 ctime, which no unprivileged user can set back) and with ``stat`` of the path (a replaced or removed

@@ -9,7 +9,7 @@ the API h11 provides for exactly this, so its Content-Length accounting and keep
 
 It relies on uvicorn's per-request object (``conn``, ``transport``, ``flow``, ``disconnected``); when
 any of that is missing (another server, another uvicorn, TLS, a test client) the extension is
-simply not offered and responses stream their bytes instead (see responses.py). ADR 0009 has the
+simply not offered and responses stream their bytes instead (see responses.py). ADR 0010 has the
 measurements that justify it.
 """
 
