@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from chiron.cli.app import CaOpt, JsonOpt, PrefixOpt, StateOpt, TokenOpt, app, client, emit, log
+from chiron.cli.app import CaOpt, JsonOpt, PrefixOpt, StateOpt, TokenOpt, app, client, emit, log, setting
 
 
 @app.command()
@@ -56,6 +56,9 @@ def receipt(
     from chiron.engines import receipts
     from chiron.engines.host import Paths
     from chiron.errors import UsageError
+
+    # --prefix and --state-dir as given, else from the settings ([host]), as the host commands do.
+    prefix, state_dir = setting("host.prefix", prefix), setting("host.state_dir", state_dir)
 
     if show_key:
         ident = receipts.ensure_identity(Paths.make(prefix, state_dir).state, host_id)
