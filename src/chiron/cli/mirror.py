@@ -102,8 +102,8 @@ def mirror_refresh(
                 target=publish_to,
                 access=access(authfile, ca_file, insecure),
                 tags=list(publish_tag or []),
-                # A store keeps the spec's version and signs metadata version N+1: VERSION-N tells them apart.
-                default_tag=tag_for(f"{result.version}-{result.metadata_version}"),
+                # Refreshed versions are SPEC+N ('+' is not allowed in a tag): the tag is SPEC-N.
+                default_tag=tag_for(f"{result.version.partition('+')[0]}-{result.metadata_version}"),
                 show_progress=not as_json,
             )
         )
