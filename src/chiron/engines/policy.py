@@ -20,7 +20,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chiron.errors import SpecError
+from chiron.core.fs import read_small
+from chiron.errors import SpecError, UsageError
 from chiron.sources import lock as _lock
 from chiron.sources import wheelmeta as _wheelmeta
 
@@ -100,10 +101,12 @@ def load(path: Path | None) -> LoadedPolicy:
     """Read and validate a policy file (None: the default policy, which only refuses sdists and yanked)."""
     if path is None:
         return LoadedPolicy(Policy(), None, {})
+    if not path.exists() and not path.is_symlink():
+        raise SpecError(f"{path}: policy file not found")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: policy file not found") from None
+        data = tomllib.loads(read_small(path, 4 << 20, "policy file").decode("utf-8"))
+    except UsageError as exc:
+        raise SpecError(exc.message) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SpecError(f"{path}: cannot read the policy: {exc}") from None
     except RecursionError:
@@ -134,7 +137,11 @@ def load_osv(directory: Path) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for f in sorted(directory.rglob("*.json")):
         try:
-            record = json.loads(f.read_text(encoding="utf-8"))
+            record = json.loads(read_small(f, 16 << 20, "OSV record").decode("utf-8"))
+        except UsageError as exc:
+            raise SpecError(exc.message) from None
+        except RecursionError:
+            raise SpecError(f"{f}: not an OSV JSON record: nested too deeply") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SpecError(f"{f}: not an OSV JSON record: {exc}") from None
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):

@@ -13,6 +13,7 @@ from tuf.api.metadata import Root
 from chiron.archive.layout import root_version
 from chiron.core import compose as _compose
 from chiron.core.clock import iso
+from chiron.core.fs import read_small
 from chiron.core.models import ApplianceSpec, parse_duration
 from chiron.core.spec import LoadedSpec
 from chiron.core.storestate import claim_path, find_claim
@@ -154,4 +155,5 @@ def check_compose(loaded: LoadedSpec, files_dir: Path | None) -> None:
     if not src.is_file():
         raise SpecError(f"{loaded.path}: files[{i}].src: {src} is not a file (it is the host.compose file)")
     where = f"{loaded.path}: host.compose ({src})"
-    _compose.check_carried(_compose.parse(src.read_bytes(), where), [i.ref for i in loaded.spec.images], where)
+    raw = read_small(src, 4 << 20, "host.compose file")
+    _compose.check_carried(_compose.parse(raw, where), [i.ref for i in loaded.spec.images], where)
