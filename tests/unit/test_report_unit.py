@@ -31,7 +31,7 @@ ALLOWED_TAGS = {
 ALLOWED_ATTRS = {
     "lang", "charset", "name", "content", "http-equiv", "class", "href", "id", "role", "aria-label",
     "aria-labelledby", "tabindex", "scope", "colspan", "xmlns", "viewbox", "width", "height", "x", "y", "rx",
-    "text-anchor", "preserveaspectratio",
+    "text-anchor", "preserveaspectratio", "data-label",
 }  # fmt: skip
 
 HOSTILE_NAME = "<script>alert('name')</script>"

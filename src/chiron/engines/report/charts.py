@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from chiron.engines.report.model import Appliance, Version
 
 TOP = 15  # bars in the size chart; the rest are summed into one "others" bar
-LABEL_CHARS = 28  # bar labels longer than this are cut (the full name is in the tables and the <title>)
+LABEL_CHARS = 24  # bar labels longer than this are cut (the full name is in the tables and the <title>)
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _cut(text: str) -> str:
 
 def _hbars(chart_id: str, title: str, description: str, axis: str, rows: list[tuple[str, int, str]]) -> Chart:
     """Horizontal bars, one row each: label column on the left, the bar and its value on the right."""
-    width, label_w, row_h, gap, value_w = 640, 200, 22, 6, 90
+    width, label_w, row_h, gap, value_w = 520, 170, 22, 6, 84
     top = max((v for _l, v, _t in rows), default=0) or 1
     span = width - label_w - value_w
     bars = tuple(
