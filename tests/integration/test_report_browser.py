@@ -144,6 +144,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, keys: Path, tool_wheels: Path
         svc.tokens = toks  # type: ignore[attr-defined]
         svc.report = report  # type: ignore[attr-defined]
         svc.versions = (first, second)  # type: ignore[attr-defined]
+        svc.dir = d  # type: ignore[attr-defined]
+        svc.keys = keys  # type: ignore[attr-defined]
         yield svc
     finally:
         svc.stop()
@@ -353,6 +355,23 @@ def test_a_refresh_job_started_from_the_page_shows_its_log(site: Any, browser: A
     shots("job")
     browser.get(f"{site.url}ui/jobs")
     assert "succeeded" in _text(browser, "table.jobs")
+
+
+def test_the_tool_an_appliance_installs_writes_the_same_report(site: Any, tmp_path: Path) -> None:
+    """The tool inside the appliance (templates and stylesheet as package data) writes the report, and
+    the same inputs give the same bytes as this checkout's chiron."""
+    first, second = site.versions
+    args = [str(second.appliance), "--against", str(first.appliance), "--root", str(site.keys / "1.root.json")]
+    args += ["--as-of", "2026-01-01"]
+    run("report", *args, "-o", str(tmp_path / "here.html"))
+    tool = subprocess.run(
+        [str(site.dir / "web-01" / "bin" / "chiron"), "report", *args, "-o", str(tmp_path / "tool.html")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert tool.returncode == 0, tool.stderr
+    assert (tmp_path / "tool.html").read_bytes() == (tmp_path / "here.html").read_bytes()
 
 
 def test_pages_fit_a_390_px_screen(site: Any, browser: Any, shots: Any) -> None:

@@ -280,6 +280,11 @@ def test_it_verifies_first_and_says_plainly_when_it_did_not(sim: Sim, tmp_path: 
         make_report(_options(archive, verify=False, root_file=wrong))
     with pytest.raises(UsageError, match="the appliance itself"):
         write_report(ReportOptions(archive, archive))
+    (tmp_path / "link.html").symlink_to(archive)
+    with pytest.raises(UsageError, match="the appliance itself"):
+        write_report(ReportOptions(archive, tmp_path / "link.html"))
+    with pytest.raises(UsageError, match="is a directory"):
+        write_report(ReportOptions(archive, tmp_path, root_file=_root(sim, tmp_path)))
     assert archive.read_bytes()[:2] == b"#!"  # the appliance was not overwritten
 
 

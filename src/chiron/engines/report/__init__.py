@@ -127,8 +127,12 @@ def make_report(opts: ReportOptions) -> Report:
 
 def write_report(opts: ReportOptions) -> ReportResult:
     """Make the report and write it to ``opts.output`` atomically (never over the appliance itself)."""
+    if opts.output.is_dir():
+        raise UsageError(f"-o {opts.output}: is a directory", hint="give the report a file name, e.g. report.html")
     for src in (opts.archive, opts.against):
-        if src is not None and opts.output.absolute() == src.absolute():
+        if src is not None and (
+            opts.output.absolute() == src.absolute() or (opts.output.exists() and os.path.samefile(opts.output, src))
+        ):
             raise UsageError(f"-o {opts.output}: that is the appliance itself", hint="give the report another name")
     report = make_report(opts)
     html = render(report)
