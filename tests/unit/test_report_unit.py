@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from datetime import date, timedelta
 from html.parser import HTMLParser
@@ -18,7 +19,7 @@ from sim import Sim
 from chiron.engines.report import ReportOptions, make_report, render, write_report
 from chiron.engines.report.charts import history, licences, package_sizes
 from chiron.engines.report.model import Version
-from chiron.errors import UsageError, VerificationError
+from chiron.errors import FormatError, UsageError, VerificationError
 
 from helpers import make_wheel
 
@@ -311,3 +312,80 @@ def test_charts_are_sorted_bounded_and_stable(sim: Sim, tmp_path: Path) -> None:
     versions = tuple(Version(n, f"1.0+{n}", "", 100 * n, f"f{n}", False, n == 3) for n in (2, 1, 3))
     hist = history(versions)
     assert hist is not None and [b.value for b in hist.bars] == [100, 200, 300] and hist.bars[-1].highlight
+
+
+def _store(tmp_path: Path, archives: list[Path], verdicts: dict[int, dict[str, Any]]) -> Path:
+    """A mirror store's state.json recording ``archives`` as versions 1..N, and the verdicts given."""
+    store = tmp_path / "store"
+    (store / "locks").mkdir(parents=True)
+    versions = [
+        {
+            "metadata_version": n,
+            "version": f"1.0.0+{n}",
+            "created": "2026-01-01T00:00:00Z",
+            "file": f"appliances/{a.name}",
+            "sha256": hashlib.sha256(a.read_bytes()).hexdigest(),
+            "size": a.stat().st_size,
+            "content_key": "k",
+            "lock": f"locks/{n}.pylock.toml",
+            "resolved_from": {},
+        }
+        for n, a in enumerate(archives, 1)
+    ]
+    state = {"format": "chiron-mirror/1", "name": "demo", "spec": "/x/appliance.toml", "keys": {}, "versions": versions}
+    (store / "state.json").write_text(json.dumps(state))
+    for n, doc in verdicts.items():
+        (store / "locks" / f"{n}.policy.json").write_text(json.dumps(doc))
+    return store
+
+
+def _verdict(archive: Path, **over: Any) -> dict[str, Any]:
+    return {
+        "format": "chiron-policy-verdict/1",
+        "appliance_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+        "verdict": "passed",
+        "policy": "/srv/policy.toml",
+        "policy_sha256": "0" * 64,
+        "rules": {"vulnerabilities.ignore": ["CVE-1"], "sources.sdists": False},
+        "osv_records": 3,
+        "accepted": [
+            {"id": "GHSA-1", "aliases": ["CVE-1"], "package": "alpha", "version": "1.0", "summary": "<i>x</i>"}
+        ],
+        **over,
+    }
+
+
+def test_the_store_shows_versions_and_the_recorded_policy_verdict(sim: Sim, tmp_path: Path) -> None:
+    one = build(sim, tmp_path / "demo-1.pex", [("alpha", "1.0", "MIT", b"a")])
+    two = build(sim, tmp_path / "demo-2.pex", [("alpha", "1.0", "MIT", b"a" * 100)])
+    store = _store(tmp_path, [one, two], {2: _verdict(two)})
+    report = make_report(_options(two, store=store, root_file=_root(sim, tmp_path)))
+    assert report.store is not None and report.store.verdict is not None
+    assert [(v.metadata_version, v.this) for v in report.store.versions] == [(1, False), (2, True)]
+    assert [(a.id, a.aliases, a.package) for a in report.store.verdict.advisories] == [("GHSA-1", ("CVE-1",), "alpha")]
+    html = render(report).decode()
+    assert "GHSA-1" in html and "&lt;i&gt;x&lt;/i&gt;" in html and 'id="chart-history"' in html
+    older = make_report(_options(one, store=store, root_file=_root(sim, tmp_path)))
+    assert older.store is not None and older.store.verdict is None and "no policy verdict" in older.store.note
+    stranger = build(sim, tmp_path / "other.pex", [("beta", "1.0", "MIT", b"b")])
+    alone = make_report(_options(stranger, store=store, root_file=_root(sim, tmp_path)))
+    assert alone.store is not None and "not one of the versions" in alone.store.note
+
+
+@pytest.mark.parametrize(
+    ("over", "problem"),
+    [
+        ({"appliance_sha256": "1" * 64}, "another appliance file"),
+        ({"format": "something/1"}, "not a chiron-policy-verdict/1"),
+        ({"accepted": [{"id": 1}]}, "accepted[0]"),
+        ({"osv_records": True}, "osv_records"),
+    ],
+)
+def test_a_damaged_verdict_is_refused_naming_the_file(
+    sim: Sim, tmp_path: Path, over: dict[str, Any], problem: str
+) -> None:
+    one = build(sim, tmp_path / "demo-1.pex", [("alpha", "1.0", "MIT", b"a")])
+    store = _store(tmp_path, [one], {1: _verdict(one, **over)})
+    with pytest.raises(FormatError, match=re.escape(problem)) as exc:
+        make_report(_options(one, store=store, root_file=_root(sim, tmp_path)))
+    assert "1.policy.json" in str(exc.value)

@@ -240,7 +240,7 @@ def check(loaded: LoadedPolicy, lock: _lock.Lock, files: dict[str, Path]) -> lis
 
 # ---------------------------------------------------------------- the verdict a refresh records
 
-VERDICT_SCHEMA = "chiron.policy-verdict/1"
+VERDICT_FORMAT = "chiron-policy-verdict/1"
 
 
 def accepted_advisories(loaded: LoadedPolicy, lock: _lock.Lock) -> list[dict[str, Any]]:
@@ -270,7 +270,7 @@ def verdict(loaded: LoadedPolicy, accepted: list[dict[str, Any]], appliance_sha2
     ``chiron report``)."""
     p = loaded.policy
     return {
-        "schema": VERDICT_SCHEMA,
+        "format": VERDICT_FORMAT,
         "appliance_sha256": appliance_sha256,
         "verdict": "passed",
         "policy": str(loaded.path) if loaded.path else None,

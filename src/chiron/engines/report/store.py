@@ -16,7 +16,7 @@ from chiron.core.storestate import read_state
 from chiron.engines.report.model import Advisory, PolicyVerdict, StoreView, Version
 from chiron.errors import FormatError, UsageError
 
-VERDICT = "chiron.policy-verdict/1"
+VERDICT = "chiron-policy-verdict/1"
 MAX_VERDICT = 16 << 20
 
 
@@ -61,7 +61,7 @@ def read_verdict(path: Path, sha256: str) -> PolicyVerdict:
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"{path}: not a policy verdict: {exc}") from None
     where = str(path)
-    if not isinstance(doc, dict) or doc.get("schema") != VERDICT:
+    if not isinstance(doc, dict) or doc.get("format") != VERDICT:
         raise FormatError(f"{where}: not a {VERDICT} document")
     if doc.get("appliance_sha256") != sha256:
         raise FormatError(f"{where}: records the verdict of another appliance file (appliance_sha256 differs)")
