@@ -220,6 +220,57 @@ def _fits(browser: Any, width: int = 390) -> None:
     assert client <= width and scroll <= client, f"{browser.current_url}: {scroll} px wide in a {client} px window"
 
 
+# What every page is checked for: one h1, no skipped heading level, a label for every field, and the
+# colours of every element that shows text (with its first opaque background) for the contrast ratio.
+_A11Y = """
+const out = {h1: document.querySelectorAll('h1').length, skips: [], unlabelled: [], colours: []};
+let last = 0;
+for (const h of document.querySelectorAll('h1, h2, h3, h4, h5, h6')) {
+  const level = Number(h.tagName[1]);
+  if (last && level > last + 1) out.skips.push(h.tagName + ' ' + h.textContent.slice(0, 40));
+  last = level;
+}
+for (const f of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+  if (!f.labels.length && !f.getAttribute('aria-label')) out.unlabelled.push(f.name || f.id);
+}
+const background = (el) => {
+  for (; el && el.nodeType === 1; el = el.parentElement) {
+    const c = getComputedStyle(el).backgroundColor;
+    if (c && !c.endsWith(', 0)') && c !== 'transparent') return c;
+  }
+  return 'rgb(255, 255, 255)';
+};
+for (const el of document.querySelectorAll('body *:not(svg):not(svg *)')) {
+  const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+  if (own && el.getClientRects().length) out.colours.push([el.tagName, getComputedStyle(el).color, background(el)]);
+}
+return out;
+"""
+
+
+def _luminance(css: str) -> float:
+    r, g, b = (int(x) / 255 for x in re.findall(r"[0-9.]+", css)[:3])
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _accessible(browser: Any) -> None:
+    """One h1, headings in order, every field labelled, and text at a contrast of at least 4.5:1 (WCAG AA)."""
+    found = browser.execute_script(_A11Y)
+    where = browser.current_url
+    assert found["h1"] == 1 and not found["skips"] and not found["unlabelled"], (
+        where,
+        found["skips"],
+        found["unlabelled"],
+    )
+    low = []
+    for tag, fg, bg in found["colours"]:
+        a, b = sorted((_luminance(fg), _luminance(bg)), reverse=True)
+        if (a + 0.05) / (b + 0.05) < 4.5:
+            low.append((tag, fg, bg))
+    assert found["colours"] and not low, (where, low[:5])
+
+
 def _requests(browser: Any) -> list[str]:
     """The URLs the browser asked for since the last call (from its performance log)."""
     out = []
@@ -251,6 +302,7 @@ def test_the_report_file_shows_packages_changes_and_charts_and_fetches_nothing(
     assert _count(browser, "#chart-licences svg rect") >= 1
     assert _count(browser, "#chart-history svg rect") == 2 and _count(browser, "#chart-history .bar.this") == 1
     assert _count(browser, "script") == 0
+    _accessible(browser)
     shots("report")
     # Not one request other than the file itself: no script, font, image or stylesheet from anywhere.
     assert set(_requests(browser)) == {url}
@@ -375,7 +427,8 @@ def test_the_tool_an_appliance_installs_writes_the_same_report(site: Any, tmp_pa
 
 
 def test_pages_fit_a_390_px_screen(site: Any, browser: Any, shots: Any) -> None:
-    """Every page at 390 px wide: no horizontal scroll (tables become cards), and a screenshot of each."""
+    """Every page at 390 px wide: no horizontal scroll (tables become cards), and a screenshot of each;
+    at both widths one h1, headings in order, every field labelled, and text contrast of 4.5:1 or more."""
     _log_in(browser, site, site.tokens["admin"])
     first, second = site.versions
     pages = {
@@ -387,9 +440,13 @@ def test_pages_fit_a_390_px_screen(site: Any, browser: Any, shots: Any) -> None:
     }
     for name, page in pages.items():
         browser.get(site.url + page)
+        _accessible(browser)
         _fits(browser)
+        _accessible(browser)  # the cards of a narrow screen too
         shots(name)
+        browser.set_window_size(1280, 1000)
     browser.delete_all_cookies()
     browser.get(site.url + "ui/login")
+    _accessible(browser)
     _fits(browser)
     shots("login")

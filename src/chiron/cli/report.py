@@ -33,6 +33,7 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """Write one HTML file (no script, no network) of what an appliance carries and what changed."""
+    from chiron.core.text import printable
     from chiron.engines.report import ReportOptions, write_report
     from chiron.errors import UsageError
 
@@ -41,7 +42,7 @@ def report(
         try:
             day = date.fromisoformat(as_of)
         except ValueError:
-            raise UsageError(f"--as-of: {as_of[:40]!r} is not a date in the form YYYY-MM-DD") from None
+            raise UsageError(f"--as-of: {printable(as_of[:40])} is not a date in the form YYYY-MM-DD") from None
     result = write_report(
         ReportOptions(
             archive=archive_arg(archive, "report"),
@@ -54,27 +55,10 @@ def report(
             as_of=day,
         )
     )
-    a = result.report.appliance
     if as_json:
-        emit(
-            {
-                "schema": "chiron.report/1",
-                "output": str(result.output),
-                "size": result.size,
-                "appliance": {"name": a.name, "version": a.version, "sha256": a.sha256},
-                "verified": a.verification.verified,
-                "trust_anchor": a.verification.anchor,
-                "as_of": result.report.as_of,
-                "expiring": a.warnings,
-                "changes": result.report.changes is not None,
-                "policy_verdict": (
-                    result.report.store.verdict.verdict
-                    if result.report.store is not None and result.report.store.verdict is not None
-                    else None
-                ),
-            }
-        )
+        emit(result.as_dict())
         return
+    a = result.report.appliance
     for notice in a.verification.notices:
         log("notice", notice)
     for warning in a.verification.warnings:

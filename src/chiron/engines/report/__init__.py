@@ -19,11 +19,13 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
+from typing import Any
 
 from chiron.archive.manifest import MANIFEST, MAX_MANIFEST, parse_manifest
 from chiron.archive.reader import ArchiveReader
 from chiron.core.clock import parse_iso
 from chiron.core.fs import write_atomic
+from chiron.core.text import printable
 from chiron.engines.report.changes import changes
 from chiron.engines.report.gather import Trust, VerifiedReading, appliance, opened
 from chiron.engines.report.model import Appliance, Changes, Report
@@ -64,6 +66,22 @@ class ReportResult:
     report: Report
     size: int
 
+    def as_dict(self) -> dict[str, Any]:
+        """What ``chiron report --json`` prints (``chiron.report/1``): where the report is, what it found."""
+        a, store = self.report.appliance, self.report.store
+        return {
+            "schema": "chiron.report/1",
+            "output": str(self.output),
+            "size": self.size,
+            "appliance": {"name": a.name, "version": a.version, "sha256": a.sha256},
+            "verified": a.verification.verified,
+            "trust_anchor": a.verification.anchor,
+            "as_of": self.report.as_of,
+            "expiring": a.warnings,
+            "changes": self.report.changes is not None,
+            "policy_verdict": store.verdict.verdict if store is not None and store.verdict is not None else None,
+        }
+
 
 def as_of_today() -> datetime:
     """The day expiry is measured from: ``SOURCE_DATE_EPOCH``'s, else today's (UTC, at midnight)."""
@@ -72,7 +90,7 @@ def as_of_today() -> datetime:
         try:
             day = datetime.fromtimestamp(int(epoch), tz=UTC).date()
         except (ValueError, OverflowError, OSError):
-            raise UsageError(f"SOURCE_DATE_EPOCH: {epoch[:40]!r} is not a time in seconds") from None
+            raise UsageError(f"SOURCE_DATE_EPOCH: {printable(epoch[:40])} is not a time in seconds") from None
     else:
         day = datetime.now(UTC).date()
     return datetime.combine(day, time(), tzinfo=UTC)
