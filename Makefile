@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 # what the tool zip inside every appliance is built from.
 # Rebuilt only when the code or the pins change, so repeated runs need no package index.
 tool-wheels: $(TOOL_WHEELS)/.stamp
-$(TOOL_WHEELS)/.stamp: $(VENV)/.installed pyproject.toml requirements/tool-constraints.txt $(shell find src -name '*.py')
+$(TOOL_WHEELS)/.stamp: $(VENV)/.installed pyproject.toml requirements/tool-constraints.txt $(shell find src -name '*.py' -o -name '*.html' -o -name '*.css')
 	# setuptools builds in ./build/lib: clear it, or a module moved into a package stays in the wheel.
 	rm -rf $(TOOL_WHEELS) build/lib build/bdist.*
 	$(BIN)/pip wheel -q -c requirements/tool-constraints.txt -w $(TOOL_WHEELS) '.[serve]'

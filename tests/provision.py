@@ -80,6 +80,8 @@ PACKAGES = (
     Package("apache2-utils", ("htpasswd",), "the authenticated-registry tests (htpasswd)"),
     Package("docker-compose", ("docker-compose",), "the activation tests (the Compose CLI)"),
     Package("curl", ("curl",), "the resumed-download tests (curl -C -)"),
+    Package("chromium", ("/usr/bin/chromium",), "the real-browser tests of the report and the service's pages"),
+    Package("chromium-driver", ("/usr/bin/chromedriver",), "the real-browser tests (WebDriver for chromium)"),
 )
 
 

@@ -465,6 +465,30 @@ def out_extract(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path,
     return [checked, unchecked]
 
 
+@pytest.fixture()
+def out_report(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> list[Output]:
+    root = keys / "1.root.json"
+    checked = run(
+        capsys,
+        [
+            "report",
+            str(appliance),
+            "--against",
+            str(appliance),
+            "-o",
+            str(tmp_path / "r.html"),
+            "--root",
+            str(root),
+            "--json",
+        ],
+    )
+    unchecked = run(capsys, ["report", str(appliance), "-o", str(tmp_path / "u.html"), "--unverified", "--json"])
+    assert (checked[1], checked[2]["verified"], checked[2]["changes"]) == (0, True, True)
+    assert (unchecked[1], unchecked[2]["verified"], unchecked[2]["changes"]) == (0, False, False)
+    assert b"NOT verified" in (tmp_path / "u.html").read_bytes()
+    return [checked, unchecked]
+
+
 def test_keys_init_error_is_json(capsys: pytest.CaptureFixture[str], keys: Path) -> None:
     _what, code, doc = run(capsys, ["keys", "init", str(keys), "--json"])
     assert code == 2 and doc["schema"] == "chiron.error/1"

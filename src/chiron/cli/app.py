@@ -259,7 +259,7 @@ def client(token: str | None, cacert: Path | None) -> Any:
 
 def register_commands() -> None:
     """Import the command modules; each registers its commands with ``app`` (in --help order)."""
-    from chiron.cli import archive, config, download, host, keys, mcp, mirror, oci, serve  # noqa: F401
+    from chiron.cli import archive, config, download, host, keys, mcp, mirror, oci, report, serve  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -243,3 +243,61 @@ def check(loaded: LoadedPolicy, lock: _lock.Lock, files: dict[str, Path]) -> lis
                     Violation(name, version, "vulnerabilities", f"{record['id']}{': ' + summary if summary else ''}")
                 )
     return out
+
+
+# ---------------------------------------------------------------- the verdict a refresh records
+
+VERDICT_FORMAT = "chiron-policy-verdict/1"
+
+
+def accepted_advisories(loaded: LoadedPolicy, lock: _lock.Lock) -> list[dict[str, Any]]:
+    """Known vulnerabilities of locked versions that the policy let through: advisories that affect a
+    package as locked and whose id (or an alias) is in ``vulnerabilities.ignore``."""
+    ignore = set(loaded.policy.vulnerabilities.ignore)
+    out = []
+    for pkg in lock.packages:
+        for record in loaded.osv.get(pkg.name, []):
+            aliases = sorted(str(a) for a in record.get("aliases", []))
+            if {record["id"], *aliases} & ignore and _affects(record, pkg.name, pkg.version):
+                out.append(
+                    {
+                        "id": record["id"],
+                        "aliases": aliases,
+                        "package": pkg.name,
+                        "version": pkg.version,
+                        "summary": str(record.get("summary", "")).strip(),
+                    }
+                )
+    return sorted(out, key=lambda a: (a["package"], a["id"]))
+
+
+def verdict(loaded: LoadedPolicy, accepted: list[dict[str, Any]], appliance_sha256: str) -> dict[str, Any]:
+    """What a refresh records beside the lock of the version it signed (``locks/N.policy.json``): the
+    policy it passed, its rules, and the advisories it let through (``accepted_advisories``; shown by
+    ``chiron report``)."""
+    p = loaded.policy
+    return {
+        "format": VERDICT_FORMAT,
+        "appliance_sha256": appliance_sha256,
+        "verdict": "passed",
+        "policy": str(loaded.path) if loaded.path else None,
+        "policy_sha256": _sha256_of(loaded.path),
+        "rules": {
+            "packages.allow": list(p.packages.allow),
+            "packages.deny": list(p.packages.deny),
+            "licenses.allow": list(p.licenses.allow),
+            "licenses.allow_unknown": p.licenses.allow_unknown,
+            "sources.sdists": p.sources.sdists,
+            "sources.yanked": p.sources.yanked,
+            "vulnerabilities.osv_db": p.vulnerabilities.osv_db or "",
+            "vulnerabilities.ignore": list(p.vulnerabilities.ignore),
+        },
+        "osv_records": len({r["id"] for records in loaded.osv.values() for r in records}),
+        "accepted": accepted,
+    }
+
+
+def _sha256_of(path: Path | None) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None

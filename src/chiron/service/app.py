@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from chiron import __version__
 from chiron.engines.deltacache import DeltaCache
 from chiron.errors import ChironError
-from chiron.service import problems
+from chiron.service import pages, problems
 from chiron.service.catalog import Catalog
 from chiron.service.db import Database, now
 from chiron.service.jobs import JobRunner
@@ -56,6 +56,7 @@ def build_app(svc: Services | None) -> FastAPI:
     app.state.services = svc
     for router in (index.router, appliances.router, deltas.router, hosts.router, jobs.router, ops.router):
         app.include_router(router)
+    pages.install(app)  # the pages for people (log-in, appliances, diff, fleet, jobs): not in the OpenAPI schema
     app.add_exception_handler(ProblemError, _problem)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]

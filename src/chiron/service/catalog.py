@@ -33,6 +33,7 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
+from chiron.engines.report import Trust
 from chiron.engines.verify import VerifiedAppliance, verified
 from chiron.errors import ChironError, UsageError
 from chiron.service.files import Dist, FileSig, read_metadata
@@ -63,6 +64,7 @@ class Entry:
     current: bool
     handle: VerifiedAppliance
     stack: contextlib.ExitStack
+    trust: Trust | None = None  # what verification established (roles, root): the pages show it
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
     projects: dict[str, list[Dist]] = field(default_factory=dict)
@@ -270,6 +272,7 @@ class Catalog:
                 current=current,
                 handle=handle,
                 stack=stack,
+                trust=Trust.of(report),
             )
             if FileSig.of(os.fstat(fd)) != fsig:
                 raise _Failed("changed while it was read after verification")

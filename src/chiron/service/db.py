@@ -1,4 +1,5 @@
-"""The service's own state in SQLite (stdlib ``sqlite3``): tokens, hosts, receipts, jobs, yanks.
+"""The service's own state in SQLite (stdlib ``sqlite3``): tokens, hosts, receipts, jobs, yanks, and the
+sessions of people logged in to the pages (service/pages/session.py; a table added later, created on open).
 
 WAL mode (readers never wait for the writer), ``synchronous=FULL`` (an accepted receipt or a made
 token survives a power cut), one connection per thread, and every change in one ``BEGIN IMMEDIATE``
@@ -42,6 +43,9 @@ CREATE TABLE IF NOT EXISTS job_log (
   job TEXT NOT NULL REFERENCES jobs(id), n INTEGER NOT NULL, time TEXT NOT NULL, line TEXT NOT NULL,
   PRIMARY KEY (job, n));
 CREATE TABLE IF NOT EXISTS yanks (filename TEXT PRIMARY KEY, reason TEXT NOT NULL, time TEXT NOT NULL, by TEXT);
+CREATE TABLE IF NOT EXISTS sessions (
+  id_sha256 TEXT PRIMARY KEY, token TEXT NOT NULL REFERENCES tokens(id), csrf TEXT NOT NULL,
+  created TEXT NOT NULL, expires TEXT NOT NULL);
 """
 
 

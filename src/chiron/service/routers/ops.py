@@ -1,17 +1,16 @@
-"""Operations: liveness, readiness, Prometheus metrics, yanking a file from the index, a landing page."""
+"""Operations: liveness, readiness, Prometheus metrics, yanking a file from the index, and ``/``, which
+sends a person's browser to the pages (``ui/``)."""
 
 from __future__ import annotations
 
-import html
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from chiron import __version__
 from chiron.service import problems
-from chiron.service.auth import Admin, Read, Svc, require, service_state
+from chiron.service.auth import Admin, Svc, require, service_state
 from chiron.service.models import Health, Yank
 
 router = APIRouter(tags=["operations"])
@@ -81,24 +80,7 @@ def yank(svc: Svc, body: Yank, who: Admin) -> dict[str, Any]:
     return {"filename": body.filename, "yanked": body.reason is not None, "reason": body.reason, "changed": changed}
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def landing(svc: Svc, _who: Read) -> HTMLResponse:
-    """A page for a person: what is served and where."""
-    snapshot = svc.catalog.snapshot
-    rows = "".join(
-        f"<tr><td>{html.escape(e.name)}</td><td>{html.escape(e.version)}</td><td>{e.metadata_version}</td>"
-        f'<td><a href="appliances/{html.escape(e.filename)}">{html.escape(e.filename)}</a></td>'
-        f'<td><a href="index/{e.metadata_version}/simple/">index</a></td><td>{e.expires:%Y-%m-%d %H:%M}Z</td></tr>'
-        for e in sorted(snapshot.entries, key=lambda e: (e.name, -e.metadata_version))
-    )
-    failed = "".join(f"<li>{html.escape(why)}</li>" for _p, why in snapshot.failed)
-    page = (
-        f"<!DOCTYPE html><html><head><title>chiron serve</title></head><body><h1>chiron serve {__version__}</h1>"
-        '<p>Package index: <a href="simple/">simple/</a> (pip install --index-url URL/simple/). '
-        'API: <a href="openapi.json">openapi.json</a> (docs/serve.md).</p>'
-        "<table><tr><th>appliance</th><th>version</th><th>metadata version</th><th>download</th><th>index</th>"
-        f"<th>expires</th></tr>{rows}</table>"
-        + (f"<h2>Not served (did not verify)</h2><ul>{failed}</ul>" if failed else "")
-        + "</body></html>"
-    )
-    return HTMLResponse(page)
+@router.get("/", include_in_schema=False)
+async def landing() -> RedirectResponse:
+    """A person's browser starts at the pages (ui/): they log in there with a token (a session cookie)."""
+    return RedirectResponse("ui/", status_code=303)
