@@ -30,7 +30,7 @@ from chiron.sources.toolcache import key_file
 from chiron.trust import metadata as _trust
 
 from conftest import do_build, image_spec, images_toml
-from helpers import LocalIndex
+from helpers import LocalIndex, make_wheel, write_spec
 from runbook import RUNBOOKS, Hook, Result, Session, operator_env, run_runbook
 
 VENV_CHIRON = Path(sys.executable).with_name("chiron")
@@ -141,6 +141,7 @@ def image_series(
 SCENARIOS = {
     "verify-on-air-gapped-host.md": "test_verify_on_an_air_gapped_host",
     "install-and-upgrade.md": "test_install_upgrade_and_restore_an_old_state_backup",
+    "mirror-refresh.md": "test_mirror_refresh",
 }
 
 
@@ -330,5 +331,89 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
             Hook("/opt/chiron/bin/chiron recover", after=adopted),
             Hook("audit verify", occurrence=2, after=intact_after_recover),
             Hook("/opt/chiron/bin/chiron status", occurrence=4, after=final_status),
+        ],
+    )
+
+
+# ---------------------------------------------------------------- mirror-refresh.md
+
+
+def keys_dir_spec(directory: Path, index_url: str) -> Path:
+    """A cp311 spec whose keys are found through CHIRON_KEYS_DIR, as the default bundle's are."""
+    return write_spec(directory, keys=Path("${CHIRON_KEYS_DIR}"), index_url=index_url, requirements=["alpha>=1.0"])
+
+
+def test_mirror_refresh(  # type: ignore[no-untyped-def]
+    new_session, keys: Path, upstream: LocalIndex, tool_wheels: Path, session_cache: Path, tool_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Set up a mirror host from an appliance (section 0), make a store from a spec (1), review, verify
+    and carry a change as a delta to a host that upgrades from it (3), and force a new version (5)."""
+    s = new_session("mirror-refresh.md")
+    shutil.copytree(keys, s.path("/srv/chiron/keys"))
+    spec = keys_dir_spec(s.path("/srv/spec"), upstream.url)
+    monkeypatch.setenv("CHIRON_KEYS_DIR", str(keys))
+    built = do_build(spec, s.root / "dist" / "chiron.pex", tool_wheels, session_cache, epoch=int(time.time()) - 600)
+    deliver(built.output, s.path("/srv/chiron"))
+    s.cd(s.path("/srv/chiron"))
+    s.path("/srv/chiron/tool-wheels").symlink_to(tool_wheels)
+    allowed = s.path("/path/to/allowed_signers")
+    allowed.parent.mkdir(parents=True)
+    shutil.copyfile(keys / "allowed_signers", allowed)
+    s.bind("HEX", fingerprint(keys / "1.root.json"))
+    store = s.path("/srv/chiron/store")
+
+    def initialised(s: Session, r: Result) -> None:
+        assert (store / "state.json").is_file() and (store / "spec" / "appliance.toml").is_file()
+
+    def reused(s: Session, r: Result) -> None:
+        assert "the tool of version" in r.output and "is reused" in r.output, r.output  # no tool wheels needed
+
+    def new_store(s: Session) -> None:
+        # Section 1 is the other way to start: a store made from the spec (the one of section 0 moves aside).
+        store.rename(store.with_name("store-from-appliance"))
+        shutil.copytree(tool_cache, store / "artifacts" / "tool")  # the tool zip built from these wheels
+
+    def first_run(s: Session, r: Result) -> None:
+        assert f"root fingerprint: {fingerprint(keys / '1.root.json')}" in r.stdout, r.stdout
+        assert (store / "state.json").is_file()
+
+    def status(s: Session, r: Result) -> None:
+        assert f"root fingerprint: {fingerprint(keys / '1.root.json')}" in r.stdout, r.stdout
+
+    def a_change(s: Session) -> None:
+        # A scheduled run finds beta 1.1 upstream; a host runs the appliance before it.
+        (running,) = (store / "appliances").glob("*.pex")
+        make_wheel(upstream.directory, "beta", "1.1")
+        changed = s.sh("chiron mirror refresh --store /srv/chiron/store")
+        claim(s, "built STORE/appliances/NAME-VERSION-N.pex (...)", changed)
+        new = Path(changed.stdout.split()[1])
+        assert new.parent == store / "appliances" and new != running
+        s.bind("NEW.pex", new)
+        s.bind("PREVIOUS.pex", running)
+        s.bind("RUNNING.pex", running)
+        s.sh(f"chiron install {running} --prefix /opt/chiron --root-sha256 HEX")
+
+    def changelog(s: Session, r: Result) -> None:
+        assert re.search(r"beta\s+1\.0\s*->\s*1\.1|beta 1\.0 -> 1\.1|beta.*1\.0.*1\.1", r.output), r.output
+
+    def upgraded(s: Session, r: Result) -> None:
+        assert "upgraded to demo 1.0.0+" in r.stdout, r.output
+        python = s.path("/opt/chiron/current/venv/bin/python")
+        assert _run(python, "-c", "import beta; print(beta.__version__)").stdout.strip() == "1.1"
+
+    def forced(s: Session, r: Result) -> None:
+        assert r.stdout.startswith("built "), r.output
+
+    run_runbook(
+        s,
+        [
+            Hook("./chiron.pex mirror init", after=initialised),
+            Hook("./chiron.pex mirror refresh", after=reused),
+            Hook("chiron mirror refresh /srv/spec/appliance.toml", before=new_store, after=first_run),
+            Hook("chiron mirror status", after=status),
+            Hook("chiron diff PREVIOUS.pex NEW.pex", before=a_change, after=changelog),
+            Hook("upgrade NEW.delta", after=upgraded),
+            Hook("--force", after=forced),
         ],
     )
