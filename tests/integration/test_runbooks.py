@@ -142,6 +142,7 @@ SCENARIOS = {
     "verify-on-air-gapped-host.md": "test_verify_on_an_air_gapped_host",
     "install-and-upgrade.md": "test_install_upgrade_and_restore_an_old_state_backup",
     "mirror-refresh.md": "test_mirror_refresh",
+    "disaster-recovery.md": "test_disaster_recovery",
 }
 
 
@@ -417,3 +418,105 @@ def test_mirror_refresh(  # type: ignore[no-untyped-def]
             Hook("--force", after=forced),
         ],
     )
+
+
+# ---------------------------------------------------------------- disaster-recovery.md
+
+
+def test_disaster_recovery(  # type: ignore[no-untyped-def]
+    new_session, keys: Path, upstream: LocalIndex, tool_wheels: Path, session_cache: Path
+) -> None:
+    """Rebuild byte for byte (section 1), build the next release from the last appliance (2), restore a
+    mirror store from it with and without --spec and refresh on (3), and replace a host (4)."""
+    s = new_session("disaster-recovery.md")
+    work = s.root / "work"  # the build host's checkout: bundle/ (the spec), build/dev-keys, dist/
+    shutil.copytree(keys, work / "build" / "dev-keys")
+    (work / "build" / "tool-wheels").symlink_to(tool_wheels)
+    spec = write_spec(
+        work / "bundle",
+        keys=Path("${CHIRON_KEYS_DIR:-../build/dev-keys}"),  # as bundle/appliance.toml names them
+        index_url=upstream.url,
+        requirements=["alpha>=1.0"],
+    )
+    last = do_build(spec, work / "dist" / "chiron.pex", tool_wheels, session_cache, epoch=int(time.time()) - 600)
+    shutil.copyfile(last.output, work / "last.pex")
+    shutil.copyfile(f"{last.output}.sig", work / "last.pex.sig")
+    s.cd(work)
+    s.bind("HEX", fingerprint(keys / "1.root.json"))
+    store = s.path("/srv/chiron/store")
+    metadata_version = _json(VENV_CHIRON, "verify", last.output, "--root", keys / "1.root.json")["roles"]["targets"]["version"]
+
+    def identical(s: Session, r: Result) -> None:
+        assert "byte-identical" in r.output or "identical" in r.output, r.output
+
+    def extracted(s: Session, r: Result) -> None:
+        assert (work / "recovered" / "spec" / "appliance.toml").read_bytes() == spec.read_bytes()
+
+    original = spec.read_text()
+
+    def raise_version(s: Session) -> None:
+        # "Raise [appliance].version in bundle/appliance.toml."
+        spec.write_text(original.replace('version = "1.0.0"', 'version = "1.1.0"', 1))
+
+    def spec_of_the_store(s: Session) -> None:
+        # Section 3 is another disaster: the mirror's spec (in version control) is the one last.pex was made from.
+        spec.write_text(original)
+
+    def next_built(s: Session, r: Result) -> None:
+        report = _json(VENV_CHIRON, "verify", work / "dist" / "next.pex", "--root", keys / "1.root.json")
+        assert report["ok"] and report["appliance"]["version"] == "1.1.0"
+        assert report["roles"]["targets"]["version"] > metadata_version
+
+    def restored(s: Session, r: Result) -> None:
+        assert (store / "state.json").is_file() and f"metadata version {metadata_version}" in r.output, r.output
+
+    def no_op(s: Session, r: Result) -> None:
+        assert r.stdout.startswith("up to date"), r.output
+        assert "the tool of version" in r.output and "is reused" in r.output  # "It needs no tool wheels"
+
+    def something_new(s: Session) -> None:
+        make_wheel(upstream.directory, "beta", "1.1")
+
+    def next_version(s: Session, r: Result) -> None:
+        assert f"metadata version {metadata_version + 1}," in r.stdout, r.output  # "version N+1"
+
+    def fresh_host(s: Session) -> None:
+        # Without --spec: on another new mirror host, where the spec was kept in /srv/spec (built from there).
+        store.rename(store.with_name("store-with-spec"))
+        shutil.copytree(work / "bundle", s.path("/srv/spec"))
+        shutil.copytree(keys, s.path("/srv/build/dev-keys"))
+
+    def restored_without_spec(s: Session, r: Result) -> None:
+        assert (store / "spec" / "appliance.toml").is_file(), r.output
+
+    def latest_delivered(s: Session) -> None:
+        # A host is replaced: it gets the newest appliance of the store (the one restored with --spec).
+        newest = max((store.with_name("store-with-spec") / "appliances").glob("*.pex"))
+        deliver(newest, work, "chiron.pex")
+        # and the old host's disk survived, holding its audit log
+        old = s.root / "old-host"
+        s.sh(f"chiron install last.pex --prefix {old} --root-sha256 HEX")
+        s.bind("OLD", old)
+
+    def replaced(s: Session, r: Result) -> None:
+        assert f"installed demo 1.0.0+{metadata_version + 1}" in r.stdout, r.output
+
+    run_runbook(
+        s,
+        [
+            Hook("--check", after=identical),
+            Hook("--check --online", after=identical),
+            Hook("chiron extract last.pex", after=extracted),
+            Hook("chiron build bundle/appliance.toml", before=raise_version, after=next_built),
+            Hook("--spec bundle/appliance.toml", before=spec_of_the_store, after=restored),
+            Hook("chiron mirror refresh --store /srv/chiron/store", after=no_op),
+            Hook("chiron mirror refresh --store /srv/chiron/store", occurrence=2, before=something_new, after=next_version),
+            Hook("--base /srv/spec", before=fresh_host, after=restored_without_spec),
+            Hook("./chiron.pex verify", before=latest_delivered),
+            Hook("./chiron.pex install", after=replaced),
+        ],
+    )
+
+
+def _json(*argv: str | Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(_run(*argv, "--json").stdout)  # type: ignore[no-any-return]
