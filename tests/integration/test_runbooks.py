@@ -143,6 +143,7 @@ SCENARIOS = {
     "install-and-upgrade.md": "test_install_upgrade_and_restore_an_old_state_backup",
     "mirror-refresh.md": "test_mirror_refresh",
     "disaster-recovery.md": "test_disaster_recovery",
+    "compromised-key.md": "test_compromised_targets_key",
 }
 
 
@@ -520,3 +521,85 @@ def test_disaster_recovery(  # type: ignore[no-untyped-def]
 
 def _json(*argv: str | Path) -> dict:  # type: ignore[type-arg]
     return json.loads(_run(*argv, "--json").stdout)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- compromised-key.md
+
+
+def test_compromised_targets_key(  # type: ignore[no-untyped-def]
+    new_session, keys: Path, upstream: LocalIndex, tool_wheels: Path, seeded
+) -> None:
+    """A store-managed appliance whose targets key leaks: rotate it (section 1), point the spec at the
+    chain and the new key (2), ship it from the store to a host (3), rotate a root key (4), check (6)."""
+    from chiron.engines import mirror
+
+    s = new_session("compromised-key.md")
+    offline = s.path("/srv/spec")  # the machine that holds the root directory: keys/root, beside the spec
+    root_dir = offline / "keys" / "root"
+    shutil.copytree(keys, root_dir)  # development keys: 1.root.json among the .pem files
+    spec = write_spec(offline, keys=Path("keys/root"), index_url=upstream.url, requirements=["alpha>=1.0"])
+    store = seeded(s.path("/srv/chiron/store"))
+    first = mirror.refresh(mirror.RefreshOptions(store=store, spec=spec, tool_wheels=tool_wheels, show_progress=False))
+    assert first.appliance is not None
+    s.cd(offline)
+    s.bind("HEX", fingerprint(keys / "1.root.json"))
+    s.sh(f"chiron install {first.appliance} --prefix /opt/chiron --root-sha256 HEX")
+    for name in ("new-targets", "new-holder"):  # the new keys' holders send their public halves (keys.md)
+        s.sh(f"openssl genpkey -algorithm ed25519 -out {name}.pem && openssl pkey -in {name}.pem -pubout -out {name}.pub")
+    holder = s.path("/path/to/holder.pem")
+    holder.parent.mkdir(parents=True)
+    shutil.copyfile(keys / "root.pem", holder)
+    s.bind("N.root.json", "1.root.json")
+    s.bind("N+1.root.json", "2.root.json")
+    root_v1 = json.loads((root_dir / "1.root.json").read_text())["signed"]
+    old_targets = root_v1["roles"]["targets"]["keyids"]
+    s.bind("STOLEN_KEYID", root_v1["roles"]["root"]["keyids"][0])
+    newest: dict[str, str] = {}
+
+    def keyids_listed(s: Session, r: Result) -> None:
+        assert r.stdout.strip() == repr(old_targets), r.stdout
+        s.bind("OLD_KEYID", old_targets[0])
+
+    def rotated(s: Session, r: Result) -> None:
+        assert (root_dir / "2.root.json").is_file()
+
+    def point_the_spec(s: Session) -> None:
+        # Section 2, step 2 first (the new key's URI), to see what step 1 warns of: trust.root still names
+        # one file, which does not list the new key.
+        text = spec.read_text().replace("file2:keys/root/targets.pem", "file2:new-targets.pem")
+        spec.write_text(text)
+        refused = s.sh("chiron mirror refresh /srv/spec/appliance.toml --store /srv/chiron/store --force", exits=2)
+        assert "is not a targets key of the root metadata (root v1" in refused.output, refused.output
+        assert "trust.root must name the DIRECTORY" in refused.output, refused.output
+        # Step 1: trust.root names the directory.
+        spec.write_text(text.replace('root = "keys/root/1.root.json"', 'root = "keys/root"'))
+
+    def shipped(s: Session, r: Result) -> None:
+        match = re.search(r"^newest root \(version 2\): ([0-9a-f]{64})$", r.stdout, re.M)
+        assert match, r.output
+        newest["sha256"] = match[1]
+        appliance = Path(r.stdout.split()[1])
+        deliver(appliance, s.path("/srv/appliances"), "new.pex")
+        deliver(appliance, offline, "new.pex")
+        deliver(first.appliance, offline, "suspect.pex")  # built with the old chain and the old key
+
+    def published(s: Session, r: Result) -> None:
+        assert r.stdout.split()[0] == newest["sha256"] == _sha256(root_dir / "2.root.json")
+
+    def host_follows(s: Session, r: Result) -> None:
+        assert re.search(r"^trusted root +v2 ", r.stdout, re.M), r.stdout
+
+    def refused(s: Session, r: Result) -> None:
+        assert "signature check failed" in r.output, r.output
+
+    run_runbook(
+        s,
+        [
+            Hook("python3 -c", after=keyids_listed),
+            Hook("keys rotate targets", after=rotated),
+            Hook("chiron mirror refresh /srv/spec/appliance.toml", before=point_the_spec, after=shipped),
+            Hook("sha256sum", after=published),
+            Hook("/opt/chiron/bin/chiron status", after=host_follows),
+            Hook("chiron verify suspect.pex", after=refused),
+        ],
+    )
