@@ -252,6 +252,10 @@ class Session:
         with (self.state / "vars").open("a") as f:
             f.write(f"declare -x {name}={shlex.quote(value)}\n")
 
+    def unset(self, name: str) -> None:
+        with (self.state / "vars").open("a") as f:
+            f.write(f"unset {name}\n")
+
     def substitute(self, text: str) -> str:
         out = self.rooted(text)
         for placeholder in sorted(self.bindings, key=len, reverse=True):

@@ -15,8 +15,10 @@ tool build for the whole session); pex unpacks the tool once into a shared home.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,11 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from chiron.sources.toolcache import key_file
+from chiron.sources.toolcache import key_file, secret_key
 from chiron.trust import metadata as _trust
 
-from conftest import do_build, image_spec, images_toml
-from helpers import LocalIndex, make_wheel, write_spec
+from conftest import do_build, image_spec, images_toml, start_registry
+from helpers import LocalIndex, make_tls, make_wheel, write_spec
 from runbook import RUNBOOKS, Hook, Result, Session, operator_env, run_runbook
 
 VENV_CHIRON = Path(sys.executable).with_name("chiron")
@@ -49,8 +51,16 @@ def operator_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def operator_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One home for every runbook's shell: pex unpacks the (shared) tool there once (~/.cache/pex)."""
-    return tmp_path_factory.mktemp("operator-home")
+    """One home for every runbook's shell: pex unpacks the (shared) tool there once (~/.cache/pex), and it
+    holds this test process's tool-cache key (~/.local/state/chiron), so the tool zips tests/conftest.py
+    seeds stores with are taken from the cache, not built again (~30 s each)."""
+    home = tmp_path_factory.mktemp("operator-home")
+    key, why = secret_key(key_file())
+    assert key is not None, why
+    state = home / ".local" / "state" / "chiron"
+    state.mkdir(parents=True, mode=0o700)
+    shutil.copy2(key_file(), state / key_file().name)
+    return home
 
 
 @pytest.fixture()
@@ -60,13 +70,8 @@ def new_session(
     def make(doc: str, **env: str) -> Session:
         root = tmp_path / "machine"
         root.mkdir(exist_ok=True)
-        extra = {
-            # The tool-cache key of this test process (tests/conftest.py seeds stores with tool zips it made),
-            # and its artifact cache: where a `chiron build` in a runbook finds the tool zip already built.
-            "XDG_STATE_HOME": str(key_file().parent.parent),
-            "CHIRON_CACHE_DIR": str(session_cache),
-            **env,
-        }
+        # The session's artifact cache: where a `chiron build` in a runbook finds the tool zip already built.
+        extra = {"CHIRON_CACHE_DIR": str(session_cache), **env}
         session = Session(RUNBOOKS / doc, root, operator_env(root, operator_home, operator_bin, **extra))
         session.bind("/usr/local/bin/chiron", str(operator_bin / "chiron"))
         return session
@@ -144,6 +149,7 @@ SCENARIOS = {
     "mirror-refresh.md": "test_mirror_refresh",
     "disaster-recovery.md": "test_disaster_recovery",
     "compromised-key.md": "test_compromised_targets_key",
+    "fleet-through-registry.md": "test_fleet_through_the_enclave_registry",
 }
 
 
@@ -603,3 +609,173 @@ def test_compromised_targets_key(  # type: ignore[no-untyped-def]
             Hook("chiron verify suspect.pex", after=refused),
         ],
     )
+
+
+# ---------------------------------------------------------------- fleet-through-registry.md
+
+
+def test_fleet_through_the_enclave_registry(  # type: ignore[no-untyped-def]
+    new_session, image_series: list[Path], keys: Path, tmp_path: Path
+) -> None:
+    """Publish to a registry with TLS (a site CA) and credentials, check it with skopeo, install a host
+    from it, move the tag (step 1 again with the next file) and upgrade the host from the tag."""
+    from dataclasses import replace
+
+    from runbook import blocks
+
+    if shutil.which("htpasswd") is None:
+        pytest.skip("NO htpasswd: tests/provision.py installs apache2-utils")
+    ca, cert, key = make_tls(tmp_path / "tls")
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(_run("htpasswd", "-Bbn", "chiron", "s3cret").stdout.strip() + "\n")
+    registry = start_registry(tmp_path / "registry", htpasswd, (cert, key))
+    try:
+        s = new_session("fleet-through-registry.md")
+        work = s.root / "station"  # where the appliance enters the enclave
+        deliver(image_series[1], work, "demo-1.1.0.pex")
+        deliver(image_series[2], work, "demo-1.2.0.pex")
+        shutil.copyfile(keys / "allowed_signers", work / "allowed_signers")
+        shutil.copyfile(ca, work / "site-ca.pem")
+        token = base64.b64encode(b"chiron:s3cret").decode()
+        auth = json.dumps({"auths": {registry.address: {"auth": token}}})
+        (work / "publisher-auth.json").write_text(auth)
+        hosts_auth = s.root / "host-auth.json"  # the hosts' pull credentials, found at $REGISTRY_AUTH_FILE
+        hosts_auth.write_text(auth)
+        hosts_auth.chmod(0o600)
+        s.export("REGISTRY_AUTH_FILE", str(hosts_auth))
+        s.cd(work)
+        s.bind("registry.enclave:5000", registry.address)
+        s.bind("HEX", fingerprint(keys / "1.root.json"))
+        step1 = blocks(s.doc.read_text())[0].commands()
+
+        def published(s: Session, r: Result) -> None:
+            assert "published demo 1.1.0" in r.stdout, r.output
+
+        def site_ca_trusted(s: Session) -> None:
+            # skopeo has no --ca-file: the site CA is in the system's trust store, here through the variable
+            # Go reads for it.
+            s.export("SSL_CERT_FILE", str(work / "site-ca.pem"))
+
+        def inspected(s: Session, r: Result) -> None:
+            s.unset("SSL_CERT_FILE")
+            assert '"application/vnd.chiron.appliance.v1"' in r.stdout and '"1.1.0"' in r.stdout, r.stdout
+
+        def installed(s: Session, r: Result) -> None:
+            assert "installed demo 1.1.0" in r.stdout, r.output
+
+        def tag_moved(s: Session) -> None:
+            # "Move the tag (step 1 with the new file)"
+            for command in step1:
+                s.check(s.run(replace(command, text=command.text.replace("demo-1.1.0", "demo-1.2.0"))))
+
+        def upgraded(s: Session, r: Result) -> None:
+            assert "upgraded to demo 1.2.0" in r.stdout, r.output
+
+        run_runbook(
+            s,
+            [
+                Hook("chiron publish", after=published),
+                Hook("skopeo inspect", before=site_ca_trusted, after=inspected),
+                Hook("chiron install oci://", after=installed),
+                Hook("chiron upgrade oci://", before=tag_moved, after=upgraded),
+            ],
+        )
+    finally:
+        registry.stop()
+
+
+# ---------------------------------------------------------------- docs/mirror.md, "Scheduling"
+
+
+def scheduling_section() -> str:
+    text = (RUNBOOKS.parent / "mirror.md").read_text()
+    start = text.index("\n## Scheduling\n")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def systemd_service(section: str) -> dict[str, list[str]]:
+    """The directives of the service unit (the ```ini block with a [Service] section): name -> values."""
+    from runbook import blocks
+
+    (unit,) = [b for b in blocks(section, ("ini",)) if "[Service]" in b.text]
+    directives: dict[str, list[str]] = {}
+    for line in unit.text.splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            name, _, value = line.partition("=")
+            directives.setdefault(name.strip(), []).append(value.strip())
+    return directives
+
+
+def test_mirror_scheduling_runs_as_printed(  # type: ignore[no-untyped-def]
+    new_session, keys: Path, upstream: LocalIndex, tool_wheels: Path, seeded, operator_home: Path
+) -> None:
+    """The systemd unit and the cron line of docs/mirror.md, run literally against a store.
+
+    systemd itself cannot run here: the unit's Environment= and ExecStart= lines are taken from the
+    Markdown and run as systemd would (no shell; stdout appended to the StandardOutput= file, stderr
+    kept as the journal), and so is the ExecStartPost= line the text suggests. The cron line runs in
+    /bin/sh with cron's minimal environment. Every run appends ONE JSON object to refresh.jsonl, a
+    failed run a chiron.error/1 object, so the file is JSON Lines.
+    """
+    from chiron.engines import mirror
+
+    s = new_session("install-and-upgrade.md")  # only for its re-rooting and substitutions
+    spec = write_spec(s.path("/srv/spec"), keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"])
+    store = seeded(s.path("/srv/chiron/store"))
+    mirror.refresh(mirror.RefreshOptions(store=store, spec=spec, tool_wheels=tool_wheels, show_progress=False))
+    s.path("/srv/chiron/tool-wheels").symlink_to(tool_wheels)
+    section = scheduling_section()
+    unit = systemd_service(section)
+
+    # ---- systemd: LogsDirectory=chiron makes /var/log/chiron; User= and the timer are systemd's business.
+    assert unit["LogsDirectory"] == ["chiron"]
+    s.path("/var/log/chiron").mkdir(parents=True)
+    (append,) = unit["StandardOutput"]
+    assert append.startswith("append:")
+    jsonl = s.path(append.removeprefix("append:"))
+    environment = dict(pair.split("=", 1) for value in unit["Environment"] for pair in shlex.split(value))
+    env = {**s.env, **{k: s.substitute(v) for k, v in environment.items()}}
+    (exec_start,) = unit["ExecStart"]
+    # "Add it to the scheduled job after the refresh, for example `ExecStartPost=...`" (section Pruning)
+    (exec_post,) = re.findall(r"`ExecStartPost=([^`]+)`", (RUNBOOKS.parent / "mirror.md").read_text())
+
+    def systemd_run(command: str) -> subprocess.CompletedProcess[bytes]:
+        argv = [s.substitute(arg) for arg in shlex.split(command)]
+        with jsonl.open("ab") as out:
+            return subprocess.run(argv, env=env, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+    quiet = systemd_run(exec_start)
+    make_wheel(upstream.directory, "beta", "1.1")
+    changed = systemd_run(exec_start)
+    pruned = systemd_run(exec_post)
+    for proc in (quiet, changed, pruned):
+        assert proc.returncode == 0, proc.stderr.decode()
+        journal = proc.stderr.decode().splitlines()
+        assert all(isinstance(json.loads(line), dict) for line in journal), journal  # --log-format json
+    runs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["changed"] for r in runs[:2]] == [False, True] and runs[0]["schema"] == "chiron.mirror-refresh/1"
+    assert runs[2]["schema"] == "chiron.mirror-prune/1"  # ExecStartPost's stdout goes to the same file
+
+    # ---- cron: the five time fields, then a /bin/sh command line, run with cron's environment.
+    from runbook import blocks
+
+    (cron,) = blocks(section, ("cron",))
+    (entry,) = [line for line in cron.text.splitlines() if line.strip() and not line.startswith("#")]
+    command = s.substitute(entry.split(None, 5)[5])
+    cron_env = {"HOME": str(operator_home), "LOGNAME": "chiron", "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
+
+    def cron_run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/bin/sh", "-c", command], env=cron_env, capture_output=True, text=True)
+
+    ok = cron_run()
+    assert ok.returncode == 0 and not ok.stdout, ok  # nothing for cron to mail
+    spec.write_text(spec.read_text().replace(upstream.url, "http://127.0.0.1:9/simple"))  # the index is down
+    failed = cron_run()
+    assert failed.stdout == "chiron refresh failed: exit 3\n", failed  # mailed by cron
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == len(runs) + 2
+    objects = [json.loads(line) for line in lines]  # JSON Lines: one object per line, per run
+    assert objects[-2]["schema"] == "chiron.mirror-refresh/1" and not objects[-2]["changed"]
+    assert objects[-1]["schema"] == "chiron.error/1" and objects[-1]["exit_code"] == 3, objects[-1]
+    assert "cannot reach the package index" in s.path("/var/log/chiron/refresh.err").read_text()
