@@ -80,6 +80,7 @@ PACKAGES = (
     Package("apache2-utils", ("htpasswd",), "the authenticated-registry tests (htpasswd)"),
     Package("docker-compose", ("docker-compose",), "the activation tests (the Compose CLI)"),
     Package("curl", ("curl",), "the resumed-download tests (curl -C -)"),
+    Package("jq", ("jq",), "the runbook tests (fleet-through-registry.md pipes skopeo inspect into jq)"),
 )
 
 
