@@ -257,11 +257,12 @@ class Session:
             f.write(f"unset {name}\n")
 
     def substitute(self, text: str) -> str:
+        """The operator's paths re-rooted, then every bound placeholder (a whole word) replaced, in one pass."""
         out = self.rooted(text)
-        for placeholder in sorted(self.bindings, key=len, reverse=True):
-            pattern = rf"(?<!\w){re.escape(placeholder)}(?!\w)"
-            out = re.sub(pattern, lambda _m, p=placeholder: self.bindings[p], out)
-        return out
+        if not self.bindings:
+            return out
+        names = "|".join(re.escape(p) for p in sorted(self.bindings, key=len, reverse=True))
+        return re.sub(rf"(?<!\w)({names})(?!\w)", lambda m: self.bindings[m[1]], out)
 
     def sh(self, text: str, exits: int = 0) -> Result:
         """Run a command the runbook does not show (to check what its prose says), in the same session."""

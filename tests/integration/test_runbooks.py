@@ -64,9 +64,7 @@ def operator_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def new_session(
-    tmp_path: Path, operator_bin: Path, operator_home: Path, session_cache: Path
-) -> Callable[..., Session]:
+def new_session(tmp_path: Path, operator_bin: Path, operator_home: Path, session_cache: Path) -> Callable[..., Session]:
     def make(doc: str, **env: str) -> Session:
         root = tmp_path / "machine"
         root.mkdir(exist_ok=True)
@@ -126,8 +124,13 @@ def one_json(result: Result) -> dict:  # type: ignore[type-arg]
 
 @pytest.fixture(scope="session")
 def image_series(
-    registry: str, keys: Path, index: LocalIndex, tool_wheels: Path, session_cache: Path, tmp_path_factory
-) -> list[Path]:  # type: ignore[no-untyped-def]
+    registry: str,
+    keys: Path,
+    index: LocalIndex,
+    tool_wheels: Path,
+    session_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> list[Path]:
     """demo 1.0.0, 1.1.0, 1.2.0 (beta 1.0, 1.1, 1.1), each carrying the two test images, signed in that
     order by the session's keys: what a host is given over time."""
     base = tmp_path_factory.mktemp("series")
@@ -137,7 +140,9 @@ def image_series(
     for n, (version, beta) in enumerate((("1.0.0", "1.0"), ("1.1.0", "1.1"), ("1.2.0", "1.1"))):
         spec = image_spec(base / f"s{n}", keys, index.url, images_toml(refs), name="demo", version=version)
         spec.write_text(spec.read_text().replace('"beta==1.0"', f'"beta=={beta}"'))
-        out.append(do_build(spec, base / f"demo-{version}.pex", tool_wheels, session_cache, epoch=epoch + 60 * n).output)
+        out.append(
+            do_build(spec, base / f"demo-{version}.pex", tool_wheels, session_cache, epoch=epoch + 60 * n).output
+        )
     return out
 
 
@@ -352,7 +357,12 @@ def keys_dir_spec(directory: Path, index_url: str) -> Path:
 
 
 def test_mirror_refresh(  # type: ignore[no-untyped-def]
-    new_session, keys: Path, upstream: LocalIndex, tool_wheels: Path, session_cache: Path, tool_cache: Path,
+    new_session,
+    keys: Path,
+    upstream: LocalIndex,
+    tool_wheels: Path,
+    session_cache: Path,
+    tool_cache: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Set up a mirror host from an appliance (section 0), make a store from a spec (1), review, verify
@@ -451,7 +461,9 @@ def test_disaster_recovery(  # type: ignore[no-untyped-def]
     s.cd(work)
     s.bind("HEX", fingerprint(keys / "1.root.json"))
     store = s.path("/srv/chiron/store")
-    metadata_version = _json(VENV_CHIRON, "verify", last.output, "--root", keys / "1.root.json")["roles"]["targets"]["version"]
+    metadata_version = _json(VENV_CHIRON, "verify", last.output, "--root", keys / "1.root.json")["roles"]["targets"][
+        "version"
+    ]
 
     def identical(s: Session, r: Result) -> None:
         assert "byte-identical" in r.output or "identical" in r.output, r.output
@@ -517,7 +529,12 @@ def test_disaster_recovery(  # type: ignore[no-untyped-def]
             Hook("chiron build bundle/appliance.toml", before=raise_version, after=next_built),
             Hook("--spec bundle/appliance.toml", before=spec_of_the_store, after=restored),
             Hook("chiron mirror refresh --store /srv/chiron/store", after=no_op),
-            Hook("chiron mirror refresh --store /srv/chiron/store", occurrence=2, before=something_new, after=next_version),
+            Hook(
+                "chiron mirror refresh --store /srv/chiron/store",
+                occurrence=2,
+                before=something_new,
+                after=next_version,
+            ),
             Hook("--base /srv/spec", before=fresh_host, after=restored_without_spec),
             Hook("./chiron.pex verify", before=latest_delivered),
             Hook("./chiron.pex install", after=replaced),
@@ -547,11 +564,14 @@ def test_compromised_targets_key(  # type: ignore[no-untyped-def]
     store = seeded(s.path("/srv/chiron/store"))
     first = mirror.refresh(mirror.RefreshOptions(store=store, spec=spec, tool_wheels=tool_wheels, show_progress=False))
     assert first.appliance is not None
+    suspect = first.appliance  # signed with the old chain and the old targets key
     s.cd(offline)
     s.bind("HEX", fingerprint(keys / "1.root.json"))
     s.sh(f"chiron install {first.appliance} --prefix /opt/chiron --root-sha256 HEX")
     for name in ("new-targets", "new-holder"):  # the new keys' holders send their public halves (keys.md)
-        s.sh(f"openssl genpkey -algorithm ed25519 -out {name}.pem && openssl pkey -in {name}.pem -pubout -out {name}.pub")
+        s.sh(
+            f"openssl genpkey -algorithm ed25519 -out {name}.pem && openssl pkey -in {name}.pem -pubout -out {name}.pub"
+        )
     holder = s.path("/path/to/holder.pem")
     holder.parent.mkdir(parents=True)
     shutil.copyfile(keys / "root.pem", holder)
@@ -587,7 +607,7 @@ def test_compromised_targets_key(  # type: ignore[no-untyped-def]
         appliance = Path(r.stdout.split()[1])
         deliver(appliance, s.path("/srv/appliances"), "new.pex")
         deliver(appliance, offline, "new.pex")
-        deliver(first.appliance, offline, "suspect.pex")  # built with the old chain and the old key
+        deliver(suspect, offline, "suspect.pex")
 
     def published(s: Session, r: Result) -> None:
         assert r.stdout.split()[0] == newest["sha256"] == _sha256(root_dir / "2.root.json")
