@@ -112,6 +112,12 @@ def claim(session: Session, example: str, result: Result) -> None:
     assert pattern.search(result.output), f"{session.doc.name} says {example!r}; the command printed:\n{result.output}"
 
 
+def assert_ready(result: Result) -> None:
+    """doctor checked everything and found nothing to fix: every check ok, then `ready`."""
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "ready" and all(line.startswith("ok ") for line in lines[:-1]), result.stdout
+
+
 def one_json(result: Result) -> dict:  # type: ignore[type-arg]
     """A `--json` output piped to a file or a scheduler: exactly one line, one object."""
     lines = result.stdout.splitlines()
@@ -278,9 +284,11 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
         claim(s, "previous release kept: ID", r)
         releases["1.1.0"] = release_of(r.stdout)
         assert f"previous release kept: {releases['1.0.0']}" in r.stdout
-        # "Running the same upgrade again changes nothing: it exits 0, loads no images, and the audit log
-        # records noop."
-        again = s.sh("/opt/chiron/bin/chiron upgrade /srv/appliances/new.pex --prefix /opt/chiron")
+        # "`./new.pex upgrade --prefix /opt/chiron` hands over to /opt/chiron/bin/chiron by itself and prints
+        # a notice saying so", and "Running the same upgrade again changes nothing: it exits 0, loads no
+        # images, and the audit log records noop."
+        again = s.sh("./new.pex upgrade --prefix /opt/chiron")
+        assert "notice:" in again.output and "/opt/chiron/bin/chiron" in s.rooted(again.output), again.output
         assert "loaded" not in again.output
         last = json.loads((prefix / "state" / "audit.jsonl").read_text().splitlines()[-1])
         assert last["op"] == "upgrade" and last["result"] == "noop", last
@@ -324,6 +332,10 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
         # The backup's current release (1.0.0) is gone from disk: it is not named previous, and rollback
         # says there is none (not a dangling switch); 1.2.0, unknown to the backup, is not trusted for one.
         assert "\nprevious: -\n" in r.stdout, r.stdout
+        # "If it warns about a release state.json does not know ..., remove it: rm -rf /opt/chiron/releases/ID"
+        s.bind("ID", releases["1.2.0"])
+        s.sh("rm -rf /opt/chiron/releases/ID")
+        assert "does not know" not in s.sh("/opt/chiron/bin/chiron status --prefix /opt/chiron").output
         back = s.sh("/opt/chiron/bin/chiron rollback --prefix /opt/chiron", exits=4)
         assert "there is no previous release" in back.output
 
@@ -331,6 +343,7 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
         s,
         [
             Hook("ssh-keygen -Y verify", after=lambda s, r: claim(s, 'Good "chiron-appliance" signature', r)),
+            Hook("./chiron.pex doctor", after=lambda s, r: assert_ready(r)),
             Hook("./chiron.pex install", after=installed),
             Hook("/opt/chiron/bin/chiron status", after=first_status),
             Hook("docker images", after=images_listed),
