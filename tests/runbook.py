@@ -66,8 +66,8 @@ class Block:
         return split_commands(self.text, self.line + 1, self.section)
 
 
-def blocks(markdown: str, langs: tuple[str, ...] = ("sh",)) -> list[Block]:
-    """The fenced blocks of ``langs`` in a Markdown text, with the heading each sits under."""
+def blocks(markdown: str, langs: tuple[str, ...] | None = ("sh",)) -> list[Block]:
+    """The fenced blocks of ``langs`` (None: of any language) in a Markdown text, with the heading above."""
     out: list[Block] = []
     lines = markdown.splitlines()
     section, i = "", 0
@@ -85,7 +85,7 @@ def blocks(markdown: str, langs: tuple[str, ...] = ("sh",)) -> list[Block]:
         while j < len(lines) and not lines[j].strip().startswith(ticks):
             body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j].lstrip())
             j += 1
-        if lang in langs:
+        if langs is None or lang in langs:
             out.append(Block(lang, i + 1, section, "\n".join(body), _not_run(lines, i)))
         i = j + 1
     return out

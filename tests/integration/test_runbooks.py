@@ -33,7 +33,7 @@ from chiron.trust import metadata as _trust
 
 from conftest import do_build, image_spec, images_toml, start_registry
 from helpers import LocalIndex, make_tls, make_wheel, write_spec
-from runbook import RUNBOOKS, Hook, Result, Session, operator_env, run_runbook
+from runbook import RUNBOOKS, Hook, Result, Session, blocks, operator_env, run_runbook
 
 VENV_CHIRON = Path(sys.executable).with_name("chiron")
 
@@ -171,6 +171,9 @@ def test_every_runbook_has_a_scenario(doc: str) -> None:
         "from its Markdown (docs/runbooks/README.md says how to add one)"
     )
     assert SCENARIOS[doc] in globals(), SCENARIOS[doc]
+    # A shell block fenced otherwise than ```sh would silently not run.
+    shells = [b for b in blocks((RUNBOOKS / doc).read_text(), None) if b.lang in ("bash", "shell", "console", "zsh")]
+    assert not shells, f"docs/runbooks/{doc}:{shells[0].line}: fence shell commands as ```sh (they are run)"
 
 
 # ---------------------------------------------------------------- verify-on-air-gapped-host.md
@@ -654,8 +657,6 @@ def test_fleet_through_the_enclave_registry(  # type: ignore[no-untyped-def]
     from it, move the tag (step 1 again with the next file) and upgrade the host from the tag."""
     from dataclasses import replace
 
-    from runbook import blocks
-
     if shutil.which("htpasswd") is None:
         pytest.skip("NO htpasswd: tests/provision.py installs apache2-utils")
     ca, cert, key = make_tls(tmp_path / "tls")
@@ -729,8 +730,6 @@ def scheduling_section() -> str:
 
 def systemd_service(section: str) -> dict[str, list[str]]:
     """The directives of the service unit (the ```ini block with a [Service] section): name -> values."""
-    from runbook import blocks
-
     (unit,) = [b for b in blocks(section, ("ini",)) if "[Service]" in b.text]
     directives: dict[str, list[str]] = {}
     for line in unit.text.splitlines():
@@ -791,8 +790,6 @@ def test_mirror_scheduling_runs_as_printed(  # type: ignore[no-untyped-def]
     assert runs[2]["schema"] == "chiron.mirror-prune/1"  # ExecStartPost's stdout goes to the same file
 
     # ---- cron: the five time fields, then a /bin/sh command line, run with cron's environment.
-    from runbook import blocks
-
     (cron,) = blocks(section, ("cron",))
     (entry,) = [line for line in cron.text.splitlines() if line.strip() and not line.startswith("#")]
     command = s.substitute(entry.split(None, 5)[5])
