@@ -283,7 +283,7 @@ class Session:
         return result
 
     def check(self, result: Result) -> None:
-        """What the runbook says of the command: its exit code and the texts it prints."""
+        """What the runbook says of the command: its exit code and the texts it prints, and no traceback."""
         command = result.command
         where = command.where(self.doc)
         tail = "\n".join(result.output.strip().splitlines()[-15:])

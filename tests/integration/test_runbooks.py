@@ -200,6 +200,26 @@ def test_verify_on_an_air_gapped_host(new_session, image_series: list[Path], key
         )
         # "On first run pex unpacks the tool (not the payload) into ~/.cache/pex."
         assert (operator_home / ".cache" / "pex").is_dir() and not (operator_home / ".pex").exists()
+        # The damaged copies of the section's table, as operators see them: one cut short cannot run
+        # ("a Python SyntaxError ... and exits 1") and another chiron names it; one with bytes appended runs.
+        good = s.cwd / "chiron.pex"
+        short, longer = s.cwd / "short.pex", s.cwd / "longer.pex"
+        short.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        longer.write_bytes(good.read_bytes() + b"\n# appended\n")
+        for copy in (short, longer):
+            copy.chmod(0o755)
+        cut = s.sh("./short.pex verify --root-sha256 <ROOT-FINGERPRINT>", exits=1)
+        assert "SyntaxError" in cut.stderr and "chiron:" not in cut.output, cut.output
+        truncated = "layout: no zip end record at the end of the file: the copy is truncated, or bytes were appended"
+        claim(s, truncated, s.sh("chiron verify short.pex --root-sha256 <ROOT-FINGERPRINT>", exits=1))
+        claim(
+            s,
+            "chiron: verification FAILED for PATH",
+            s.sh("./longer.pex verify --root-sha256 <ROOT-FINGERPRINT>", exits=1),
+        )
+        claim(s, truncated, s.results[-1])
+        short.unlink()
+        longer.unlink()
 
     def record(s: Session, r: Result) -> None:
         report = json.loads((s.cwd / "chiron.pex.verify.json").read_text())
