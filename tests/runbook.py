@@ -36,7 +36,7 @@ _FENCE = re.compile(r"^(\s*)(```+)\s*([\w-]*)\s*(.*)$")
 _NOT_RUN = re.compile(r"^\s*<!--\s*not run:\s*(.*?)\s*-->\s*$")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
 _EXIT = re.compile(r"^exit\s+(\d+(?:\s+or\s+\d+)*)\b")
-_HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1")
+_HEREDOC = re.compile(r"(?<!<)<<-?(?!<)\s*(['\"]?)(\w+)\1")  # a here-document, not a <<< here-string
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def split_commands(text: str, first_line: int, section: str) -> list[Command]:
                 comment=comment,
                 line=first_line + start,
                 section=section,
-                exits=frozenset(int(n) for n in exits[1].split(" or ")) if exits else frozenset({0}),
+                exits=frozenset(int(n) for n in re.split(r"\s+or\s+", exits[1])) if exits else frozenset({0}),
                 prints=tuple(re.findall(r'"([^"]+)"', comment)),
             )
         )
@@ -146,17 +146,20 @@ def split_commands(text: str, first_line: int, section: str) -> list[Command]:
 
 def split_comment(line: str) -> tuple[str, str]:
     """(code, trailing comment without its '#'): a '#' starts a comment only outside quotes, after a blank."""
-    quote = ""
-    for k, ch in enumerate(line):
+    quote, k = "", 0
+    while k < len(line):
+        ch = line[k]
+        if ch == "\\" and quote != "'":
+            k += 2  # an escaped character, quoted or not
+            continue
         if quote:
             if ch == quote:
                 quote = ""
-            elif ch == "\\" and quote == '"':
-                continue
         elif ch in "'\"":
             quote = ch
         elif ch == "#" and (k == 0 or line[k - 1] in " \t"):
             return line[:k].rstrip(), line[k + 1 :].strip()
+        k += 1
     return line.rstrip(), ""
 
 
@@ -299,6 +302,9 @@ class Session:
 def run_runbook(session: Session, hooks: list[Hook] | None = None, langs: tuple[str, ...] = ("sh",)) -> list[Result]:
     """Run every block of the runbook (but those marked not run), command by command, with the hooks."""
     hooks = hooks or []
+    for block in blocks(session.doc.read_text(), langs):
+        if block.not_run is not None:
+            print(f"not run: {session.doc.name}:{block.line} ({block.section}): {block.not_run}")
     for command in commands(session.doc.read_text(), langs):
         mine = []
         for hook in hooks:
