@@ -112,6 +112,15 @@ def claim(session: Session, example: str, result: Result) -> None:
     assert pattern.search(result.output), f"{session.doc.name} says {example!r}; the command printed:\n{result.output}"
 
 
+def exit_row(session: Session, code: int, message: str, result: Result) -> None:
+    """The runbook's table of exit codes has a row ``| code | ... `message` ... |``, and the command exited
+    so and printed the message (an upper-case word in it standing for a value)."""
+    rows = [line for line in session.doc.read_text().splitlines() if line.startswith(f"| {code} |")]
+    assert any(f"`{message}`" in row for row in rows), f"{session.doc.name}: no exit-{code} row names `{message}`"
+    assert result.code == code, result.output
+    assert shape(session.rooted(message)).search(result.output), result.output
+
+
 def assert_ready(result: Result) -> None:
     """doctor checked everything and found nothing to fix: every check ok, then `ready`."""
     lines = result.stdout.strip().splitlines()
@@ -220,6 +229,10 @@ def test_verify_on_an_air_gapped_host(new_session, image_series: list[Path], key
         claim(s, truncated, s.results[-1])
         short.unlink()
         longer.unlink()
+        # "a fingerprint that is mistyped": exit 1 naming it; "not 64 hex digits": bad usage, exit 2.
+        other = s.sh(f"./chiron.pex verify --root-sha256 {'0' * 64}", exits=1)
+        claim(s, "root: no root metadata in the archive has sha256 ...", other)
+        s.sh("./chiron.pex verify --root-sha256 1234", exits=2)
 
     def record(s: Session, r: Result) -> None:
         report = json.loads((s.cwd / "chiron.pex.verify.json").read_text())
@@ -282,6 +295,11 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
         claim(s, "notice: loaded N image(s) into the Docker Engine: REF, ...", r)
         assert all(ref in r.output for ref in refs), r.output
         releases["1.0.0"] = release_of(r.stdout)
+        # Rows of the table of section 5, on this host and an empty prefix.
+        again = s.sh("./chiron.pex install --prefix /opt/chiron --root-sha256 <ROOT-FINGERPRINT>", exits=4)
+        exit_row(s, 4, "already has release ... installed", again)
+        empty = s.sh("./chiron.pex status --prefix /opt/nothing-here", exits=2)
+        exit_row(s, 2, "nothing is installed here", empty)
 
     def first_status(s: Session, r: Result) -> None:
         assert f"current: demo 1.0.0 (release {releases['1.0.0']}" in r.stdout
@@ -315,6 +333,8 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
         assert "loaded" not in again.output
         last = json.loads((prefix / "state" / "audit.jsonl").read_text().splitlines()[-1])
         assert last["op"] == "upgrade" and last["result"] == "noop", last
+        older = s.sh("/opt/chiron/bin/chiron upgrade /srv/appliances/chiron.pex --prefix /opt/chiron", exits=4)
+        exit_row(s, 4, "metadata: rollback refused", older)
 
     def delta_made(s: Session) -> None:
         # On the mirror host: a delta of the next appliance against the inventory carried out.
@@ -334,8 +354,7 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
 
     def disagrees(s: Session, r: Result) -> None:
         # The backup was taken after the install; two upgrades and a rollback happened since.
-        assert r.code == 4, r.output
-        claim(s, "the state disagrees with the disk (restored from an older backup?)", r)
+        exit_row(s, 4, "the state disagrees with the disk (restored from an older backup?)", r)
         # "Before step 5 it [audit verify] exits 1 with `entries after N were lost: ...`."
         lost = s.sh("/opt/chiron/bin/chiron audit verify --prefix /opt/chiron", exits=1)
         claim(s, "entries after N were lost: /opt/chiron/audit.head records M (state restored from a backup?)", lost)
@@ -360,7 +379,7 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
         s.sh("rm -rf /opt/chiron/releases/ID")
         assert "does not know" not in s.sh("/opt/chiron/bin/chiron status --prefix /opt/chiron").output
         back = s.sh("/opt/chiron/bin/chiron rollback --prefix /opt/chiron", exits=4)
-        assert "there is no previous release" in back.output
+        exit_row(s, 4, "no previous release", back)
 
     run_runbook(
         s,
