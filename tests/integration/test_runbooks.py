@@ -791,7 +791,7 @@ def test_mirror_scheduling_runs_as_printed(  # type: ignore[no-untyped-def]
     """
     from chiron.engines import mirror
 
-    s = new_session("install-and-upgrade.md")  # only for its re-rooting and substitutions
+    s = new_session("mirror-refresh.md")  # its paths, and its table of failures (section 4)
     spec = write_spec(s.path("/srv/spec"), keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"])
     store = seeded(s.path("/srv/chiron/store"))
     mirror.refresh(mirror.RefreshOptions(store=store, spec=spec, tool_wheels=tool_wheels, show_progress=False))
@@ -848,3 +848,5 @@ def test_mirror_scheduling_runs_as_printed(  # type: ignore[no-untyped-def]
     assert objects[-2]["schema"] == "chiron.mirror-refresh/1" and not objects[-2]["changed"]
     assert objects[-1]["schema"] == "chiron.error/1" and objects[-1]["exit_code"] == 3, objects[-1]
     assert "cannot reach the package index" in s.path("/var/log/chiron/refresh.err").read_text()
+    down = s.sh("chiron mirror refresh --store /srv/chiron/store", exits=3)
+    exit_row(s, 3, "environment ENV: cannot reach the package index at URL: REASON", down)
