@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,10 @@ _FENCE = re.compile(r"^(\s*)(```+)\s*([\w-]*)\s*(.*)$")
 _NOT_RUN = re.compile(r"^\s*<!--\s*not run:\s*(.*?)\s*-->\s*$")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
 _EXIT = re.compile(r"^exit\s+(\d+(?:\s+or\s+\d+)*)\b")
+# After substitution a command may name only paths under the test's directory, temporary files and these
+# (read-only system places): a runbook path that is not re-rooted must never reach this machine's /var or /etc.
+_SYSTEM = ("/usr/bin/", "/usr/lib/", "/bin/", "/dev/null", "/dev/stdin", "/usr/share/")
+_ABSOLUTE = re.compile(r"(?<![\w.~/-])/[\w.+-]+(?:/[\w.+-]*)*")
 _HEREDOC = re.compile(r"(?<!<)<<-?(?!<)\s*(['\"]?)(\w+)\1")  # a here-document, not a <<< here-string
 
 
@@ -275,6 +280,16 @@ class Session:
 
     def run(self, command: Command) -> Result:
         ran = self.substitute(command.text)
+        tmp = tempfile.gettempdir().rstrip("/") + "/"
+        foreign = [
+            path
+            for path in _ABSOLUTE.findall(ran)
+            if not (path + "/").startswith((f"{self.root}/", tmp)) and not path.startswith(_SYSTEM)
+        ]
+        assert not foreign, (
+            f"{command.where(self.doc)}: `{command.text}` names {foreign[0]}, which is not re-rooted into the test's "
+            f"directory: add its top directory to ROOTED in tests/runbook.py, or bind it in the scenario"
+        )
         script = _PRELUDE.replace("@STATE@", shlex.quote(str(self.state))) + ran + "\n"
         proc = subprocess.run(
             ["bash", "-c", script], env=self.env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900

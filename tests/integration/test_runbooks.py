@@ -16,6 +16,7 @@ tool build for the whole session); pex unpacks the tool once into a shared home.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import shlex
@@ -127,13 +128,6 @@ def assert_ready(result: Result) -> None:
     assert lines[-1] == "ready" and all(line.startswith("ok ") for line in lines[:-1]), result.stdout
 
 
-def one_json(result: Result) -> dict:  # type: ignore[type-arg]
-    """A `--json` output piped to a file or a scheduler: exactly one line, one object."""
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1, result.stdout
-    return json.loads(lines[0])  # type: ignore[no-any-return]
-
-
 # ---------------------------------------------------------------- appliances (built once per session)
 
 
@@ -209,6 +203,8 @@ def test_verify_on_an_air_gapped_host(new_session, image_series: list[Path], key
         )
         # "On first run pex unpacks the tool (not the payload) into ~/.cache/pex."
         assert (operator_home / ".cache" / "pex").is_dir() and not (operator_home / ".pex").exists()
+
+    def damaged_copies(s: Session, r: Result) -> None:
         # The damaged copies of the section's table, as operators see them: one cut short cannot run
         # ("a Python SyntaxError ... and exits 1") and another chiron names it; one with bytes appended runs.
         good = s.cwd / "chiron.pex"
@@ -247,6 +243,7 @@ def test_verify_on_an_air_gapped_host(new_session, image_series: list[Path], key
         [
             Hook("ssh-keygen -Y verify", after=signature_good),
             Hook("./chiron.pex verify --root-sha256", after=verified),
+            Hook("./chiron.pex verify --root-sha256", after=damaged_copies),
             Hook("--json > chiron.pex.verify.json", after=record),
             Hook("./chiron.pex inspect", after=inspected),
         ],
@@ -255,8 +252,6 @@ def test_verify_on_an_air_gapped_host(new_session, image_series: list[Path], key
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -348,7 +343,7 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
         claim(s, "rolled back to", r)
         assert (prefix / "current").resolve().name == releases["1.1.0"]
 
-    def state_lost(s: Session) -> None:
+    def which_backup(s: Session) -> None:
         (backup,) = s.path("/var/backups").glob("chiron-state-*.tgz")
         s.bind("YYYYMMDDTHHMMSSZ", backup.name.removeprefix("chiron-state-").removesuffix(".tgz"))
 
@@ -394,7 +389,7 @@ def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-unt
             Hook("upgrade /srv/appliances/new.pex", before=new_arrives, after=upgraded),
             Hook("upgrade /srv/appliances/demo-1.0.0-N.delta", before=delta_made, after=upgraded_from_delta),
             Hook("chiron rollback", after=rolled_back),
-            Hook("rm -rf /opt/chiron/state", before=state_lost),
+            Hook("rm -rf /opt/chiron/state", before=which_backup),
             Hook("/opt/chiron/bin/chiron status", occurrence=3, after=disagrees),
             Hook("/opt/chiron/bin/chiron recover", after=adopted),
             Hook("audit verify", occurrence=2, after=intact_after_recover),

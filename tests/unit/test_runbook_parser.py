@@ -87,3 +87,10 @@ def test_operator_paths_are_re_rooted_and_placeholders_bound(tmp_path: Path) -> 
     )
     with pytest.raises(AssertionError):
         s.path("/usr/local/bin")
+
+
+def test_a_path_that_is_not_re_rooted_is_never_run(tmp_path: Path) -> None:
+    s = Session(RUNBOOKS / "install-and-upgrade.md", tmp_path, {})
+    (command,) = commands("```sh\nrm -rf /var/lib/chiron\n```\n")
+    with pytest.raises(AssertionError, match="/var/lib/chiron, which is not re-rooted"):
+        s.run(command)
