@@ -82,6 +82,7 @@ PACKAGES = (
     Package("curl", ("curl",), "the resumed-download tests (curl -C -)"),
     Package("chromium", ("/usr/bin/chromium",), "the real-browser tests of the report and the service's pages"),
     Package("chromium-driver", ("/usr/bin/chromedriver",), "the real-browser tests (WebDriver for chromium)"),
+    Package("jq", ("jq",), "the runbook tests (fleet-through-registry.md pipes skopeo inspect into jq)"),
 )
 
 

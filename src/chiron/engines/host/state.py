@@ -233,7 +233,8 @@ def commit(paths: Paths, txn: Txn) -> None:
     state = read_model(HostState, paths.state_file) or HostState.empty()
     releases = {**state.releases, txn.id: txn.release}
     previous = state.current if state.current != txn.id else state.previous
-    if previous is not None and previous not in releases:
+    # After a state restore the backup's current release may be gone from disk: never name it previous.
+    if previous is not None and (previous not in releases or not paths.release(previous).is_dir()):
         previous = None
     keep = {txn.id, previous, live_release(paths)}
     for rid in sorted(releases, key=lambda r: releases[r].installed):  # oldest first
