@@ -24,13 +24,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -c requirements/tool-constraints.txt -e '.[dev]'
 	touch $@
 
-# chiron's own wheel and its pinned dependencies: what the tool zip inside every appliance is built from.
+# chiron's own wheel and its pinned dependencies (with the serve extra: an appliance can run `chiron serve`):
+# what the tool zip inside every appliance is built from.
 # Rebuilt only when the code or the pins change, so repeated runs need no package index.
 tool-wheels: $(TOOL_WHEELS)/.stamp
-$(TOOL_WHEELS)/.stamp: $(VENV)/.installed pyproject.toml requirements/tool-constraints.txt $(shell find src -name '*.py')
+$(TOOL_WHEELS)/.stamp: $(VENV)/.installed pyproject.toml requirements/tool-constraints.txt $(shell find src -name '*.py' -o -name '*.html' -o -name '*.css')
 	# setuptools builds in ./build/lib: clear it, or a module moved into a package stays in the wheel.
 	rm -rf $(TOOL_WHEELS) build/lib build/bdist.*
-	$(BIN)/pip wheel -q -c requirements/tool-constraints.txt -w $(TOOL_WHEELS) .
+	$(BIN)/pip wheel -q -c requirements/tool-constraints.txt -w $(TOOL_WHEELS) '.[serve]'
 	# The tool runs on the target hosts too: add the compiled dependencies for CPython 3.12 on x86_64
 	# (the default bundle's other environment); pure wheels are shared.
 	$(BIN)/pip download -q --only-binary=:all: --no-deps --implementation cp --python-version 3.12 --abi cp312 \

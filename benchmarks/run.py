@@ -9,6 +9,8 @@ Sections (all by default; choose with --only):
   memory   peak RSS of verify and install of a 5 GiB appliance
   refresh  chiron mirror refresh (80 wheels): cold, no change, one changed wheel, one changed image
            layer (needs docker-registry and skopeo), each against a cold chiron build; delta sizes
+  serve    chiron serve next to nginx (Debian's) on loopback: 50 clients downloading an appliance and a
+           wheelhouse, index-page latency, RSS (benchmarks/serve.py)
   fleet    20 hosts upgrading at once from a loopback registry (chiron pull --have) vs each pulling
            the full appliance: bytes per host and fleet wall time (benchmarks/fleet.py)
   media    chiron receive of a 2 GiB appliance from another filesystem vs cp, cp + sync, cp + verify;
@@ -48,7 +50,7 @@ BIN = Path(sys.executable).parent
 CHIRON = str(BIN / "chiron")
 UV = shutil.which("uv", path=str(BIN)) or "uv"
 RESULTS: list[tuple[str, str, str]] = []
-SECTIONS = ("install", "startup", "verify", "memory", "refresh", "fleet", "media")
+SECTIONS = ("install", "startup", "verify", "memory", "refresh", "serve", "fleet", "media")
 
 
 def timed(cmd: list[str], *, env: dict[str, str] | None = None, repeat: int = 3, setup=None) -> tuple[float, int]:  # type: ignore[no-untyped-def]
@@ -558,6 +560,10 @@ def main() -> None:
             bench_memory(work, keys, args.memory_gib)
         if "refresh" in sections:
             bench_refresh(work, keys)
+        if "serve" in sections:
+            from serve import bench_serve  # benchmarks/serve.py, beside this file
+
+            bench_serve(work, record)
         if "fleet" in sections:
             from fleet import bench_fleet
 

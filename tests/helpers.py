@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import http.client
 import http.server
 import io
 import json
@@ -543,3 +544,92 @@ def make_tls(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return paths
+
+
+# ---------------------------------------------------------------- chiron serve on loopback (test_serve, the browser tests)
+
+
+def make_tokens(db: Path) -> dict[str, str]:
+    """Tokens of each scope, and one a host uses (read and report)."""
+    from chiron.service import tokens
+    from chiron.service.db import Database
+
+    database = Database(db)
+    out = {}
+    for name, scopes in (
+        ("read", ["read"]),
+        ("report", ["report"]),
+        ("admin", ["admin"]),
+        ("host", ["read", "report"]),
+    ):
+        t = tokens.new_token()
+        database.add_token(t.id, t.secret_sha256, name, scopes, None)
+        out[name] = t.text
+    return out
+
+
+class Running:
+    """A service in this process (uvicorn in a thread), with a tiny HTTP client for the tests."""
+
+    def __init__(self, settings: Any, *, certfile: Path | None = None, keyfile: Path | None = None) -> None:
+        import uvicorn
+
+        from chiron.service.server import Listen, config
+
+        self.settings = settings
+        self.port = free_port()
+        self.scheme = "https" if certfile else "http"
+        listen = Listen(port=self.port, certfile=certfile, keyfile=keyfile, shutdown_timeout=5)
+        self.server = uvicorn.Server(config(settings, listen))  # type: ignore[arg-type]
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started, "the service did not start"
+        if self.scheme == "http":
+            wait_ready(self.url)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def call(
+    url: str, method: str, path: str, token: str | None = None, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        h.setdefault("Content-Type", "application/json")
+    conn.request(method, path, body=data, headers=h)
+    resp = conn.getresponse()
+    out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    conn.close()
+    return out
+
+
+def get_json(url: str, path: str, token: str | None, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    status, _h, raw = call(url, method, path, token, body)
+    return status, json.loads(raw) if raw else None
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if call(url, "GET", "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} never became ready")

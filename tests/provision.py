@@ -81,6 +81,9 @@ PACKAGES = (
     Package("docker-compose", ("docker-compose",), "the activation tests (the Compose CLI)"),
     Package("curl", ("curl",), "the resumed-download tests (curl -C -)"),
     Package("squashfs-tools", ("mksquashfs",), "the media tests (a disc image that fails with an I/O error)"),
+    Package("chromium", ("/usr/bin/chromium",), "the real-browser tests of the report and the service's pages"),
+    Package("chromium-driver", ("/usr/bin/chromedriver",), "the real-browser tests (WebDriver for chromium)"),
+    Package("jq", ("jq",), "the runbook tests (fleet-through-registry.md pipes skopeo inspect into jq)"),
 )
 
 

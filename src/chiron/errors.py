@@ -82,6 +82,14 @@ class Refused(ChironError):
     exit_code = ExitCode.REFUSED
 
 
+class ServerRefused(Refused):
+    """A chiron serve refused the request (401, 403, 409); ``problem_type`` is its RFC 9457 type URI."""
+
+    def __init__(self, message: str, *, problem_type: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problem_type = problem_type
+
+
 class FormatError(VerificationError):
     """The file does not have the structure of a chiron appliance; ``str()`` names where."""
 

@@ -271,7 +271,7 @@ def test_deeply_nested_index_is_malformed_not_a_crash(tmp_path: Path, keys: Path
 
 def test_member_count_is_bounded(tmp_path: Path, keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_reader, "MAX_MEMBERS", 5)
-    with pytest.raises(FormatError, match="more than the 5 chiron reads"):
+    with pytest.raises(FormatError, match="over the limit of 5 chiron reads"):
         read_layout(mini(tmp_path, keys))
 
 

@@ -190,7 +190,12 @@ def byte_mutation(good: Good) -> st.SearchStrategy[Callable[[bytes], bytes]]:
     junk = st.binary(min_size=1, max_size=48)
 
     def flip(o: int, bit: int) -> Callable[[bytes], bytes]:
-        return lambda d: d[:o] + bytes([d[o] ^ (1 << bit)]) + d[o + 1 :]
+        # After an earlier truncation the offset may lie past the end: flip the last byte instead.
+        def apply(d: bytes) -> bytes:
+            at = min(o, len(d) - 1)
+            return d if at < 0 else d[:at] + bytes([d[at] ^ (1 << bit)]) + d[at + 1 :]
+
+        return apply
 
     return st.one_of(
         st.builds(flip, offset, st.integers(0, 7)),

@@ -295,6 +295,28 @@ def out_host_result(
 
 
 @pytest.fixture()
+def out_commit(
+    capsys: pytest.CaptureFixture[str], appliance: Path, newer_appliance: Path, keys: Path, tmp_path: Path
+) -> list[Output]:
+    """upgrade --trial-until leaves the release on trial (host-result and status show it); commit ends it."""
+    prefix = tmp_path / "p"
+    _install(capsys, appliance, prefix, keys)
+    upgraded = run(capsys, ["upgrade", str(newer_appliance), "--prefix", str(prefix), "--trial-until", "10m", "--json"])
+    assert upgraded[1] == 0 and upgraded[2]["trial"]["phase"] == "on-trial" and upgraded[2]["trial"]["external"]
+    on_trial = run(capsys, ["status", "--prefix", str(prefix), "--json"])
+    assert on_trial[2]["trial"]["release"] == upgraded[2]["release"]
+    for output, schema in ((upgraded, "chiron.host-result/1"), (on_trial, "chiron.status/1")):
+        assert _errors(_load(SCHEMAS[schema]), output[2]) == []
+    committed = run(capsys, ["commit", "--prefix", str(prefix), "--json"])
+    assert committed[1] == 0 and committed[2]["release"] == upgraded[2]["release"]
+    after = run(capsys, ["status", "--prefix", str(prefix), "--json"])
+    assert after[2]["trial"]["phase"] == "committed" and _errors(_load(SCHEMAS["chiron.status/1"]), after[2]) == []
+    again = run(capsys, ["commit", "--prefix", str(prefix), "--json"])
+    assert again[1] == 2 and again[2]["schema"] == "chiron.error/1"
+    return [committed]
+
+
+@pytest.fixture()
 def installed(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> Path:
     prefix = tmp_path / "installed"
     assert _install(capsys, appliance, prefix, keys)[1] == 0
@@ -445,6 +467,30 @@ def out_extract(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path,
     assert (tmp_path / "v" / "spec" / "appliance.toml").read_bytes() == (
         tmp_path / "u/spec/appliance.toml"
     ).read_bytes()
+    return [checked, unchecked]
+
+
+@pytest.fixture()
+def out_report(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, tmp_path: Path) -> list[Output]:
+    root = keys / "1.root.json"
+    checked = run(
+        capsys,
+        [
+            "report",
+            str(appliance),
+            "--against",
+            str(appliance),
+            "-o",
+            str(tmp_path / "r.html"),
+            "--root",
+            str(root),
+            "--json",
+        ],
+    )
+    unchecked = run(capsys, ["report", str(appliance), "-o", str(tmp_path / "u.html"), "--unverified", "--json"])
+    assert (checked[1], checked[2]["verified"], checked[2]["changes"]) == (0, True, True)
+    assert (unchecked[1], unchecked[2]["verified"], unchecked[2]["changes"]) == (0, False, False)
+    assert b"NOT verified" in (tmp_path / "u.html").read_bytes()
     return [checked, unchecked]
 
 
@@ -687,6 +733,22 @@ def out_inventory(
     return [printed, written]
 
 
+# ---------------------------------------------------------------- chiron serve and its clients
+
+
+@pytest.fixture()
+def out_receipt(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Path) -> list[Output]:
+    first = run(
+        capsys, ["receipt", "--prefix", str(installed), "-o", str(tmp_path / "1.json"), "--host-id", "web-01", "--json"]
+    )
+    assert first[1] == 0 and json.loads((tmp_path / "1.json").read_text()) == first[2]
+    again = run(capsys, ["receipt", "--prefix", str(installed), "-o", str(tmp_path / "2.json"), "--json"])
+    assert (
+        again[1] == 0 and again[2]["seq"] == 2 and again[2]["key"] == first[2]["key"] and again[2]["host"] == "web-01"
+    )
+    return [first, again]
+
+
 @pytest.fixture()
 def oci_target(tmp_path: Path):  # type: ignore[no-untyped-def]
     registry = start_registry(tmp_path / "registry")
@@ -707,6 +769,80 @@ def out_publish(capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path,
 
 
 @pytest.fixture()
+def out_serve_token(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> list[Output]:
+    db = str(tmp_path / "serve.db")
+    plain = run(capsys, ["serve", "token", "add", "--db", db, "--name", "ci", "--scope", "read", "--json"])
+    expiring = run(
+        capsys,
+        [
+            "serve",
+            "token",
+            "add",
+            "--db",
+            db,
+            "--name",
+            "ops",
+            "--scope",
+            "admin",
+            "--scope",
+            "report",
+            "--expires",
+            "30d",
+            "--json",
+        ],
+    )
+    assert plain[1] == expiring[1] == 0 and plain[2]["expires"] is None and expiring[2]["scopes"] == ["report", "admin"]
+    return [plain, expiring]
+
+
+@pytest.fixture()
+def out_serve_tokens(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> list[Output]:
+    from chiron.service.db import Database
+
+    db = tmp_path / "serve.db"
+    empty = run(capsys, ["serve", "token", "list", "--db", str(db), "--json"])
+    made = [
+        run(capsys, ["serve", "token", "add", "--db", str(db), "--name", n, "--scope", "read", "--json"])[2]
+        for n in "ab"
+    ]
+    assert Database(db).revoke_token(made[0]["id"])
+    listed = run(capsys, ["serve", "token", "list", "--db", str(db), "--json"])
+    assert empty[2]["tokens"] == [] and [t["revoked"] is not None for t in listed[2]["tokens"]] == [True, False]
+    assert not any(t["token"] in json.dumps(listed[2]) for t in made)  # never shown again
+    return [empty, listed]
+
+
+@pytest.fixture()
+def out_fleet(capsys: pytest.CaptureFixture[str], installed: Path, tmp_path: Path) -> list[Output]:
+    from chiron.service import site
+    from chiron.service.db import Database
+
+    db = tmp_path / "serve.db"
+    empty = run(capsys, ["serve", "hosts", "list", "--db", str(db), "--json"])
+    receipt = run(capsys, ["receipt", "--prefix", str(installed), "-o", str(tmp_path / "r.json"), "--json"])[2]
+    site.approve(Database(db), receipt["host"], receipt["key_sha256"], "test")
+    site.accept_receipt(Database(db), receipt, "media", {})
+    one = run(capsys, ["serve", "hosts", "list", "--db", str(db), "--json"])
+    assert empty[2]["hosts"] == [] and one[2]["summary"]["approved"] == 1
+    assert one[2]["hosts"][0]["appliance"]["version"] == "1.0.0"
+    return [empty, one]
+
+
+@pytest.fixture()
+def out_download(
+    capsys: pytest.CaptureFixture[str], index: LocalIndex, wheelhouse: Path, tmp_path: Path
+) -> list[Output]:
+    url = index.url.removesuffix("/simple") + "/files/alpha-1.0-py3-none-any.whl"
+    out = run(capsys, ["download", url, "-o", str(tmp_path / "alpha.whl"), "--json"])
+    assert (
+        out[1] == 0
+        and (tmp_path / "alpha.whl").read_bytes() == (wheelhouse / "alpha-1.0-py3-none-any.whl").read_bytes()
+    )
+    assert out[2]["resumed"] is False and out[2]["signature"] is None  # no sha256 ETag: a whole download; no .sig
+    return [out]
+
+
+@pytest.fixture()
 def out_pull(
     capsys: pytest.CaptureFixture[str], appliance: Path, keys: Path, oci_target: str, tmp_path: Path
 ) -> list[Output]:
@@ -719,3 +855,72 @@ def out_pull(
     assert fresh[2]["fetched_blobs"] == fresh[2]["blobs"] and again[2]["fetched_blobs"] == 1
     assert fresh[2]["signature"] == str(out) + ".sig" and again[2]["trust_anchor"] == "--root file"
     return [fresh, again]
+
+
+# ---------------------------------------------------------------- settings, flags, and the MCP-only outputs
+
+
+@pytest.fixture()
+def out_config_show(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> list[Output]:
+    monkeypatch.setenv("CHIRON_SYSTEM_CONFIG", str(tmp_path / "system.toml"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "system.toml").write_text('[host]\nprefix = "/srv/chiron"\n[mcp]\nallow_paths = ["/srv"]\n')
+    plain = run(capsys, ["config", "show", "--json"])
+    given = run(capsys, ["config", "show", "--set", "host.wait=5", "--json"])
+    rows = {r["key"]: r for r in given[2]["settings"]}
+    assert plain[1] == given[1] == 0 and rows["host.wait"]["source"] == "option"
+    assert rows["host.prefix"]["origin"] == str(tmp_path / "system.toml")
+    return [plain, given]
+
+
+@pytest.fixture()
+def out_config_flags(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> list[Output]:
+    from openfeature import api
+
+    api.clear_providers()
+    monkeypatch.setenv("CHIRON_SYSTEM_CONFIG", "")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    defaults = run(capsys, ["config", "flags", "--json"])
+    monkeypatch.setenv("CHIRON_FLAG_MCP_MUTATIONS", "on")
+    monkeypatch.setenv("CHIRON_FLAG_MCP_HTTP", "perhaps")  # an evaluation error: the default, and a notice
+    set_ = run(capsys, ["config", "flags", "--json"])
+    assert [f["value"] for f in set_[2]["flags"]] == [True, False] and set_[2]["flags"][1]["error"]
+    return [defaults, set_]
+
+
+@pytest.fixture()
+def out_policy_check(keys: Path, index: LocalIndex, tmp_path: Path) -> list[Output]:
+    """The policy_check tool's report (chiron.engines.policycheck), on a locked spec with and without a policy."""
+    from chiron.engines.policycheck import check_spec
+
+    spec = write_spec(
+        tmp_path / "spec",
+        keys=keys,
+        index_url=index.url,
+        requirements=["alpha==1.0"],
+        extra_python='lock = "pylock.toml"\n',
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["lock", str(spec)])
+    assert exc.value.code in (0, None)
+    clean = check_spec(spec)
+    (spec.parent / "policy.toml").write_text('[packages]\ndeny = ["beta"]\n[licenses]\nallow = ["MIT"]\n')
+    denied = check_spec(spec)
+    assert clean["ok"] and clean["policy"] is None and clean["packages"] == 2
+    assert not denied["ok"] and [v["rule"] for v in denied["violations"]] == ["packages.deny"]
+    assert denied["unchecked"]  # no local copy of the wheels: their licences are named as unchecked
+    return [("policy_check spec", 0, clean), ("policy_check spec (policy)", 0, denied)]
+
+
+@pytest.fixture()
+def out_exit_code() -> list[Output]:
+    """The explain_exit_code tool's answer (chiron.mcpserver.docs.explain from docs/exit-codes.md)."""
+    from chiron.mcpserver.docs import explain
+
+    outs = [(f"explain_exit_code {c}", 0, explain(c)) for c in (0, 1, 2, 3, 4, 130, 9)]
+    assert [o[2]["known"] for o in outs] == [True] * 6 + [False]
+    return outs

@@ -93,6 +93,7 @@ class Sim:
         metadata_version: int | None = None,
         tool: bytes | None = None,
         extra_targets: dict[str, TargetFile] | None = None,
+        manifest: dict[str, Any] | None = None,
     ) -> Path:
         """Write a signed appliance holding ``members`` (plus appliance.json and the tool) to ``out``."""
         self.version = metadata_version if metadata_version is not None else self.version + 1
@@ -103,7 +104,7 @@ class Sim:
                 for i in z.infolist()
                 if not i.is_dir()
             ]
-        manifest: dict[str, Any] = {
+        manifest = {
             "format": FORMAT,
             "name": name,
             "version": version,
@@ -115,6 +116,7 @@ class Sim:
             "images": [],
             "images_shared_bytes": 0,
             "signers": {r: ["file2"] for r in ONLINE_ROLES},
+            **(manifest or {}),  # fields a test sets (environments, images, a hostile name...)
         }
         payload = {"appliance.json": canonical_json(manifest), **(members or {})}
         payload[TOOL_MEMBERS_TARGET] = canonical_json(tool_members)

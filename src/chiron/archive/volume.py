@@ -1,5 +1,5 @@
 """Volumes: an appliance (or a delta) cut into files that fit removable media or a guard's size cap,
-each of which can be checked on its own (docs/format.md#volumes, ADR 0009)::
+each of which can be checked on its own (docs/format.md#volumes, ADR 0011)::
 
     [8 bytes "CHIRONVL"][8 bytes little-endian: header length][header JSON][carried members][data]
 

@@ -4,6 +4,7 @@ Heavy modules (tuf, pydantic models, rich, OpenTelemetry) are imported inside th
 ``--help`` stays fast.
 """
 
+import copy
 import json
 import os
 import sys
@@ -43,7 +44,19 @@ app.add_typer(mirror_app, name="mirror")
 
 # Set by main() and the global options: --verbose, --json (the command has it and it was given),
 # --log-format, the global options as given (passed on at an upgrade's hand-over), the command's path.
-state: dict[str, Any] = {"verbose": False, "json": False, "log_format": "human", "global_args": [], "command": []}
+# --config FILE, and the settings read from it (chiron.core.config), cached for the run.
+state: dict[str, Any] = {
+    "verbose": False,
+    "json": False,
+    "log_format": "human",
+    "global_args": [],
+    "command": [],
+    "config": None,
+    "layers": None,
+    "settings": None,
+    "flags_provider": None,
+}
+FRESH_STATE = {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON report on stdout.")]
 
@@ -60,10 +73,20 @@ def _main(
         bool, typer.Option("--verbose", "-v", help="Show tracebacks of errors. Global options go anywhere.")
     ] = False,
     log_format: Annotated[
-        str, typer.Option("--log-format", help="Messages on stderr: human (default) or json (one object per line).")
-    ] = "human",
+        str | None,
+        typer.Option(
+            "--log-format", help="Messages on stderr: human (default) or json (one object per line); [telemetry]."
+        ),
+    ] = None,
     trace_file: Annotated[
-        Path | None, typer.Option(help="Append OpenTelemetry spans and metrics as JSON lines to this file.")
+        Path | None,
+        typer.Option(help="Append OpenTelemetry spans and metrics as JSON lines to this file; [telemetry]."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="Settings file to read instead of ~/.config/chiron/config.toml (docs/config.md)."
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -72,14 +95,86 @@ def _main(
     """Global options."""
     from chiron.errors import UsageError
 
-    if log_format not in ("human", "json"):
-        raise UsageError(f"--log-format: '{log_format}' is not human or json")
-    state["log_format"] = log_format
     state["verbose"] = verbose
+    state["config"] = config
+    named = "--log-format"
+    if log_format is None:
+        log_format, trace_file, named = _telemetry_settings(trace_file)
+    if log_format not in ("human", "json"):
+        raise UsageError(f"{named}: '{log_format}' is not human or json")
+    state["log_format"] = log_format
     if trace_file is not None or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("CHIRON_TRACE_FILE"):
         from chiron.core import telemetry as _telemetry
 
         _telemetry.configure(trace_file)
+
+
+def _telemetry_settings(trace_file: Path | None) -> tuple[str, Path | None, str]:
+    """--log-format and --trace-file from the settings when not given. The typed model is built only when
+    a settings file has a [telemetry] table (start-up: verify must not pay for pydantic otherwise); the
+    environment alone is read as it always was."""
+    if any(layer.kind in ("system", "user") and "telemetry" in layer.data for layer in config_layers()):
+        effective = settings()
+        trace_file = trace_file or effective.value("telemetry.trace_file")
+        return str(effective.value("telemetry.log_format")), trace_file, "[telemetry] log_format"
+    return os.environ.get("CHIRON_LOG_FORMAT") or "human", trace_file, "$CHIRON_LOG_FORMAT"
+
+
+def config_layers() -> list[Any]:
+    """The settings layers (files, environment) read with tomllib, once per run."""
+    if state["layers"] is None:
+        from chiron.core.config import read_layers
+
+        state["layers"] = read_layers(state["config"])
+    return list(state["layers"])
+
+
+def settings() -> Any:
+    """The effective settings (chiron.core.settings.Effective), built once per run."""
+    if state["settings"] is None:
+        from chiron.core.settings import load
+
+        state["settings"] = load(layers=config_layers())
+    return state["settings"]
+
+
+def setting(dotted: str, given: Any, *, only_if_set: bool = False) -> Any:
+    """An option's value: as given on the command line, else from the settings (docs/config.md). When
+    nothing is configured the built-in default is taken without building the typed model (start-up
+    time). ``only_if_set``: None unless a settings layer sets it (the option has no default)."""
+    if given is not None:
+        return given
+    from chiron.core.config import KEYS, configured
+
+    if not configured(config_layers()):
+        return None if only_if_set else copy.copy(KEYS[dotted].default)
+    effective = settings()
+    if only_if_set and effective.sources[dotted][0] == "default":
+        return None
+    return effective.value(dotted)
+
+
+def flags_provider() -> str:
+    """Bind the OpenFeature provider chiron's flags are evaluated with (once per run); its name."""
+    if state.get("flags_provider") is None:
+        from chiron.core.config import configured
+        from chiron.core.flags import use_provider
+
+        effective = settings() if configured(config_layers()) else None
+        values = effective.flag_values() if effective else {}
+        ofs = effective.settings.openfeature if effective else None
+        state["flags_provider"] = use_provider(
+            values, ofs.provider if ofs else None, ofs.options if ofs else {}, lambda m: log("notice", m)
+        )
+    return str(state["flags_provider"])
+
+
+def flag(name: str) -> Any:
+    """Evaluate one of chiron's flags (chiron.core.flags.Evaluated); an error gives its default and a notice."""
+    from chiron.core.flags import evaluate
+
+    flags_provider()
+    return evaluate(name, lambda m: log("notice", m))
 
 
 def say(text: str, *, err: bool = False) -> None:
@@ -122,27 +217,56 @@ def archive_arg(path: Path | None, command: str) -> Path:
     return me
 
 
-PrefixOpt = Annotated[Path, typer.Option("--prefix", help="Where releases live (bin/, current, releases/).")]
-StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Host state (default: PREFIX/state).")]
-WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for another operation's lock.")]
-InstallerOpt = Annotated[str, typer.Option("--installer", help="auto (uv if present, else pip), uv or pip.")]
-ImagesOpt = Annotated[str, typer.Option("--images", help="load (into the Docker Engine), push (--registry) or skip.")]
-RegistryOpt = Annotated[str | None, typer.Option("--registry", help="Registry HOST[:PORT][/PREFIX] to push to.")]
+# Options whose default comes from the settings (docs/config.md): None here, resolved by setting().
+PrefixOpt = Annotated[
+    Path | None,
+    typer.Option("--prefix", help="Where releases live (bin/, current, releases/); default /opt/chiron; [host]."),
+]
+StateOpt = Annotated[
+    Path | None, typer.Option("--state-dir", help="Host state (default: PREFIX/state; [host] state_dir).")
+]
+WaitOpt = Annotated[
+    float | None, typer.Option("--wait", help="Seconds to wait for another operation's lock (default 0; [host] wait).")
+]
+InstallerOpt = Annotated[
+    str | None, typer.Option("--installer", help="auto (uv if present, else pip; the default), uv or pip; [host].")
+]
+ImagesOpt = Annotated[
+    str | None,
+    typer.Option("--images", help="load (into the Docker Engine; the default), push (--registry) or skip; [host]."),
+]
+RegistryOpt = Annotated[
+    str | None, typer.Option("--registry", help="Registry HOST[:PORT][/PREFIX] to push to; [host] registry.")
+]
 
 
-StoreOpt = Annotated[Path, typer.Option("--store", help="The mirror store directory.")]
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="The mirror store directory (default: mirror; [mirror] store).")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="CHIRON_TOKEN", help="Token for a chiron serve ($CHIRON_TOKEN; or in the URL)."),
+]
+CaOpt = Annotated[Path | None, typer.Option("--ca-file", help="CA certificates for the server's TLS (PEM).")]
+
+
+def client(token: str | None, cacert: Path | None) -> Any:
+    """How to talk to a chiron serve: the token and the CA to trust."""
+    from chiron.sources.http import Client
+
+    return Client(token=token, cafile=cacert)
 
 
 def register_commands() -> None:
     """Import the command modules; each registers its commands with ``app`` (in --help order)."""
-    from chiron.cli import archive, host, keys, media, mirror, oci  # noqa: F401
+    from chiron.cli import archive, config, download, host, keys, mcp, media, mirror, oci, report, serve  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, print ChironErrors as one line, exit with the documented code."""
     register_commands()
     args = list(sys.argv[1:] if argv is None else argv)
-    state.update(verbose=False, json=False, log_format="human", global_args=[], command=[])
+    state.update({k: (list(v) if isinstance(v, list) else v) for k, v in FRESH_STATE.items()})
     try:
         root = typer.main.get_command(app)
         use_plain_coercion(root)  # no pydantic for str and Path values (start-up time)
@@ -212,7 +336,10 @@ def _shutdown_telemetry() -> None:
 def tool_wheels_dir(given: Path | None) -> Path:
     from chiron.errors import UsageError
 
-    wheels = given or (Path(os.environ["CHIRON_TOOL_WHEELS"]) if os.environ.get("CHIRON_TOOL_WHEELS") else None)
+    wheels = setting("mirror.tool_wheels", given)
     if wheels is None:
-        raise UsageError("no --tool-wheels given", hint="pass the directory holding chiron's own wheels")
-    return wheels
+        raise UsageError(
+            "no --tool-wheels given",
+            hint="pass the directory holding chiron's own wheels, or set [mirror] tool_wheels / CHIRON_TOOL_WHEELS",
+        )
+    return Path(wheels)

@@ -3,7 +3,7 @@
 typer (like click) accepts a group's options only before the subcommand's name, so
 ``chiron mirror refresh --store S --log-format json`` (a systemd unit's natural spelling) would be
 refused. Before parsing, ``place_options`` moves the global options (``--verbose``/``-v``,
-``--log-format``, ``--trace-file``) to the front and ``--json`` to just after the name of the
+``--log-format``, ``--trace-file``, ``--config``) to the front and ``--json`` to just after the name of the
 command that has it, wherever they were given. It walks the command tree typer built, so an option's
 value is never mistaken for an option (``--registry --json`` keeps ``--json`` as the value), and a
 command that defines an option of the same name keeps it. Everything after ``--`` stays as it is.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 GLOBAL_FLAGS = frozenset({"--verbose", "-v"})
-GLOBAL_VALUED = frozenset({"--log-format", "--trace-file"})
+GLOBAL_VALUED = frozenset({"--log-format", "--trace-file", "--config"})
 JSON = "--json"
 
 

@@ -12,13 +12,16 @@ from chiron.cli.app import (
     PrefixOpt,
     RegistryOpt,
     StateOpt,
+    TokenOpt,
     WaitOpt,
     app,
     archive_arg,
     audit_app,
+    client,
     emit,
     log,
     say,
+    setting,
     state,
 )
 from chiron.cli.oci import AuthfileOpt, CaFileOpt, InsecureOpt, local_appliance
@@ -32,9 +35,18 @@ images_app = typer.Typer(
 app.add_typer(images_app, name="images")
 
 
+def _where(prefix: Path | None, state_dir: Path | None) -> tuple[Path, Path | None]:
+    """--prefix and --state-dir as given, else from the settings ([host])."""
+    return setting("host.prefix", prefix), setting("host.state_dir", state_dir)
+
+
 def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> Any:
     from chiron.engines.host import InstallOptions
     from chiron.errors import UsageError
+
+    for key in ("installer", "images", "registry", "wait"):
+        if key in kw:
+            kw[key] = setting(f"host.{key}", kw[key])
 
     if kw.get("installer") not in ("auto", "uv", "pip"):
         raise UsageError(f"--installer: '{kw.get('installer')}' is not auto, uv or pip")
@@ -45,7 +57,7 @@ def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> A
     return InstallOptions(archive=archive_arg(archive, command).absolute(), prefix=prefix, **kw)
 
 
-def _print_host_result(result: Any, as_json: bool) -> None:
+def _print_host_result(result: Any, as_json: bool, prefix: Path | None = None) -> None:
     if as_json:
         emit(result.as_dict())
         return
@@ -58,6 +70,18 @@ def _print_host_result(result: Any, as_json: bool) -> None:
     say(f"{verb} {result.name} {result.version} (release {result.release}, environment {result.environment})")
     if result.previous:
         say(f"previous release kept: {result.previous}")
+    trial = result.trial
+    if trial and trial["last_check"]:
+        check = trial["last_check"]
+        verdict = "passed" if check["ok"] else "FAILED"
+        say(f"live check {verdict} ({check['attempts']} attempt(s)): {check['output']}")
+    if trial and trial["phase"] == "on-trial":
+        say(
+            f"on trial until {trial['deadline']}: confirm with 'chiron commit --prefix {prefix}'; "
+            "without it the next chiron operation after that time reverts it"
+        )
+    elif trial and trial["phase"] == "committed":
+        say(f"committed: {result.release} passed its trial")
 
 
 @app.command()
@@ -65,7 +89,7 @@ def install(
     archive: Annotated[
         str | None, typer.Argument(help="Appliance to install (a file or oci://...); default: the one running.")
     ] = None,
-    prefix: PrefixOpt = Path("/opt/chiron"),
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
     root: Annotated[Path | None, typer.Option("--root", help="Trusted root metadata obtained out of band.")] = None,
     root_sha256: Annotated[str | None, typer.Option("--root-sha256", help="sha256 of the trusted root.")] = None,
@@ -75,10 +99,10 @@ def install(
             "--trust-on-first-use", help="Trust the archive's own root (no --root/--root-sha256): pins the host to it."
         ),
     ] = False,
-    installer: InstallerOpt = "auto",
-    images: ImagesOpt = "load",
+    installer: InstallerOpt = None,
+    images: ImagesOpt = None,
     registry: RegistryOpt = None,
-    wait: WaitOpt = 0.0,
+    wait: WaitOpt = None,
     authfile: AuthfileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
@@ -87,6 +111,7 @@ def install(
     """First install on a host: verify, then create the release offline and switch to it."""
     from chiron.engines.host import install as run_install
 
+    prefix, state_dir = _where(prefix, state_dir)
     with local_appliance(archive, prefix, state_dir, authfile, ca_file, insecure, not as_json) as local:
         opts = _host_opts(
             local,
@@ -109,28 +134,47 @@ def install(
 @app.command()
 def upgrade(
     archive: Annotated[
-        str | None, typer.Argument(help="The newer appliance (a file or oci://...); default: the one running.")
+        str | None,
+        typer.Argument(
+            help="The newer appliance or delta: a file, oci://..., or a URL (https://SERVER/ asks a chiron serve "
+            "for the delta this host needs); default: the one running."
+        ),
     ] = None,
-    prefix: PrefixOpt = Path("/opt/chiron"),
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
     allow_downgrade: Annotated[
         bool, typer.Option("--allow-downgrade", help="Install an older release deliberately (logged).")
     ] = False,
-    installer: InstallerOpt = "auto",
-    images: ImagesOpt = "load",
+    installer: InstallerOpt = None,
+    images: ImagesOpt = None,
     registry: RegistryOpt = None,
-    wait: WaitOpt = 0.0,
+    trial_until: Annotated[
+        str | None,
+        typer.Option("--trial-until", help="Leave the new release on trial this long (30m, 2h) for 'chiron commit'."),
+    ] = None,
+    wait: WaitOpt = None,
     authfile: AuthfileOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
+    token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify against the host's trusted metadata, install beside the current release, health-check, switch."""
+    from chiron.engines.host import parse_until
     from chiron.engines.host import upgrade as run_upgrade
 
+    prefix, state_dir = _where(prefix, state_dir)
+    installer, images = setting("host.installer", installer), setting("host.images", images)
+    registry, wait = setting("host.registry", registry), setting("host.wait", wait)
+    if archive is not None and archive.startswith(("http://", "https://")):  # a chiron serve, or any HTTP server
+        from chiron.engines.download import for_upgrade
+
+        # Downloaded (resumably) into the state directory, then upgraded from as a file: verified like one.
+        archive = str(for_upgrade(archive, prefix, state_dir, client(token, ca_file)))
     # An oci:// appliance is pulled first (transport only); whichever tool runs the upgrade verifies it.
     with local_appliance(archive, prefix, state_dir, authfile, ca_file, insecure, not as_json) as local:
         target = archive_arg(local, "upgrade").absolute()
+        until = parse_until(trial_until) if trial_until is not None else None
         from chiron.engines.host.handover import hand_over_to_installed
 
         hand_over_to_installed(
@@ -145,6 +189,7 @@ def upgrade(
             images,
             registry,
             state["global_args"],
+            trial_until,
         )
         opts = _host_opts(
             local,
@@ -157,21 +202,24 @@ def upgrade(
             registry=registry,
             wait=wait,
             show_progress=not as_json,
+            trial_until=until,
         )
         result = run_upgrade(opts)
-    _print_host_result(result, as_json)
+    _print_host_result(result, as_json, prefix)
 
 
 @app.command()
 def recover(
-    prefix: PrefixOpt = Path("/opt/chiron"),
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
-    wait: WaitOpt = 0.0,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Finish or undo an interrupted install/upgrade, and nothing else."""
     from chiron.engines.host import recover_only
 
+    prefix, state_dir = _where(prefix, state_dir)
+    wait = setting("host.wait", wait)
     outcome = recover_only(prefix, state_dir, wait)
     if as_json:
         emit({"schema": "chiron.recover/1", "prefix": str(prefix), "outcome": outcome})
@@ -180,21 +228,43 @@ def recover(
 
 
 @app.command()
-def rollback(
-    prefix: PrefixOpt = Path("/opt/chiron"),
+def commit(
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
-    wait: WaitOpt = 0.0,
+    wait: WaitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Confirm the release on trial (after 'upgrade --trial-until'); logged."""
+    from chiron.engines.host import commit_release
+
+    prefix, state_dir = _where(prefix, state_dir)
+    info = commit_release(prefix, state_dir, setting("host.wait", wait))
+    if as_json:
+        emit(info)
+        return
+    if info["recovered"]:
+        say(info["recovered"])
+    say(f"committed release {info['release']} (previous release kept: {info['previous'] or '-'})")
+
+
+@app.command()
+def rollback(
+    prefix: PrefixOpt = None,
+    state_dir: StateOpt = None,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Switch back to the previous release (logged)."""
     from chiron.engines.host import rollback as run_rollback
 
+    prefix, state_dir = _where(prefix, state_dir)
+    wait = setting("host.wait", wait)
     _print_host_result(run_rollback(prefix, state_dir, wait), as_json)
 
 
 @app.command()
 def status(
-    prefix: PrefixOpt = Path("/opt/chiron"),
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
     show_packages: Annotated[
         bool, typer.Option("--packages", help="List the packages installed in the current release.")
@@ -204,6 +274,7 @@ def status(
     """Releases, the current one and its packages, trusted metadata and expiry, root fingerprint, last operations."""
     from chiron.engines.host import status as run_status
 
+    prefix, state_dir = _where(prefix, state_dir)
     info = run_status(prefix, state_dir)
     if as_json:
         emit(info)
@@ -223,11 +294,30 @@ def status(
         say(f"root fingerprint: {info['root_fingerprint']} (sha256 of the trusted root; --root-sha256 for other hosts)")
     if info["pending_transaction"]:
         say(f"pending transaction: {info['pending_transaction']['op']} {info['pending_transaction']['id']}")
+    _print_trial(info["trial"])
     for w in info["warnings"]:
         say(f"warning: {w}")
     say("last operations:")
     for op in info["last_operations"]:
         say(f"  {op['time']} {op['user']:<8} {op['op']:<9} {op['result']:<8} {op.get('release') or ''}")
+
+
+def _print_trial(trial: dict[str, Any] | None) -> None:
+    if not trial:
+        return
+    if trial["phase"] in ("on-trial", "reverting"):
+        waits = "waiting for 'chiron commit'" if trial["external"] else f"run by pid {trial['pid']}"
+        say(
+            f"trial: release {trial['release']} {trial['phase']} since {trial['since']}, "
+            f"until {trial['deadline']} ({waits})"
+        )
+    else:
+        why = f": {trial['reason']}" if trial["reason"] else ""
+        say(f"last trial: release {trial['release']} {trial['phase']} at {trial['ended']}{why}")
+    check = trial["last_check"]
+    if check:
+        verdict = "passed" if check["ok"] else "failed"
+        say(f"last live check: {verdict} at {check['time']} ({check['attempts']} attempt(s)): {check['output']}")
 
 
 @app.command()
@@ -242,6 +332,9 @@ def doctor(
     """Check this host can do the next operation; print what is missing and the fix. Exit 0 ready, 3 not."""
     from chiron.engines.doctor import doctor as run_doctor
 
+    # No --prefix: the host checks run only where the settings name a prefix ([host] prefix).
+    prefix = setting("host.prefix", prefix, only_if_set=True)
+    state_dir = setting("host.state_dir", state_dir)
     checks = run_doctor(archive or self_archive(), prefix, state_dir)
     failed = [c for c in checks if not c.ok and c.severity == "error"]
     if as_json:
@@ -256,13 +349,14 @@ def doctor(
 
 @audit_app.command("verify")
 def audit_verify(
-    prefix: PrefixOpt = Path("/opt/chiron"),
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check that no audit entry was edited, inserted or removed. Exit 0 intact, 1 tampered."""
     from chiron.engines.host import audit_verify as run_audit_verify
 
+    prefix, state_dir = _where(prefix, state_dir)
     report = run_audit_verify(prefix, state_dir)
     if as_json:
         emit(report.as_dict())
@@ -280,7 +374,7 @@ def audit_verify(
 
 @app.command()
 def inventory(
-    prefix: PrefixOpt = Path("/opt/chiron"),
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the inventory to this file.")] = None,
 ) -> None:
@@ -288,6 +382,7 @@ def inventory(
     from chiron.archive.delta import write_inventory
     from chiron.engines.host import inventory as run_inventory
 
+    prefix, state_dir = _where(prefix, state_dir)
     info = run_inventory(prefix, state_dir)
     if output is None:
         emit(info)
@@ -305,26 +400,28 @@ def _print_images(info: dict[str, Any], as_json: bool) -> None:
 
 @images_app.command("load")
 def images_load(
-    prefix: PrefixOpt = Path("/opt/chiron"),
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
-    wait: WaitOpt = 0.0,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Load the current release's images (from its kept appliance, re-hashed) into the Docker Engine."""
     from chiron.engines.host import installed_images
 
-    _print_images(installed_images(prefix, state_dir, "load", None, wait), as_json)
+    prefix, state_dir = _where(prefix, state_dir)
+    _print_images(installed_images(prefix, state_dir, "load", None, setting("host.wait", wait)), as_json)
 
 
 @images_app.command("push")
 def images_push(
     registry: Annotated[str, typer.Option("--registry", help="Enclave registry HOST[:PORT][/PREFIX].")],
-    prefix: PrefixOpt = Path("/opt/chiron"),
+    prefix: PrefixOpt = None,
     state_dir: StateOpt = None,
-    wait: WaitOpt = 0.0,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Push the current release's images (from its kept appliance, re-hashed) into an enclave registry."""
     from chiron.engines.host import installed_images
 
-    _print_images(installed_images(prefix, state_dir, "push", registry, wait), as_json)
+    prefix, state_dir = _where(prefix, state_dir)
+    _print_images(installed_images(prefix, state_dir, "push", registry, setting("host.wait", wait)), as_json)

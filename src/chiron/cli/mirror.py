@@ -13,6 +13,7 @@ from chiron.cli.app import (
     log,
     mirror_app,
     say,
+    setting,
 )
 from chiron.cli.oci import AuthfileOpt, CaFileOpt, InsecureOpt, access
 
@@ -25,7 +26,7 @@ def mirror_refresh(
     spec: Annotated[
         Path | None, typer.Argument(help="The appliance spec (default: the one the store was last refreshed from).")
     ] = None,
-    store: StoreOpt = Path("mirror"),
+    store: StoreOpt = None,
     policy: Annotated[
         Path | None, typer.Option("--policy", help="Policy file (default: policy.toml beside the spec, if any).")
     ] = None,
@@ -75,7 +76,7 @@ def mirror_refresh(
     env_wheels = os.environ.get("CHIRON_TOOL_WHEELS")
     result = refresh(
         RefreshOptions(
-            store=store,
+            store=setting("mirror.store", store),
             spec=spec,
             tool_wheels=tool_wheels or (Path(env_wheels) if env_wheels else None),
             base_dir=base,
@@ -101,8 +102,8 @@ def mirror_refresh(
                 target=publish_to,
                 access=access(authfile, ca_file, insecure),
                 tags=list(publish_tag or []),
-                # A store keeps the spec's version and signs metadata version N+1: VERSION-N tells them apart.
-                default_tag=tag_for(f"{result.version}-{result.metadata_version}"),
+                # Refreshed versions are SPEC+N ('+' is not allowed in a tag): the tag is SPEC-N.
+                default_tag=tag_for(f"{result.version.partition('+')[0]}-{result.metadata_version}"),
                 show_progress=not as_json,
             )
         )
@@ -144,7 +145,7 @@ def _roots(info: dict[str, Any]) -> None:
 @mirror_app.command("restore")
 def mirror_restore(
     archive: Annotated[Path, typer.Argument(help="The latest appliance (it carries the store's content).")],
-    store: StoreOpt = Path("mirror"),
+    store: StoreOpt = None,
     spec: Annotated[
         Path | None, typer.Option("--spec", help="The spec to refresh from (default: the copy the appliance carries).")
     ] = None,
@@ -158,6 +159,7 @@ def mirror_restore(
     """Rebuild a mirror store from a verified appliance; the next refresh signs version N+1 with the same keys."""
     from chiron.engines.mirror import restore
 
+    store = setting("mirror.store", store)
     info = restore(archive, store, spec=spec, base=base, root_file=root, root_sha256=root_sha256)
     if as_json:
         emit(info)
@@ -179,7 +181,7 @@ def mirror_init(
     archive: Annotated[
         Path | None, typer.Argument(help="The appliance to set the store up from (default: the one running).")
     ] = None,
-    store: StoreOpt = Path("mirror"),
+    store: StoreOpt = None,
     base: Annotated[
         Path | None,
         typer.Option("--base", help="Folder the appliance spec's relative key paths resolve against."),
@@ -193,7 +195,7 @@ def mirror_init(
     from chiron.engines.mirror import init
 
     given = archive_arg(archive, "mirror init")
-    info = init(given, store, base=base, root_file=root, root_sha256=root_sha256)
+    info = init(given, setting("mirror.store", store), base=base, root_file=root, root_sha256=root_sha256)
     if as_json:
         emit(info)
         return
@@ -210,11 +212,11 @@ def mirror_init(
 
 
 @mirror_app.command("status")
-def mirror_status(store: StoreOpt = Path("mirror"), as_json: JsonOpt = False) -> None:
+def mirror_status(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """What a store holds: versions built, the latest appliance, artifacts on disk."""
     from chiron.engines.mirror import status as run_status
 
-    info = run_status(store)
+    info = run_status(setting("mirror.store", store))
     if as_json:
         emit(info)
         return
@@ -231,14 +233,14 @@ def mirror_status(store: StoreOpt = Path("mirror"), as_json: JsonOpt = False) ->
 
 @mirror_app.command("prune")
 def mirror_prune(
-    store: StoreOpt = Path("mirror"),
+    store: StoreOpt = None,
     keep: Annotated[int, typer.Option("--keep", help="How many of the newest appliances to keep.")] = 5,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove older appliances and the artifacts and image blobs only they used (the lock history stays)."""
     from chiron.engines.mirror import prune
 
-    info = prune(store, keep)
+    info = prune(setting("mirror.store", store), keep)
     if as_json:
         emit(info)
         return

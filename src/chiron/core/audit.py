@@ -97,6 +97,18 @@ def append(log: Path, entry: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def read_head(log: Path) -> dict[str, Any] | None:
+    """The head the log records (``{"seq": N, "sha256": HEX}``), None when there is none or it is damaged.
+
+    Cheap (one small file): what a host's receipt reports, so that the mirror side can see the log grow.
+    """
+    try:
+        head = json.loads(_head_path(log).read_text())
+        return {"seq": int(head["seq"]), "sha256": str(head["sha256"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @dataclass
 class AuditReport:
     path: str

@@ -125,6 +125,47 @@ class Txn(_Model):
     keep_releases: int = Field(ge=2)
 
 
+MAX_CHECK_OUTPUT = 2000  # characters of a live check's or hook's output kept in trial.json and the audit log
+TrialPhase = Literal["on-trial", "reverting", "committed", "reverted", "failed"]
+
+
+class CheckResult(_Model):
+    """The last live check: when it ended, whether it passed, after how many attempts, and its output
+    (bounded and escaped: it comes from the application)."""
+
+    time: Time
+    ok: bool
+    attempts: int = Field(ge=0)
+    output: str = Field(max_length=MAX_CHECK_OUTPUT + 2)
+
+
+class Trial(_Model):
+    """``trial.json``: the release brought into service after the switch and, once the trial ended, how.
+
+    A separate file from state.json on purpose: a revert can put an older chiron in ``bin/chiron``,
+    and an older tool reads state.json strictly; it never reads this file.
+
+    ``phase`` is ``on-trial`` from just before the switch until the release is committed or reverted
+    (``committed``, ``reverted``; ``failed`` when there was nothing to revert to); ``reverting`` while
+    a revert is under way (a crash there is finished by the next run). ``deadline`` is when
+    the trial must have ended: the live check's deadline, or ``upgrade --trial-until``'s (``external``:
+    the release waits for ``chiron commit``). ``boot_id`` and ``pid`` tell a trial whose process died,
+    or whose host rebooted, from one still running.
+    """
+
+    release: ReleaseId
+    previous: ReleaseId | None
+    phase: TrialPhase
+    since: Time
+    deadline: Time
+    external: bool
+    boot_id: str = Field(max_length=64)
+    pid: int = Field(ge=0)
+    last_check: CheckResult | None = None
+    ended: Time | None = None
+    reason: str | None = Field(default=None, max_length=4 * MAX_CHECK_OUTPUT)
+
+
 class Floor(_Model):
     """``floor.json``: the time before which expiry is never judged."""
 

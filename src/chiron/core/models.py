@@ -244,13 +244,74 @@ class ExtraFile(_Strict):
         return v
 
 
+class Hook(_Strict):
+    """An activation hook: an argv run without a shell, stopped after ``timeout`` seconds.
+
+    In the spec a hook is an argv list (``post_switch = ["systemctl", "restart", "app"]``, timeout 60 s)
+    or a table with both (``post_switch = { argv = [...], timeout = 120 }``).
+    """
+
+    argv: list[str] = Field(min_length=1)
+    timeout: int = Field(default=60, ge=1, le=86400)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, v: object) -> object:
+        return {"argv": v} if isinstance(v, list) else v
+
+    @field_validator("argv")
+    @classmethod
+    def _program(cls, v: list[str]) -> list[str]:
+        if not v[0]:
+            raise ValueError("the program (the first element) is empty")
+        return v
+
+
+class LiveCheck(_Strict):
+    """``[host.live_check]``: after the switch, what proves the release serves: an HTTP answer (``url``,
+    ``status``, optional ``body`` text it must contain) or a ``command`` that exits 0; retried every
+    ``interval`` seconds (each attempt bounded by ``timeout``) until ``deadline`` seconds have passed."""
+
+    url: str | None = None
+    status: int = Field(default=200, ge=100, le=599)
+    body: str | None = None
+    command: list[str] | None = None
+    deadline: int = Field(default=60, ge=1, le=86400)
+    interval: float = Field(default=2.0, gt=0, le=3600)
+    timeout: float = Field(default=5.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one(self) -> LiveCheck:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give exactly one of 'url' (an HTTP check) or 'command' (an argv)")
+        if self.url is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", self.url):
+            raise ValueError(f"url: '{self.url[:80]}' is not an http:// or https:// URL")
+        if self.command is not None and (not self.command or not self.command[0]):
+            raise ValueError("command: give the program and its arguments")
+        if self.command is not None and self.body is not None:
+            raise ValueError("body applies to an HTTP check (url), not to a command")
+        return self
+
+
 class HostSection(_Strict):
-    """``[host]``: how an air-gapped host installs this appliance."""
+    """``[host]``: how an air-gapped host installs this appliance, and how a release is brought into
+    service (activation: hooks, a Compose project, a live check; docs/host.md)."""
 
     health_check: list[str] = Field(default_factory=list)
     health_check_timeout: int = Field(default=300, ge=1)
     images_required: bool = False  # if true, an install fails when the images cannot be loaded
     keep_releases: int = Field(default=2, ge=2)
+    pre_switch: Hook | None = None  # before the switch; a failure aborts the upgrade
+    post_switch: Hook | None = None  # after the switch, on trial; a failure reverts
+    on_revert: Hook | None = None  # after a revert to the previous release
+    compose: str | None = None  # the dest of a [[files]] entry: the Compose file of the application
+    compose_timeout: int = Field(default=300, ge=1, le=86400)  # for each run of the Compose CLI
+    live_check: LiveCheck | None = None
+
+    @property
+    def activates(self) -> bool:
+        """Whether a new release of this appliance is on trial after the switch."""
+        return any(x is not None for x in (self.post_switch, self.compose, self.live_check))
 
 
 class ApplianceSpec(_Strict):
@@ -269,6 +330,16 @@ class ApplianceSpec(_Strict):
     def _unique_files(cls, v: list[ExtraFile]) -> list[ExtraFile]:
         _no_duplicates([f.dest for f in v], "dest")
         return v
+
+    @model_validator(mode="after")
+    def _compose_is_shipped(self) -> ApplianceSpec:
+        dests = [f.dest for f in self.files]
+        if self.host.compose is not None and self.host.compose not in dests:
+            raise ValueError(
+                f"host.compose: '{self.host.compose}' is not the dest of a [[files]] entry "
+                '(ship the Compose file with [[files]] src = "...", dest = "' + self.host.compose + '")'
+            )
+        return self
 
     @field_validator("environments")
     @classmethod

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from chiron.core.fs import read_small
 from chiron.core.models import ApplianceSpec, KeyRef
 from chiron.core.text import printable
-from chiron.errors import SpecError
+from chiron.errors import SpecError, UsageError
 
+MAX_SPEC = 4 << 20  # a spec is a few KiB; this bounds what a wrong path can make chiron read
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -76,12 +78,12 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 def load_spec(path: Path) -> LoadedSpec:
     """Parse and validate a spec; raise SpecError naming the file, the field and the problem."""
+    if not path.exists() and not path.is_symlink():
+        raise SpecError(f"{path}: spec file not found")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec: {exc.strerror}") from None
+        raw = read_small(path, MAX_SPEC, "spec")  # a regular file of bounded size: never /dev/zero or a FIFO
+    except UsageError as exc:
+        raise SpecError(exc.message) from None
     return load_spec_bytes(raw, str(path), path)
 
 

@@ -49,6 +49,8 @@ def doctor(archive: Path | None, prefix: Path | None, state_dir: Path | None) ->
         if report is not None:
             checks.append(_environment_check(archive, report))
             checks.append(_images_check(report))
+            if report.compose is not None:
+                checks.append(_compose_check(report.compose))
             if prefix is not None:
                 checks.append(_disk_check(archive, report, prefix, state_dir))
     checks += _installer_checks()
@@ -109,6 +111,7 @@ class _Light:
     lengths: dict[str, int]
     lock_text: str
     images_required: bool = False
+    compose: str | None = None  # [host].compose: the application runs under the Compose CLI
 
 
 _MEMBER_LIMIT = 64 << 20  # the manifest, lock and spec doctor reads: far below, whatever the archive says
@@ -136,8 +139,10 @@ def _light_report(reader: ArchiveReader) -> _Light:
         spec = {}
     host = spec.get("host")
     required = isinstance(host, dict) and host.get("images_required") is True
+    compose = host.get("compose") if isinstance(host, dict) and isinstance(host.get("compose"), str) else None
     regions = reader.layout.regions()
-    return _Light(manifest, {n: r[1] for n, r in regions.items()}, lock_text, required)
+    # A Compose application cannot run without its images: the engine is then required.
+    return _Light(manifest, {n: r[1] for n, r in regions.items()}, lock_text, required or compose is not None, compose)
 
 
 def _environment_check(archive: Path, light: _Light) -> Check:
@@ -191,6 +196,21 @@ def _images_check(light: _Light) -> Check:
                 severity="error" if light.images_required else "warning",
             )
     return Check("images", True, f"{len(images)} image(s); DOCKER_HOST={host} (not probed)", severity="warning")
+
+
+def _compose_check(compose: str) -> Check:
+    from chiron.engines.host.activation import find_compose
+
+    cli = find_compose()
+    if cli is None:
+        return Check(
+            "compose",
+            False,
+            f"the appliance runs its application with Compose (files/{compose}), but neither 'docker compose' "
+            "nor 'docker-compose' is installed",
+            "install the Compose plugin (docker compose) or Debian's docker-compose",
+        )
+    return Check("compose", True, f"{' '.join(cli)} brings up the application's Compose project (files/{compose})")
 
 
 def _disk_check(archive: Path, light: _Light, prefix: Path, state_dir: Path | None) -> Check:

@@ -20,7 +20,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chiron.errors import SpecError
+from chiron.core.fs import read_small
+from chiron.errors import SpecError, UsageError
 from chiron.sources import lock as _lock
 from chiron.sources import wheelmeta as _wheelmeta
 
@@ -100,10 +101,12 @@ def load(path: Path | None) -> LoadedPolicy:
     """Read and validate a policy file (None: the default policy, which only refuses sdists and yanked)."""
     if path is None:
         return LoadedPolicy(Policy(), None, {})
+    if not path.exists() and not path.is_symlink():
+        raise SpecError(f"{path}: policy file not found")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: policy file not found") from None
+        data = tomllib.loads(read_small(path, 4 << 20, "policy file").decode("utf-8"))
+    except UsageError as exc:
+        raise SpecError(exc.message) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SpecError(f"{path}: cannot read the policy: {exc}") from None
     except RecursionError:
@@ -134,7 +137,11 @@ def load_osv(directory: Path) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for f in sorted(directory.rglob("*.json")):
         try:
-            record = json.loads(f.read_text(encoding="utf-8"))
+            record = json.loads(read_small(f, 16 << 20, "OSV record").decode("utf-8"))
+        except UsageError as exc:
+            raise SpecError(exc.message) from None
+        except RecursionError:
+            raise SpecError(f"{f}: not an OSV JSON record: nested too deeply") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SpecError(f"{f}: not an OSV JSON record: {exc}") from None
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
@@ -236,3 +243,61 @@ def check(loaded: LoadedPolicy, lock: _lock.Lock, files: dict[str, Path]) -> lis
                     Violation(name, version, "vulnerabilities", f"{record['id']}{': ' + summary if summary else ''}")
                 )
     return out
+
+
+# ---------------------------------------------------------------- the verdict a refresh records
+
+VERDICT_FORMAT = "chiron-policy-verdict/1"
+
+
+def accepted_advisories(loaded: LoadedPolicy, lock: _lock.Lock) -> list[dict[str, Any]]:
+    """Known vulnerabilities of locked versions that the policy let through: advisories that affect a
+    package as locked and whose id (or an alias) is in ``vulnerabilities.ignore``."""
+    ignore = set(loaded.policy.vulnerabilities.ignore)
+    out = []
+    for pkg in lock.packages:
+        for record in loaded.osv.get(pkg.name, []):
+            aliases = sorted(str(a) for a in record.get("aliases", []))
+            if {record["id"], *aliases} & ignore and _affects(record, pkg.name, pkg.version):
+                out.append(
+                    {
+                        "id": record["id"],
+                        "aliases": aliases,
+                        "package": pkg.name,
+                        "version": pkg.version,
+                        "summary": str(record.get("summary", "")).strip(),
+                    }
+                )
+    return sorted(out, key=lambda a: (a["package"], a["id"]))
+
+
+def verdict(loaded: LoadedPolicy, accepted: list[dict[str, Any]], appliance_sha256: str) -> dict[str, Any]:
+    """What a refresh records beside the lock of the version it signed (``locks/N.policy.json``): the
+    policy it passed, its rules, and the advisories it let through (``accepted_advisories``; shown by
+    ``chiron report``)."""
+    p = loaded.policy
+    return {
+        "format": VERDICT_FORMAT,
+        "appliance_sha256": appliance_sha256,
+        "verdict": "passed",
+        "policy": str(loaded.path) if loaded.path else None,
+        "policy_sha256": _sha256_of(loaded.path),
+        "rules": {
+            "packages.allow": list(p.packages.allow),
+            "packages.deny": list(p.packages.deny),
+            "licenses.allow": list(p.licenses.allow),
+            "licenses.allow_unknown": p.licenses.allow_unknown,
+            "sources.sdists": p.sources.sdists,
+            "sources.yanked": p.sources.yanked,
+            "vulnerabilities.osv_db": p.vulnerabilities.osv_db or "",
+            "vulnerabilities.ignore": list(p.vulnerabilities.ignore),
+        },
+        "osv_records": len({r["id"] for records in loaded.osv.values() for r in records}),
+        "accepted": accepted,
+    }
+
+
+def _sha256_of(path: Path | None) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None

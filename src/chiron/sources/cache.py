@@ -19,7 +19,7 @@ from typing import IO, Any, Protocol
 
 from chiron.core.fs import sha256_file
 from chiron.errors import ArtifactError
-from chiron.sources.http import open_url
+from chiron.sources.http import Client, open_url
 
 CHUNK = 1 << 20
 PARTIAL = ".partial-"  # CACHE/.partial-<sha256>: a download in progress (or interrupted)
@@ -62,9 +62,10 @@ class Fetched:
 class ArtifactCache:
     """Content-addressed store of fetched artifacts."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, client: Client | None = None) -> None:
         self.root = root
         self.stats = FetchStats()
+        self.client = client  # credentials and CA for a chiron server (chiron pull); None for an index
 
     def path_for(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
@@ -99,12 +100,12 @@ class ArtifactCache:
                 while chunk := out.read(CHUNK):  # what an earlier run left: continued with HTTP Range
                     h.update(chunk)
                     have += len(chunk)
-                got, size, resumed = _receive(out, url, what, h, have, progress)
+                got, size, resumed = _receive(out, url, what, h, have, progress, self.client)
                 if resumed and sha256 and got != sha256:
                     # The joined file is wrong (the partial did not match upstream): once more, whole.
                     out.seek(0)
                     out.truncate()
-                    got, size, resumed = _receive(out, url, what, hashlib.sha256(), 0, progress)
+                    got, size, resumed = _receive(out, url, what, hashlib.sha256(), 0, progress, self.client)
                     have = 0
                 self.stats.resumed += int(resumed)
                 if sha256 and got != sha256:
@@ -158,10 +159,16 @@ class ArtifactCache:
 
 
 def _receive(
-    out: IO[bytes], url: str, what: str, h: Any, have: int, progress: Callable[[int], None] | None
+    out: IO[bytes],
+    url: str,
+    what: str,
+    h: Any,
+    have: int,
+    progress: Callable[[int], None] | None,
+    client: Client | None = None,
 ) -> tuple[str, int, bool]:
     """Download into ``out`` after its first ``have`` bytes (hashed into ``h``): (sha256, size, resumed)."""
-    src, resumed = open_url(url, what, have)
+    src, resumed = open_url(url, what, have, client=client)
     if have and not resumed:  # the server sent the whole file (it ignored the Range): start over
         out.seek(0)
         out.truncate()

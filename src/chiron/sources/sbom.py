@@ -163,28 +163,49 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return (f"{head}/{path}" if head else path), tag
 
 
+def _components(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The document and its components; ValueError (naming the SBOM) for anything not shaped like one."""
+    doc = parse_json(data, MEMBER)
+    components = (doc.get("components") or []) if isinstance(doc, dict) else None
+    if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
+        raise ValueError(f"{MEMBER}: not a CycloneDX document (components is not a list of objects)")
+    return doc, components
+
+
+def _library_licence(c: dict[str, Any]) -> str:
+    entries = c.get("licenses") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"{MEMBER}: a component's licenses is not a list of objects")
+    return _licence_label(entries)
+
+
 def summary(data: bytes) -> dict[str, Any]:
     """What ``inspect`` shows of an SBOM: spec version, components by type, licences of the packages.
 
     inspect reads it without verifying: ValueError (naming the SBOM) for anything not shaped like one.
     """
-    doc = parse_json(data, MEMBER)
-    components = (doc.get("components") or []) if isinstance(doc, dict) else None
-    if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
-        raise ValueError(f"{MEMBER}: not a CycloneDX document (components is not a list of objects)")
+    doc, components = _components(data)
     by_type = Counter(str(c.get("type", "?")) for c in components)
     licences: Counter[str] = Counter()
     for c in components:
         if c.get("type") == "library":
-            entries = c.get("licenses") or []
-            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-                raise ValueError(f"{MEMBER}: a component's licenses is not a list of objects")
-            licences[_licence_label(entries)] += 1
+            licences[_library_licence(c)] += 1
     return {
         "spec_version": str(doc.get("specVersion", "")),
         "components": {t: by_type[t] for t in sorted(by_type)},
         "licences": {name: licences[name] for name in sorted(licences)},
         "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def licences(data: bytes) -> dict[tuple[str, str], str]:
+    """The licence of each package (library component) by (name, version), labelled as ``summary`` does;
+    ValueError (naming the SBOM) for anything not shaped like one."""
+    _doc, components = _components(data)
+    return {
+        (str(c.get("name", "")), str(c.get("version", ""))): _library_licence(c)
+        for c in components
+        if c.get("type") == "library"
     }
 
 

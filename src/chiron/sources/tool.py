@@ -95,6 +95,11 @@ def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str, platforms
             f"{wheels}: no wheel of chiron itself to build the tool from",
             hint="pass --tool-wheels DIR holding chiron's wheel and its dependencies ('make tool-wheels')",
         )
+    if not any(wheels.glob("fastapi-*.whl")):
+        raise UsageError(
+            f"{wheels}: the tool wheels lack chiron's serve extra (fastapi, uvicorn, ...)",
+            hint="rebuild them with 'make tool-wheels' (pip wheel '.[serve]')",
+        )
     if fmt not in ("pex", "shiv"):  # pragma: no cover - the command line restricts the choice
         raise UsageError(f"unknown format {fmt}")
     wheels, out = wheels.absolute(), out.absolute()  # the tools run in another working directory
@@ -131,7 +136,7 @@ def build_tool(fmt: ToolFormat, wheels: Path, out: Path, shebang: str, platforms
 
 
 def _pex_args(wheels: Path, out: Path, shebang: str, platforms: list[str]) -> list[str]:
-    args = [f"chiron=={__version__}", "--no-pypi", "--find-links", str(wheels), "--entry-point", ENTRY_POINT]
+    args = [f"chiron[serve]=={__version__}", "--no-pypi", "--find-links", str(wheels), "--entry-point", ENTRY_POINT]
     args += ["--venv", "--python-shebang", shebang, "--python", sys.executable, "--no-emit-warnings", "-o", str(out)]
     for plat in platforms:
         args += ["--platform", plat]
@@ -140,4 +145,4 @@ def _pex_args(wheels: Path, out: Path, shebang: str, platforms: list[str]) -> li
 
 def _shiv_args(wheels: Path, out: Path, shebang: str) -> list[str]:
     args = ["--output-file", str(out), "--entry-point", ENTRY_POINT, "--python", shebang, "--reproducible"]
-    return [*args, "--no-index", "--find-links", str(wheels), f"chiron=={__version__}"]
+    return [*args, "--no-index", "--find-links", str(wheels), f"chiron[serve]=={__version__}"]

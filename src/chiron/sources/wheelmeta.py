@@ -29,7 +29,12 @@ def read_metadata_file(path: Path) -> Message:
         return _read(f, path.name)
 
 
-def _read(source: IO[bytes], where: str) -> Message:
+def core_metadata(source: IO[bytes], where: str = "wheel") -> bytes:
+    """The raw bytes of a wheel's top-level ``*.dist-info/METADATA`` (what PEP 658 serves beside it).
+
+    ``source`` is a seekable binary stream over the wheel; only the central directory and that one
+    entry are read, so a large wheel is not loaded into memory.
+    """
     try:
         with zipfile.ZipFile(source) as z:
             # Only the top-level .dist-info counts: vendored copies deeper down describe other projects.
@@ -41,13 +46,21 @@ def _read(source: IO[bytes], where: str) -> Message:
                 raise ArtifactError(f"{where}: has no *.dist-info/METADATA (not a valid wheel)")
             if info.file_size > _MAX_METADATA:
                 raise ArtifactError(f"{where}: {info.filename} is {info.file_size} bytes, too large for metadata")
-            raw = z.read(info)
+            return z.read(info)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
         raise ArtifactError(f"{where}: cannot read it as a wheel (zip): {exc}") from None
+
+
+def parse_metadata(raw: bytes) -> Message:
+    """Core metadata bytes parsed as headers (the long description body is not needed)."""
     # Core metadata is UTF-8. Decoding first (not BytesParser) keeps non-ASCII values (authors,
-    # summaries) plain strings under compat32; the body (the long description) is not needed.
+    # summaries) plain strings under compat32.
     text = raw.decode("utf-8", errors="replace")
     return email.parser.Parser(policy=email.policy.compat32).parsestr(text, headersonly=True)
+
+
+def _read(source: IO[bytes], where: str) -> Message:
+    return parse_metadata(core_metadata(source, where))
 
 
 def _header(meta: Message, name: str) -> str:

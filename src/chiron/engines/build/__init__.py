@@ -28,7 +28,7 @@ from chiron.sources.toolcache import ToolZip, cached_tool_zip
 from chiron.trust import metadata as _trust
 from chiron.trust.sshsig import ssh_signature
 
-from .checks import check_no_fork, check_validity, load_signers, root_dir_of
+from .checks import check_compose, check_no_fork, check_validity, load_signers, root_dir_of
 from .options import BuildOptions, BuildResult, image_refs, source_date_epoch
 from .write import Inputs, write_archive
 
@@ -54,6 +54,7 @@ def build(opts: BuildOptions) -> BuildResult:
     epoch = source_date_epoch(opts.source_date_epoch)
     now = utc_from_epoch(epoch if epoch is not None else int(time.time()))
     platforms, notes = platforms_for(opts.tool_format, spec.environments)
+    check_compose(loaded, opts.files_dir)
     version = spec.appliance.version if opts.appliance_version is None else opts.appliance_version
 
     with _telemetry.span("chiron.build", appliance=spec.appliance.name, version=version) as sp:

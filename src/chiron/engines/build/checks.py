@@ -11,7 +11,9 @@ from typing import Any
 from tuf.api.metadata import Root
 
 from chiron.archive.layout import root_version
+from chiron.core import compose as _compose
 from chiron.core.clock import iso
+from chiron.core.fs import read_small
 from chiron.core.models import ApplianceSpec, parse_duration
 from chiron.core.spec import LoadedSpec
 from chiron.core.storestate import claim_path, find_claim
@@ -140,3 +142,18 @@ def load_signers(loaded: LoadedSpec, chain: list[bytes]) -> tuple[dict[str, list
                 f"{root.roles[role].threshold}"
             )
     return signers, detached
+
+
+def check_compose(loaded: LoadedSpec, files_dir: Path | None) -> None:
+    """``[host].compose`` names a [[files]] entry (a signed member): refuse before anything is fetched
+    a Compose file that is not one, or whose services run an image the appliance does not carry."""
+    dest = loaded.spec.host.compose
+    if dest is None:
+        return
+    i, extra = next((i, f) for i, f in enumerate(loaded.spec.files) if f.dest == dest)
+    src = files_dir / dest if files_dir else loaded.resolve_path(extra.src, f"files[{i}].src")
+    if not src.is_file():
+        raise SpecError(f"{loaded.path}: files[{i}].src: {src} is not a file (it is the host.compose file)")
+    where = f"{loaded.path}: host.compose ({src})"
+    raw = read_small(src, 4 << 20, "host.compose file")
+    _compose.check_carried(_compose.parse(raw, where), [i.ref for i in loaded.spec.images], where)

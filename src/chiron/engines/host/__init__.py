@@ -18,7 +18,8 @@ The package is cut along the steps: ``paths`` (layout, modes, safe deletion), ``
 lock, floor, commit; the files are typed by ``chiron.core.hoststate``), ``recovery`` (interrupted
 transactions, adoption after a state restore, rollback), ``install`` (install/upgrade), ``release``
 (staging, venv, tool), ``health``, ``images`` (the images seam and ``chiron images``), ``status``
-(status, inventory) and ``auditlog``.
+(status, inventory), ``auditlog``, and bringing a release into service: ``activation`` (hooks, the
+Compose project, the live check) and ``trial`` (trial, commit, revert).
 """
 
 from chiron.core.hoststate import HostState, ReleaseRecord, Txn
@@ -26,11 +27,12 @@ from chiron.engines.host.auditlog import audit, audit_verify
 from chiron.engines.host.images import installed_images
 from chiron.engines.host.install import InstallOptions, install, upgrade
 from chiron.engines.host.paths import KEPT_APPLIANCE, STEPS, Paths, check_host_dirs
-from chiron.engines.host.recovery import adopt, recover, recover_only, rollback, unknown_releases
+from chiron.engines.host.recovery import adopt, commit_release, recover, recover_only, rollback, unknown_releases
 from chiron.engines.host.release import find_uv, space_needed
 from chiron.engines.host.result import HostResult
 from chiron.engines.host.state import load_state, read_floor, read_txn
 from chiron.engines.host.status import inventory, packages, status
+from chiron.engines.host.trial import parse_until, read_trial
 
 __all__ = [
     "KEPT_APPLIANCE",
@@ -45,13 +47,16 @@ __all__ = [
     "audit",
     "audit_verify",
     "check_host_dirs",
+    "commit_release",
     "find_uv",
     "install",
     "installed_images",
     "inventory",
     "load_state",
     "packages",
+    "parse_until",
     "read_floor",
+    "read_trial",
     "read_txn",
     "recover",
     "recover_only",

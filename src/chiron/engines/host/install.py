@@ -7,7 +7,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from chiron.archive import delta
@@ -15,8 +15,10 @@ from chiron.archive.reader import open_regular
 from chiron.core import telemetry as _telemetry
 from chiron.core.fs import fsync_dir
 from chiron.core.hoststate import HostState, ReleaseRecord, Txn, format_time
-from chiron.core.models import TargetEnvironment
+from chiron.core.models import HostSection, TargetEnvironment
+from chiron.engines.host import activation as _activation
 from chiron.engines.host import release as _release
+from chiron.engines.host import trial as _trial
 from chiron.engines.host.auditlog import audit
 from chiron.engines.host.health import health_check
 from chiron.engines.host.images import load_images
@@ -53,6 +55,7 @@ class InstallOptions:
     wait: float = 0.0
     show_progress: bool = False
     delta: Path | None = None  # the delta ``archive`` was rebuilt from (what the operator gave)
+    trial_until: timedelta | None = None  # upgrade --trial-until: on trial until ``chiron commit``
 
 
 def _given(opts: InstallOptions) -> str:
@@ -107,6 +110,12 @@ def upgrade(opts: InstallOptions) -> HostResult:
             raise UsageError(
                 f"{paths.prefix}: nothing is installed here",
                 hint=f"install first: chiron install {opts.archive} --prefix {paths.prefix} --root-sha256 HEX",
+            )
+        open_trial = _trial.read_trial(paths)
+        if open_trial is not None and open_trial.phase == "on-trial":
+            raise Refused(
+                f"release {open_trial.release} is on trial until {open_trial.deadline}",
+                hint=f"confirm it first (chiron commit --prefix {paths.prefix}) or roll back (chiron rollback)",
             )
         if delta.is_delta(opts.archive):
             return _upgrade_delta(paths, opts, state)
@@ -196,7 +205,7 @@ def _apply(
     rid = _release.release_id(paths, report)
     with _telemetry.span(f"chiron.{op}", release=rid, version=str(report.version)):
         try:
-            txn = _prepare(paths, opts, op, report, rid, ref, notices)
+            txn, hostspec = _prepare(paths, opts, op, report, rid, ref, notices, previous)
         except BaseException as exc:
             # Nothing outside the new slot and staging was touched: remove them and stay where we are.
             _release.discard(paths, rid)
@@ -207,7 +216,10 @@ def _apply(
         ahead = ahead_of_clock(txn.release.created_time())
         if ahead:
             notices.append(ahead)
-        # The commit point: from here the new release is live; recovery finishes, never undoes.
+        on_trial = hostspec.activates or opts.trial_until is not None
+        trial = _trial.begin(paths, rid, previous, hostspec, opts.trial_until) if on_trial else None
+        # The commit point: from here the new release is live; recovery finishes, never undoes (but a
+        # release on trial is reverted when its trial did not end).
         switch_link(paths.current, f"releases/{rid}")
         crash_point("switched")
         commit(paths, txn)
@@ -223,10 +235,15 @@ def _apply(
             allow_downgrade=opts.allow_downgrade,
             targets_sha256=txn.release.targets_sha256,
             **({"signed_ahead_of_clock": txn.release.created} if ahead else {}),
+            **({"trial": {"until": trial.deadline, "external": trial.external}} if trial else {}),
         )
         crash_point("committed")
+        if trial is not None:
+            trial = _trial.activate(paths, trial, hostspec)  # raises (exit 3) after a revert
     _telemetry.observe(f"chiron.{op}.duration", time.monotonic() - started, release=rid)
-    return result(op, rid, txn.release, previous, time.monotonic() - started, notices)
+    res = result(op, rid, txn.release, previous, time.monotonic() - started, notices)
+    res.trial = trial.model_dump(mode="json") if trial else None
+    return res
 
 
 def _prepare(
@@ -237,8 +254,10 @@ def _prepare(
     rid: str,
     ref: datetime,
     notices: list[str],
-) -> Txn:
-    """Build the new release in releases/<rid> (unreferenced until the switch) and health-check it."""
+    previous: str | None,
+) -> tuple[Txn, HostSection]:
+    """Build the new release in releases/<rid> (unreferenced until the switch), health-check it, stage
+    its activation and run its pre_switch hook (a failure leaves the live release as it is)."""
     appliance = report.verified
     spec = _release.appliance_spec(appliance, opts.archive)
     envs = [TargetEnvironment.model_validate(e) for e in report.manifest.get("environments", [])]
@@ -259,7 +278,12 @@ def _prepare(
     write_model(paths.txn, txn)
     txn = _release.build_slot(paths, txn, appliance, lock, env, opts.installer)
     health_check(spec.host, paths.release(rid), sorted(lock.selection[env.name]))
-    load_images(opts.images, opts.registry, appliance, spec.host.images_required, notices)
+    # A Compose application cannot start without its images: fail here, before the switch, not in the trial.
+    required = spec.host.images_required or spec.host.compose is not None
+    load_images(opts.images, opts.registry, appliance, required, notices)
+    _activation.stage(spec, appliance, paths.release(rid), opts.images, opts.registry)
     fsync_dir(paths.releases)
     crash_point("health")
-    return txn
+    if spec.host.pre_switch is not None:
+        _activation.run_hook("pre_switch", spec.host.pre_switch, _activation.hook_env(paths, rid, previous))
+    return txn, spec.host

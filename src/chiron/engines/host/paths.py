@@ -19,6 +19,8 @@ from chiron.core.hoststate import check_release_id, damaged
 from chiron.errors import EnvironmentProblem, HostStateError, Refused, UsageError
 
 STEPS = ("verified", "staged", "venv", "tool", "health", "switched", "committed")
+# After the switch of a release that is brought into service: crash points inside the trial.
+TRIAL_STEPS = ("post-switch", "compose-up", "live-check")
 KEPT_APPLIANCE = "appliance"  # releases/<id>/appliance: the verified file the release was installed from
 PUBLIC_DIR = 0o755  # prefix, bin/, releases/, a release and its bin/: readable, writable by the owner only
 PRIVATE_DIR = 0o700  # the state directory and what it holds
@@ -72,6 +74,11 @@ class Paths:
     @property
     def txn(self) -> Path:
         return self.state / "txn.json"
+
+    @property
+    def trial(self) -> Path:
+        """The release on trial after the switch, and how the last trial ended."""
+        return self.state / "trial.json"
 
     @property
     def floor(self) -> Path:

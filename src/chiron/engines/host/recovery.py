@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from chiron.core.fs import fsync_dir
 from chiron.core.hoststate import HostState, ReleaseRecord, Txn, format_time, read_model
 from chiron.engines.host import release as _release
+from chiron.engines.host import trial as _trial
 from chiron.engines.host.auditlog import audit
-from chiron.engines.host.paths import KEPT_APPLIANCE, Paths, live_release, remove_tree, switch_link
+from chiron.engines.host.paths import KEPT_APPLIANCE, Paths, live_release, now, remove_tree, switch_link
 from chiron.engines.host.result import HostResult, result
 from chiron.engines.host.state import ahead_of_clock, commit, load_state, locked, read_txn, reference_time, write_model
 from chiron.engines.verify import HostTrust, verified
-from chiron.errors import HostStateError, Refused, UsageError
+from chiron.errors import EnvironmentProblem, HostStateError, Refused, UsageError
 
 
 def recover(paths: Paths) -> str | None:
@@ -22,7 +24,7 @@ def recover(paths: Paths) -> str | None:
     txn = read_txn(paths)
     if txn is None:
         sweep(paths)
-        return None
+        return _trial.recover_trial(paths)
     rid = txn.id
     linked = live_release(paths)
     if linked == rid:
@@ -41,7 +43,8 @@ def recover(paths: Paths) -> str | None:
         )
     audit(paths, "recover", "ok", detail=outcome, release=rid)
     sweep(paths)
-    return outcome
+    reverted = _trial.recover_trial(paths)
+    return outcome if reverted is None else f"{outcome}; {reverted}"
 
 
 def sweep(paths: Paths) -> None:
@@ -180,6 +183,49 @@ def rollback(prefix: Path, state_dir: Path | None, wait: float = 0.0) -> HostRes
         target, old = state.previous, state.current
         switch_link(paths.current, f"releases/{target}")
         write_model(paths.state_file, state.model_copy(update={"current": target, "previous": old}))
+        trial = _trial.read_trial(paths)
+        if trial is not None and trial.phase == "on-trial" and trial.release == old:
+            ended = {"phase": "reverted", "ended": format_time(now()), "reason": "rolled back by the operator"}
+            write_model(paths.trial, trial.model_copy(update=ended))
+        # The application follows: the left release's on_revert hook, the target's Compose project.
+        problem = _trial.bring_back(paths, left=old, target=target)
         rel = state.releases[target]
-        audit(paths, "rollback", "ok", from_release=old, to_release=target, to_version=rel.version)
-    return result("rollback", target, rel, old, time.monotonic() - started, [])
+        extra = {"problem": problem} if problem else {}
+        audit(paths, "rollback", "ok", from_release=old, to_release=target, to_version=rel.version, **extra)
+    res = result("rollback", target, rel, old, time.monotonic() - started, [])
+    if problem:
+        raise EnvironmentProblem(
+            f"rolled back to {target}, but bringing it into service failed: {problem}",
+            hint="the release is switched; fix the cause and run the hook or 'docker compose up' by hand",
+        )
+    return res
+
+
+def commit_release(prefix: Path, state_dir: Path | None, wait: float = 0.0) -> dict[str, Any]:
+    """``chiron commit``: confirm the release on trial (``upgrade --trial-until``). A trial already
+    past its deadline, or interrupted by a restart, is reverted instead (by the recovery step) and the
+    commit refused."""
+    paths = Paths.make(prefix, state_dir)
+    with locked(paths, "commit", wait, create=False):
+        recovered = recover(paths)
+        state = load_state(paths)
+        if state is None or state.current is None:
+            raise UsageError(f"{paths.prefix}: nothing is installed here")
+        trial = _trial.read_trial(paths)
+        if trial is None or trial.phase != "on-trial":
+            if trial is not None and trial.phase in ("reverted", "failed"):
+                raise Refused(
+                    f"release {trial.release} is not on trial: its trial ended {trial.ended} ({trial.phase}): "
+                    f"{trial.reason}",
+                    hint=f"release {state.current} is live; upgrade again to try {trial.release} once more",
+                )
+            raise UsageError(f"{paths.prefix}: no release is on trial (release {state.current} is committed)")
+        done = _trial.commit_trial(paths, trial, "operator")
+    return {
+        "schema": "chiron.commit/1",
+        "prefix": str(paths.prefix),
+        "release": done.release,
+        "previous": done.previous,
+        "committed": done.ended,
+        "recovered": recovered,
+    }

@@ -20,6 +20,7 @@ class HostResult:
     seconds: float
     notices: list[str] = field(default_factory=list)
     changed: bool = True  # False when the archive was already the live release (a re-run)
+    trial: dict[str, Any] | None = None  # trial.json after activation (docs/host.md), when it ran
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -33,6 +34,7 @@ class HostResult:
             "environment": self.environment,
             "notices": self.notices,
             "seconds": round(self.seconds, 3),
+            "trial": self.trial,
         }
 
 

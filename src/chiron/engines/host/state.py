@@ -19,6 +19,7 @@ from chiron.core.hoststate import (
     STATE_SCHEMA,
     Floor,
     HostState,
+    Trial,
     Txn,
     damaged,
     dump,
@@ -103,6 +104,7 @@ def load_state(paths: Paths, *, check_disk: bool = True) -> HostState | None:
     state = read_model(HostState, paths.state_file)
     txn = read_txn(paths)  # every state file is read through its model: damage is refused here
     read_floor(paths)
+    read_model(Trial, paths.trial)
     if state is None:
         if txn is not None:
             return None  # an interrupted first install: the next operation's recovery settles it
@@ -138,7 +140,10 @@ def check_agreement(paths: Paths, state: HostState) -> None:
     pending, to the one it installs), and that release must exist."""
     live = live_release(paths)
     txn = read_txn(paths)
+    trial = read_model(Trial, paths.trial)
     expected = {state.current} | ({txn.id} if txn else set())
+    if trial is not None and trial.phase == "reverting":
+        expected.add(trial.previous)  # a revert interrupted between the switch back and state.json
     if live in expected:
         if live is not None and not paths.release(live).is_dir():
             raise damaged(paths.current, f"points to releases/{live}, which does not exist")
@@ -228,7 +233,8 @@ def commit(paths: Paths, txn: Txn) -> None:
     state = read_model(HostState, paths.state_file) or HostState.empty()
     releases = {**state.releases, txn.id: txn.release}
     previous = state.current if state.current != txn.id else state.previous
-    if previous is not None and previous not in releases:
+    # After a state restore the backup's current release may be gone from disk: never name it previous.
+    if previous is not None and (previous not in releases or not paths.release(previous).is_dir()):
         previous = None
     keep = {txn.id, previous, live_release(paths)}
     for rid in sorted(releases, key=lambda r: releases[r].installed):  # oldest first

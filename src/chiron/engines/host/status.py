@@ -11,10 +11,11 @@ from typing import Any
 
 from chiron import __version__
 from chiron.archive import delta
-from chiron.core.hoststate import HostState, format_time
+from chiron.core.hoststate import HostState, format_time, parse_time
 from chiron.engines.host.paths import KEPT_APPLIANCE, Paths, now
 from chiron.engines.host.recovery import unknown_releases
 from chiron.engines.host.state import load_state, read_floor, read_txn
+from chiron.engines.host.trial import read_trial
 from chiron.engines.verify import TRUSTED_FILES
 from chiron.errors import UsageError
 
@@ -120,6 +121,12 @@ def status(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
             else:
                 warnings.append("the audit log has a damaged line: run 'chiron audit verify'")
     floor = read_floor(paths)
+    trial = read_trial(paths)
+    if trial is not None and trial.phase == "on-trial" and parse_time(trial.deadline) <= now():
+        warnings.append(
+            f"release {trial.release} is still on trial past its deadline {trial.deadline}: "
+            "the next chiron operation (chiron recover) reverts it"
+        )
     return {
         "schema": "chiron.status/1",
         "prefix": str(paths.prefix),
@@ -132,6 +139,7 @@ def status(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
         "root_fingerprint": fingerprint,
         "time_floor": format_time(floor) if floor else None,
         "pending_transaction": txn.model_dump(mode="json") if txn else None,
+        "trial": trial.model_dump(mode="json") if trial else None,
         "warnings": warnings,
         "last_operations": ops,
         "chiron_version": __version__,

@@ -6,7 +6,7 @@ them, or a region every volume carries (the shebang, ``appliance.json``, the TUF
 with its footer): the carried copy is checked first (against a signed target, through TUF, or
 structurally), so any part of such a region can be checked against the same part of the copy, and
 a volume may end anywhere inside it. Anywhere else a volume may end only between units: that is
-how every byte of every volume stays covered by a signed hash (ADR 0009).
+how every byte of every volume stays covered by a signed hash (ADR 0011).
 """
 
 from __future__ import annotations

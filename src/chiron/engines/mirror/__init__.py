@@ -9,6 +9,7 @@ A store is one directory (docs/mirror.md)::
     artifacts/sha256/xx/<sha>    wheels (and sdists), content-addressed; artifacts/tool/ caches tool zips
     oci/                         one OCI layout with every image blob fetched so far
     locks/<N>.pylock.toml        the lock of metadata version N
+    locks/<N>.policy.json        the policy verdict of version N (chiron-policy-verdict/1, for chiron report)
     tuf/root/<V>.root.json       the root chain signed with; tuf/{targets,snapshot,timestamp}.json: latest
     appliances/<name>-<version>-<N>.pex (+ .sig, + .delta)
     spec/                        the appliance's own spec, lock and [[files]] (restore or init without --spec)

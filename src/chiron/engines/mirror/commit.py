@@ -11,10 +11,10 @@ from pathlib import Path
 
 from chiron.archive import delta
 from chiron.archive.reader import ArchiveReader
-from chiron.core.fs import sha256_file
+from chiron.core.fs import sha256_file, write_atomic
 from chiron.core.spec import LoadedSpec
 from chiron.core.storestate import ResolvedFrom, StoreState, VersionRecord, write_claim
-from chiron.engines import diff
+from chiron.engines import diff, policy
 from chiron.engines.build import BuildResult, root_dir_of
 from chiron.sources.cache import FetchStats
 from chiron.trust import metadata as _trust
@@ -92,6 +92,9 @@ def commit(
     if run.opts.delta_from is not None:
         made = delta.make(run.opts.delta_from, out, out.with_suffix(".delta"))
         result.delta, result.delta_size = made.path, made.size
+    # The policy verdict beside the lock (before state.json, the commit point): what chiron report shows.
+    verdict = policy.verdict(run.rules, run.accepted, sha256_file(out))
+    write_atomic(store.locks / f"{number}.policy.json", json.dumps(verdict, indent=2, sort_keys=True).encode() + b"\n")
     keep_root = run.state is not None and run.state.root is not None and run.opts.spec is None
     store.write_state(_next_state(run, built, number, key, pages, stats, keep_root))
     note = claim(store, run.loaded, chain, number) if not keep_root else None

@@ -124,6 +124,7 @@ class Run:
     signed_with: int = 0  # how many root versions the store signed with before this run
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    accepted: list[dict[str, Any]] = field(default_factory=list)  # advisories the policy let through
 
     @property
     def latest(self) -> VersionRecord | None:

@@ -224,6 +224,7 @@ def check_policy(run: Run, lock: _lock.Lock, fetched: FetchedRun, sp: Any) -> No
         _telemetry.set_attr(sp, result="policy")
         where = str(run.policy_path or "(defaults)")
         raise PolicyViolation(violations, [v.as_dict() for v in violations], where)
+    run.accepted = policy.accepted_advisories(run.rules, lock)  # recorded with the version (commit)
 
 
 def next_version(run: Run) -> int:

@@ -18,7 +18,7 @@ from chiron.errors import Refused, UsageError
 from chiron.sources.cache import PARTIAL
 from chiron.trust import metadata as _trust
 
-_VERSIONED = re.compile(r"-([0-9]+)\.(?:pex|pyz|delta)(?:\.sig)?$|^([0-9]+)\.pylock\.toml$")
+_VERSIONED = re.compile(r"-([0-9]+)\.(?:pex|pyz|delta)(?:\.sig)?$|^([0-9]+)\.(?:pylock\.toml|policy\.json)$")
 MAX_METADATA = 64 << 20  # a metadata member larger than this is not what chiron wrote
 
 

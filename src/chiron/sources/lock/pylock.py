@@ -20,8 +20,9 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 
+from chiron.core.fs import read_small
 from chiron.core.models import ApplianceSpec, TargetEnvironment
-from chiron.errors import LockError
+from chiron.errors import LockError, UsageError
 from chiron.sources.lock.model import SHA256, Artifact, Lock, LockedPackage
 from chiron.sources.lock.tags import env_tags, marker_env, requirements_for
 
@@ -76,12 +77,17 @@ def _version_of(lock: Lock, name: str, art: Artifact) -> str:
     raise LockError(f"internal: {art.filename} belongs to no package")
 
 
+MAX_LOCK = 64 << 20  # thousands of packages with many wheels each stay far below this
+
+
 def read_pylock(path: Path, spec: ApplianceSpec) -> Lock:
     """Read a PEP 751 lock (ours or another tool's) and choose each environment's artifact by tags."""
+    if not path.exists() and not path.is_symlink():
+        raise LockError(f"{path}: lock file not found", hint="run 'chiron lock SPEC' to create it")
     try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        raise LockError(f"{path}: lock file not found", hint="run 'chiron lock SPEC' to create it") from None
+        text = read_small(path, MAX_LOCK, "lock file").decode("utf-8")
+    except UsageError as exc:
+        raise LockError(exc.message) from None
     except UnicodeDecodeError:
         raise LockError(f"{path}: lock file is not UTF-8 text") from None
     return parse_pylock(text, spec.environments, allow_sdists=spec.python.allow_sdists, where=str(path))

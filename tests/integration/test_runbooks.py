@@ -1,0 +1,847 @@
+"""Docs as tests: every runbook (docs/runbooks/*.md) and the scheduling section of docs/mirror.md, run
+from the Markdown itself against real local services (issue 21).
+
+Each runbook has one scenario here. The scenario lays out what the runbook assumes the operator has
+(the appliance on a medium, the allowed_signers file, a mirror store, the keys), binds the runbook's
+placeholders, and runs every ```sh block, command by command, in one shell session with the venv's
+`chiron` first on PATH (tests/runbook.py; the conventions are in docs/runbooks/README.md). Hooks do
+what the runbook says happens between two commands (a newer appliance arrives, the state is lost) and
+check what its prose says a command prints. A runbook without a scenario, a hook whose command is gone,
+a command that exits other than the runbook says, or a claimed output that is not printed, fails.
+
+Cost: the appliances are built once per session, cp311 only, from the session's cached tool zip (one
+tool build for the whole session); pex unpacks the tool once into a shared home.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chiron.sources.toolcache import key_file, secret_key
+from chiron.trust import metadata as _trust
+
+from conftest import do_build, image_spec, images_toml, start_registry
+from helpers import LocalIndex, make_tls, make_wheel, write_spec
+from runbook import RUNBOOKS, Hook, Result, Session, blocks, operator_env, run_runbook
+
+VENV_CHIRON = Path(sys.executable).with_name("chiron")
+
+
+# ---------------------------------------------------------------- shared parts
+
+
+@pytest.fixture(scope="session")
+def operator_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PATH entry holding only `chiron` (the venv's): the runbooks' `chiron`, nothing else of the venv."""
+    directory = tmp_path_factory.mktemp("operator-bin")
+    (directory / "chiron").symlink_to(VENV_CHIRON)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def operator_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One home for every runbook's shell: pex unpacks the (shared) tool there once (~/.cache/pex), and it
+    holds this test process's tool-cache key (~/.local/state/chiron), so the tool zips tests/conftest.py
+    seeds stores with are taken from the cache, not built again (~30 s each)."""
+    home = tmp_path_factory.mktemp("operator-home")
+    key, why = secret_key(key_file())
+    assert key is not None, why
+    state = home / ".local" / "state" / "chiron"
+    state.mkdir(parents=True, mode=0o700)
+    shutil.copy2(key_file(), state / key_file().name)
+    return home
+
+
+@pytest.fixture()
+def new_session(tmp_path: Path, operator_bin: Path, operator_home: Path, session_cache: Path) -> Callable[..., Session]:
+    def make(doc: str, **env: str) -> Session:
+        root = tmp_path / "machine"
+        root.mkdir(exist_ok=True)
+        # The session's artifact cache: where a `chiron build` in a runbook finds the tool zip already built.
+        extra = {"CHIRON_CACHE_DIR": str(session_cache), **env}
+        session = Session(RUNBOOKS / doc, root, operator_env(root, operator_home, operator_bin, **extra))
+        session.bind("/usr/local/bin/chiron", str(operator_bin / "chiron"))
+        return session
+
+    return make
+
+
+def fingerprint(root_json: Path) -> str:
+    return _trust.fingerprint(root_json.read_bytes())
+
+
+def deliver(appliance: Path, directory: Path, name: str | None = None, *, mode: int = 0o755) -> Path:
+    """Put an appliance and its detached signature into ``directory`` (as a medium or a copy brings them)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dest = directory / (name or appliance.name)
+    shutil.copyfile(appliance, dest)
+    dest.chmod(mode)
+    shutil.copyfile(f"{appliance}.sig", f"{dest}.sig")
+    return dest
+
+
+def shape(example: str) -> re.Pattern[str]:
+    """A regex for a runbook's example output line: `...` is anything, an upper-case word a value."""
+    out = []
+    for token in re.split(r"(\.\.\.|\b[A-Z][A-Z0-9]*\b)", example):
+        if token == "...":
+            out.append(".*?")
+        elif re.fullmatch(r"[A-Z][A-Z0-9]*", token):
+            out.append(r"[^\s,()]+")
+        else:
+            out.append(re.escape(token))
+    return re.compile("".join(out))
+
+
+def claim(session: Session, example: str, result: Result) -> None:
+    """The runbook shows ``example`` as what a command prints: it must, word for word but its values."""
+    said = " ".join(session.doc.read_text().split())  # as the text reads, whatever its line breaks
+    assert " ".join(example.split()) in said, f"{session.doc.name} no longer says {example!r}: update the test"
+    pattern = shape(session.rooted(example))
+    assert pattern.search(result.output), f"{session.doc.name} says {example!r}; the command printed:\n{result.output}"
+
+
+def exit_row(session: Session, code: int, message: str, result: Result) -> None:
+    """The runbook's table of exit codes has a row ``| code | ... `message` ... |``, and the command exited
+    so and printed the message (an upper-case word in it standing for a value)."""
+    rows = [line for line in session.doc.read_text().splitlines() if line.startswith(f"| {code} |")]
+    assert any(f"`{message}`" in row for row in rows), f"{session.doc.name}: no exit-{code} row names `{message}`"
+    assert result.code == code, result.output
+    assert shape(session.rooted(message)).search(result.output), result.output
+
+
+def assert_ready(result: Result) -> None:
+    """doctor checked everything and found nothing to fix: every check ok, then `ready`."""
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "ready" and all(line.startswith("ok ") for line in lines[:-1]), result.stdout
+
+
+# ---------------------------------------------------------------- appliances (built once per session)
+
+
+@pytest.fixture(scope="session")
+def image_series(
+    registry: str,
+    keys: Path,
+    index: LocalIndex,
+    tool_wheels: Path,
+    session_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> list[Path]:
+    """demo 1.0.0, 1.1.0, 1.2.0 (beta 1.0, 1.1, 1.1), each carrying the two test images, signed in that
+    order by the session's keys: what a host is given over time."""
+    base = tmp_path_factory.mktemp("series")
+    refs = [f"{registry}/busybox:1", f"{registry}/app:1"]
+    epoch = int(time.time()) - 3600
+    out = []
+    for n, (version, beta) in enumerate((("1.0.0", "1.0"), ("1.1.0", "1.1"), ("1.2.0", "1.1"))):
+        spec = image_spec(base / f"s{n}", keys, index.url, images_toml(refs), name="demo", version=version)
+        spec.write_text(spec.read_text().replace('"beta==1.0"', f'"beta=={beta}"'))
+        out.append(
+            do_build(spec, base / f"demo-{version}.pex", tool_wheels, session_cache, epoch=epoch + 60 * n).output
+        )
+    return out
+
+
+# ---------------------------------------------------------------- every runbook has a scenario
+
+SCENARIOS = {
+    "verify-on-air-gapped-host.md": "test_verify_on_an_air_gapped_host",
+    "install-and-upgrade.md": "test_install_upgrade_and_restore_an_old_state_backup",
+    "mirror-refresh.md": "test_mirror_refresh",
+    "disaster-recovery.md": "test_disaster_recovery",
+    "compromised-key.md": "test_compromised_targets_key",
+    "fleet-through-registry.md": "test_fleet_through_the_enclave_registry",
+}
+
+
+@pytest.mark.parametrize("doc", sorted(p.name for p in RUNBOOKS.glob("*.md") if p.name != "README.md"))
+def test_every_runbook_has_a_scenario(doc: str) -> None:
+    assert doc in SCENARIOS, (
+        f"docs/runbooks/{doc} has no scenario in tests/integration/test_runbooks.py: every runbook is run "
+        "from its Markdown (docs/runbooks/README.md says how to add one)"
+    )
+    assert SCENARIOS[doc] in globals(), SCENARIOS[doc]
+    # A shell block fenced otherwise than ```sh would silently not run.
+    shells = [b for b in blocks((RUNBOOKS / doc).read_text(), None) if b.lang in ("bash", "shell", "console", "zsh")]
+    assert not shells, f"docs/runbooks/{doc}:{shells[0].line}: fence shell commands as ```sh (they are run)"
+
+
+# ---------------------------------------------------------------- verify-on-air-gapped-host.md
+
+
+def test_verify_on_an_air_gapped_host(new_session, image_series: list[Path], keys: Path, operator_home: Path) -> None:  # type: ignore[no-untyped-def]
+    s = new_session("verify-on-air-gapped-host.md")
+    deliver(image_series[0], s.path("/media/usb"), "chiron.pex", mode=0o644)  # a medium need not keep modes
+    s.path("/srv/appliances").mkdir(parents=True)
+    allowed = s.path("/path/to/allowed_signers")
+    allowed.parent.mkdir(parents=True)
+    shutil.copyfile(keys / "allowed_signers", allowed)
+    s.bind("<ROOT-FINGERPRINT>", fingerprint(keys / "1.root.json"))
+
+    def signature_good(s: Session, r: Result) -> None:
+        claim(s, 'Good "chiron-appliance" signature for chiron with ED25519 key SHA256:...', r)
+
+    def verified(s: Session, r: Result) -> None:
+        claim(
+            s,
+            "verified /srv/appliances/chiron.pex: NAME VERSION, N signed targets, B bytes hashed, every byte "
+            "accounted for (anchor: --root-sha256)",
+            r,
+        )
+        # "On first run pex unpacks the tool (not the payload) into ~/.cache/pex."
+        assert (operator_home / ".cache" / "pex").is_dir() and not (operator_home / ".pex").exists()
+
+    def damaged_copies(s: Session, r: Result) -> None:
+        # The damaged copies of the section's table, as operators see them: one cut short cannot run
+        # ("a Python SyntaxError ... and exits 1") and another chiron names it; one with bytes appended runs.
+        good = s.cwd / "chiron.pex"
+        short, longer = s.cwd / "short.pex", s.cwd / "longer.pex"
+        short.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        longer.write_bytes(good.read_bytes() + b"\n# appended\n")
+        for copy in (short, longer):
+            copy.chmod(0o755)
+        cut = s.sh("./short.pex verify --root-sha256 <ROOT-FINGERPRINT>", exits=1)
+        assert "SyntaxError" in cut.stderr and "chiron:" not in cut.output, cut.output
+        truncated = "layout: no zip end record at the end of the file: the copy is truncated, or bytes were appended"
+        claim(s, truncated, s.sh("chiron verify short.pex --root-sha256 <ROOT-FINGERPRINT>", exits=1))
+        claim(
+            s,
+            "chiron: verification FAILED for PATH",
+            s.sh("./longer.pex verify --root-sha256 <ROOT-FINGERPRINT>", exits=1),
+        )
+        claim(s, truncated, s.results[-1])
+        short.unlink()
+        longer.unlink()
+        # "a fingerprint that is mistyped": exit 1 naming it; "not 64 hex digits": bad usage, exit 2.
+        other = s.sh(f"./chiron.pex verify --root-sha256 {'0' * 64}", exits=1)
+        claim(s, "root: no root metadata in the archive has sha256 ...", other)
+        s.sh("./chiron.pex verify --root-sha256 1234", exits=2)
+
+    def record(s: Session, r: Result) -> None:
+        report = json.loads((s.cwd / "chiron.pex.verify.json").read_text())
+        assert report["schema"] == "chiron.verify/1" and report["ok"] and not report["warnings"]
+
+    def inspected(s: Session, r: Result) -> None:
+        assert f"root fingerprint (sha256 of 1.root.json): {fingerprint(keys / '1.root.json')}" in r.stdout
+        assert re.search(r"beta +1\.0 ", r.stdout) and "cp311: Python 3.11" in r.stdout
+
+    run_runbook(
+        s,
+        [
+            Hook("ssh-keygen -Y verify", after=signature_good),
+            Hook("./chiron.pex verify --root-sha256", after=verified),
+            Hook("./chiron.pex verify --root-sha256", after=damaged_copies),
+            Hook("--json > chiron.pex.verify.json", after=record),
+            Hook("./chiron.pex inspect", after=inspected),
+        ],
+    )
+    assert (s.cwd / "chiron.pex.sha256").read_text().split()[0] == _sha256(image_series[0])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=True)
+
+
+# ---------------------------------------------------------------- install-and-upgrade.md
+
+
+def test_install_upgrade_and_restore_an_old_state_backup(  # type: ignore[no-untyped-def]
+    new_session, image_series: list[Path], keys: Path, registry: str
+) -> None:
+    """The whole runbook on one host: install (images loaded), back up the state, upgrade, upgrade from
+    a delta, roll back, then lose the state and restore the backup taken before all that (section 7)."""
+    s = new_session("install-and-upgrade.md")
+    appliances = s.path("/srv/appliances")
+    deliver(image_series[0], appliances, "chiron.pex")
+    allowed = s.path("/path/to/allowed_signers")
+    allowed.parent.mkdir(parents=True)
+    shutil.copyfile(keys / "allowed_signers", allowed)
+    for directory in ("/var/backups", "/root"):
+        s.path(directory).mkdir(parents=True)
+    s.bind("<ROOT-FINGERPRINT>", fingerprint(keys / "1.root.json"))
+    prefix = s.path("/opt/chiron")
+    refs = [f"{registry}/busybox:1", f"{registry}/app:1"]
+    releases: dict[str, str] = {}  # version -> release id, as the host printed them
+
+    def release_of(text: str) -> str:
+        match = re.search(r"\(release (demo-[\w.+-]+)", text)
+        assert match, text
+        return match[1]
+
+    def installed(s: Session, r: Result) -> None:
+        claim(s, "installed NAME VERSION (release ID, environment ENV)", r)
+        claim(s, "notice: loaded N image(s) into the Docker Engine: REF, ...", r)
+        assert all(ref in r.output for ref in refs), r.output
+        releases["1.0.0"] = release_of(r.stdout)
+        # Rows of the table of section 5, on this host and an empty prefix.
+        again = s.sh("./chiron.pex install --prefix /opt/chiron --root-sha256 <ROOT-FINGERPRINT>", exits=4)
+        exit_row(s, 4, "already has release ... installed", again)
+        empty = s.sh("./chiron.pex status --prefix /opt/nothing-here", exits=2)
+        exit_row(s, 2, "nothing is installed here", empty)
+
+    def first_status(s: Session, r: Result) -> None:
+        assert f"current: demo 1.0.0 (release {releases['1.0.0']}" in r.stdout
+        assert f"root fingerprint: {fingerprint(keys / '1.root.json')}" in r.stdout
+
+    def images_listed(s: Session, r: Result) -> None:
+        for ref in refs:
+            repository, tag = ref.rsplit(":", 1)
+            assert re.search(rf"^{re.escape(repository)} +{tag} ", r.stdout, re.M), r.stdout
+
+    def images_loaded(s: Session, r: Result) -> None:
+        claim(s, "loaded N image(s) into the Docker Engine: REF, ...", r)
+
+    def backed_up(s: Session, r: Result) -> None:
+        (backup,) = s.path("/var/backups").glob("chiron-state-*.tgz")
+        assert backup.stat().st_mode & 0o777 == 0o600  # "only root may read it"
+
+    def new_arrives(s: Session) -> None:
+        deliver(image_series[1], appliances, "new.pex")
+
+    def upgraded(s: Session, r: Result) -> None:
+        claim(s, "upgraded to NAME VERSION (...)", r)
+        claim(s, "previous release kept: ID", r)
+        releases["1.1.0"] = release_of(r.stdout)
+        assert f"previous release kept: {releases['1.0.0']}" in r.stdout
+        # "`./new.pex upgrade --prefix /opt/chiron` hands over to /opt/chiron/bin/chiron by itself and prints
+        # a notice saying so", and "Running the same upgrade again changes nothing: it exits 0, loads no
+        # images, and the audit log records noop."
+        again = s.sh("./new.pex upgrade --prefix /opt/chiron")
+        assert "notice:" in again.output and "/opt/chiron/bin/chiron" in s.rooted(again.output), again.output
+        assert "loaded" not in again.output
+        last = json.loads((prefix / "state" / "audit.jsonl").read_text().splitlines()[-1])
+        assert last["op"] == "upgrade" and last["result"] == "noop", last
+        older = s.sh("/opt/chiron/bin/chiron upgrade /srv/appliances/chiron.pex --prefix /opt/chiron", exits=4)
+        exit_row(s, 4, "metadata: rollback refused", older)
+
+    def delta_made(s: Session) -> None:
+        # On the mirror host: a delta of the next appliance against the inventory carried out.
+        _run(VENV_CHIRON, "delta", s.cwd / "inventory.json", image_series[2], "-o", appliances / "demo-1.0.0-N.delta")
+
+    def upgraded_from_delta(s: Session, r: Result) -> None:
+        assert "upgraded to demo 1.2.0" in r.stdout, r.output
+        releases["1.2.0"] = release_of(r.stdout)
+
+    def rolled_back(s: Session, r: Result) -> None:
+        claim(s, "rolled back to", r)
+        assert (prefix / "current").resolve().name == releases["1.1.0"]
+
+    def which_backup(s: Session) -> None:
+        (backup,) = s.path("/var/backups").glob("chiron-state-*.tgz")
+        s.bind("YYYYMMDDTHHMMSSZ", backup.name.removeprefix("chiron-state-").removesuffix(".tgz"))
+
+    def disagrees(s: Session, r: Result) -> None:
+        # The backup was taken after the install; two upgrades and a rollback happened since.
+        exit_row(s, 4, "the state disagrees with the disk (restored from an older backup?)", r)
+        # "Before step 5 it [audit verify] exits 1 with `entries after N were lost: ...`."
+        lost = s.sh("/opt/chiron/bin/chiron audit verify --prefix /opt/chiron", exits=1)
+        claim(s, "entries after N were lost: /opt/chiron/audit.head records M (state restored from a backup?)", lost)
+
+    def adopted(s: Session, r: Result) -> None:
+        claim(s, "adopted the live release ID", r)
+        assert releases["1.1.0"] in r.stdout
+
+    def intact_after_recover(s: Session, r: Result) -> None:
+        assert "lost" in r.output, r.output  # the loss is listed as a notice
+        recover = [json.loads(line) for line in (prefix / "state" / "audit.jsonl").read_text().splitlines()][-1]
+        assert recover["op"] == "recover" and recover.get("lost_entries"), recover
+
+    def final_status(s: Session, r: Result) -> None:
+        assert f"current: demo 1.1.0 (release {releases['1.1.0']}" in r.stdout, r.stdout
+        assert releases["1.2.0"] in r.output  # the release installed after the backup, which state.json does not know
+        # The backup's current release (1.0.0) is gone from disk: it is not named previous, and rollback
+        # says there is none (not a dangling switch); 1.2.0, unknown to the backup, is not trusted for one.
+        assert "\nprevious: -\n" in r.stdout, r.stdout
+        # "If it warns about a release state.json does not know ..., remove it: rm -rf /opt/chiron/releases/ID"
+        s.bind("ID", releases["1.2.0"])
+        s.sh("rm -rf /opt/chiron/releases/ID")
+        assert "does not know" not in s.sh("/opt/chiron/bin/chiron status --prefix /opt/chiron").output
+        back = s.sh("/opt/chiron/bin/chiron rollback --prefix /opt/chiron", exits=4)
+        exit_row(s, 4, "no previous release", back)
+
+    run_runbook(
+        s,
+        [
+            Hook("ssh-keygen -Y verify", after=lambda s, r: claim(s, 'Good "chiron-appliance" signature', r)),
+            Hook("./chiron.pex doctor", after=lambda s, r: assert_ready(r)),
+            Hook("./chiron.pex install", after=installed),
+            Hook("/opt/chiron/bin/chiron status", after=first_status),
+            Hook("docker images", after=images_listed),
+            Hook("images load --prefix", after=images_loaded),
+            Hook("tar -C /opt/chiron -czf", after=backed_up),
+            Hook("upgrade /srv/appliances/new.pex", before=new_arrives, after=upgraded),
+            Hook("upgrade /srv/appliances/demo-1.0.0-N.delta", before=delta_made, after=upgraded_from_delta),
+            Hook("chiron rollback", after=rolled_back),
+            Hook("rm -rf /opt/chiron/state", before=which_backup),
+            Hook("/opt/chiron/bin/chiron status", occurrence=3, after=disagrees),
+            Hook("/opt/chiron/bin/chiron recover", after=adopted),
+            Hook("audit verify", occurrence=2, after=intact_after_recover),
+            Hook("/opt/chiron/bin/chiron status", occurrence=4, after=final_status),
+        ],
+    )
+
+
+# ---------------------------------------------------------------- mirror-refresh.md
+
+
+def keys_dir_spec(directory: Path, index_url: str) -> Path:
+    """A cp311 spec whose keys are found through CHIRON_KEYS_DIR, as the default bundle's are."""
+    return write_spec(directory, keys=Path("${CHIRON_KEYS_DIR}"), index_url=index_url, requirements=["alpha>=1.0"])
+
+
+def test_mirror_refresh(  # type: ignore[no-untyped-def]
+    new_session,
+    keys: Path,
+    upstream: LocalIndex,
+    tool_wheels: Path,
+    session_cache: Path,
+    tool_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Set up a mirror host from an appliance (section 0), make a store from a spec (1), review, verify
+    and carry a change as a delta to a host that upgrades from it (3), and force a new version (5)."""
+    s = new_session("mirror-refresh.md")
+    shutil.copytree(keys, s.path("/srv/chiron/keys"))
+    spec = keys_dir_spec(s.path("/srv/spec"), upstream.url)
+    monkeypatch.setenv("CHIRON_KEYS_DIR", str(keys))
+    built = do_build(spec, s.root / "dist" / "chiron.pex", tool_wheels, session_cache, epoch=int(time.time()) - 600)
+    deliver(built.output, s.path("/srv/chiron"))
+    s.cd(s.path("/srv/chiron"))
+    s.path("/srv/chiron/tool-wheels").symlink_to(tool_wheels)
+    allowed = s.path("/path/to/allowed_signers")
+    allowed.parent.mkdir(parents=True)
+    shutil.copyfile(keys / "allowed_signers", allowed)
+    s.bind("HEX", fingerprint(keys / "1.root.json"))
+    store = s.path("/srv/chiron/store")
+
+    def initialised(s: Session, r: Result) -> None:
+        assert (store / "state.json").is_file() and (store / "spec" / "appliance.toml").is_file()
+
+    def reused(s: Session, r: Result) -> None:
+        assert "the tool of version" in r.output and "is reused" in r.output, r.output  # no tool wheels needed
+
+    def new_store(s: Session) -> None:
+        # Section 1 is the other way to start: a store made from the spec (the one of section 0 moves aside).
+        store.rename(store.with_name("store-from-appliance"))
+        shutil.copytree(tool_cache, store / "artifacts" / "tool")  # the tool zip built from these wheels
+
+    def first_run(s: Session, r: Result) -> None:
+        assert f"root fingerprint: {fingerprint(keys / '1.root.json')}" in r.stdout, r.stdout
+        assert (store / "state.json").is_file()
+
+    def status(s: Session, r: Result) -> None:
+        assert f"root fingerprint: {fingerprint(keys / '1.root.json')}" in r.stdout, r.stdout
+
+    def a_change(s: Session) -> None:
+        # A scheduled run finds beta 1.1 upstream; a host runs the appliance before it.
+        (running,) = (store / "appliances").glob("*.pex")
+        make_wheel(upstream.directory, "beta", "1.1")
+        changed = s.sh("chiron mirror refresh --store /srv/chiron/store")
+        claim(s, "built STORE/appliances/NAME-VERSION-N.pex (...)", changed)
+        new = Path(changed.stdout.split()[1])
+        assert new.parent == store / "appliances" and new != running
+        s.bind("NEW.pex", new)
+        s.bind("PREVIOUS.pex", running)
+        s.bind("RUNNING.pex", running)
+        s.sh(f"chiron install {running} --prefix /opt/chiron --root-sha256 HEX")
+
+    def changelog(s: Session, r: Result) -> None:
+        assert re.search(r"beta\s+1\.0\s*->\s*1\.1|beta 1\.0 -> 1\.1|beta.*1\.0.*1\.1", r.output), r.output
+
+    def upgraded(s: Session, r: Result) -> None:
+        assert "upgraded to demo 1.0.0+" in r.stdout, r.output
+        python = s.path("/opt/chiron/current/venv/bin/python")
+        assert _run(python, "-c", "import beta; print(beta.__version__)").stdout.strip() == "1.1"
+
+    def forced(s: Session, r: Result) -> None:
+        assert r.stdout.startswith("built "), r.output
+
+    run_runbook(
+        s,
+        [
+            Hook("./chiron.pex mirror init", after=initialised),
+            Hook("./chiron.pex mirror refresh", after=reused),
+            Hook("chiron mirror refresh /srv/spec/appliance.toml", before=new_store, after=first_run),
+            Hook("chiron mirror status", after=status),
+            Hook("chiron diff PREVIOUS.pex NEW.pex", before=a_change, after=changelog),
+            Hook("upgrade NEW.delta", after=upgraded),
+            Hook("--force", after=forced),
+        ],
+    )
+
+
+# ---------------------------------------------------------------- disaster-recovery.md
+
+
+def test_disaster_recovery(  # type: ignore[no-untyped-def]
+    new_session, keys: Path, upstream: LocalIndex, tool_wheels: Path, session_cache: Path
+) -> None:
+    """Rebuild byte for byte (section 1), build the next release from the last appliance (2), restore a
+    mirror store from it with and without --spec and refresh on (3), and replace a host (4)."""
+    s = new_session("disaster-recovery.md")
+    work = s.root / "work"  # the build host's checkout: bundle/ (the spec), build/dev-keys, dist/
+    shutil.copytree(keys, work / "build" / "dev-keys")
+    (work / "build" / "tool-wheels").symlink_to(tool_wheels)
+    spec = write_spec(
+        work / "bundle",
+        keys=Path("${CHIRON_KEYS_DIR:-../build/dev-keys}"),  # as bundle/appliance.toml names them
+        index_url=upstream.url,
+        requirements=["alpha>=1.0"],
+    )
+    last = do_build(spec, work / "dist" / "chiron.pex", tool_wheels, session_cache, epoch=int(time.time()) - 600)
+    shutil.copyfile(last.output, work / "last.pex")
+    shutil.copyfile(f"{last.output}.sig", work / "last.pex.sig")
+    s.cd(work)
+    s.bind("HEX", fingerprint(keys / "1.root.json"))
+    store = s.path("/srv/chiron/store")
+    metadata_version = _json(VENV_CHIRON, "verify", last.output, "--root", keys / "1.root.json")["roles"]["targets"][
+        "version"
+    ]
+
+    def identical(s: Session, r: Result) -> None:
+        assert "byte-identical" in r.output or "identical" in r.output, r.output
+
+    def extracted(s: Session, r: Result) -> None:
+        assert (work / "recovered" / "spec" / "appliance.toml").read_bytes() == spec.read_bytes()
+
+    original = spec.read_text()
+
+    def raise_version(s: Session) -> None:
+        # "Raise [appliance].version in bundle/appliance.toml."
+        spec.write_text(original.replace('version = "1.0.0"', 'version = "1.1.0"', 1))
+
+    def spec_of_the_store(s: Session) -> None:
+        # Section 3 is another disaster: the mirror's spec (in version control) is the one last.pex was made from.
+        spec.write_text(original)
+
+    def next_built(s: Session, r: Result) -> None:
+        report = _json(VENV_CHIRON, "verify", work / "dist" / "next.pex", "--root", keys / "1.root.json")
+        assert report["ok"] and report["appliance"]["version"] == "1.1.0"
+        assert report["roles"]["targets"]["version"] > metadata_version
+
+    def restored(s: Session, r: Result) -> None:
+        assert (store / "state.json").is_file() and f"metadata version {metadata_version}" in r.output, r.output
+
+    def no_op(s: Session, r: Result) -> None:
+        assert r.stdout.startswith("up to date"), r.output
+        assert "the tool of version" in r.output and "is reused" in r.output  # "It needs no tool wheels"
+
+    def something_new(s: Session) -> None:
+        make_wheel(upstream.directory, "beta", "1.1")
+
+    def next_version(s: Session, r: Result) -> None:
+        assert f"metadata version {metadata_version + 1}," in r.stdout, r.output  # "version N+1"
+
+    def fresh_host(s: Session) -> None:
+        # Without --spec: on another new mirror host, where the spec was kept in /srv/spec (built from there).
+        store.rename(store.with_name("store-with-spec"))
+        shutil.copytree(work / "bundle", s.path("/srv/spec"))
+        shutil.copytree(keys, s.path("/srv/build/dev-keys"))
+
+    def restored_without_spec(s: Session, r: Result) -> None:
+        assert (store / "spec" / "appliance.toml").is_file(), r.output
+
+    def latest_delivered(s: Session) -> None:
+        # A host is replaced: it gets the newest appliance of the store (the one restored with --spec).
+        newest = max((store.with_name("store-with-spec") / "appliances").glob("*.pex"))
+        deliver(newest, work, "chiron.pex")
+        # and the old host's disk survived, holding its audit log
+        old = s.root / "old-host"
+        s.sh(f"chiron install last.pex --prefix {old} --root-sha256 HEX")
+        s.bind("OLD", old)
+
+    def replaced(s: Session, r: Result) -> None:
+        assert f"installed demo 1.0.0+{metadata_version + 1}" in r.stdout, r.output
+
+    run_runbook(
+        s,
+        [
+            Hook("--check", after=identical),
+            Hook("--check --online", after=identical),
+            Hook("chiron extract last.pex", after=extracted),
+            Hook("chiron build bundle/appliance.toml", before=raise_version, after=next_built),
+            Hook("--spec bundle/appliance.toml", before=spec_of_the_store, after=restored),
+            Hook("chiron mirror refresh --store /srv/chiron/store", after=no_op),
+            Hook(
+                "chiron mirror refresh --store /srv/chiron/store",
+                occurrence=2,
+                before=something_new,
+                after=next_version,
+            ),
+            Hook("--base /srv/spec", before=fresh_host, after=restored_without_spec),
+            Hook("./chiron.pex verify", before=latest_delivered),
+            Hook("./chiron.pex install", after=replaced),
+        ],
+    )
+
+
+def _json(*argv: str | Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(_run(*argv, "--json").stdout)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- compromised-key.md
+
+
+def test_compromised_targets_key(  # type: ignore[no-untyped-def]
+    new_session, keys: Path, upstream: LocalIndex, tool_wheels: Path, seeded
+) -> None:
+    """A store-managed appliance whose targets key leaks: rotate it (section 1), point the spec at the
+    chain and the new key (2), ship it from the store to a host (3), rotate a root key (4), check (6)."""
+    from chiron.engines import mirror
+
+    s = new_session("compromised-key.md")
+    offline = s.path("/srv/spec")  # the machine that holds the root directory: keys/root, beside the spec
+    root_dir = offline / "keys" / "root"
+    shutil.copytree(keys, root_dir)  # development keys: 1.root.json among the .pem files
+    spec = write_spec(offline, keys=Path("keys/root"), index_url=upstream.url, requirements=["alpha>=1.0"])
+    store = seeded(s.path("/srv/chiron/store"))
+    first = mirror.refresh(mirror.RefreshOptions(store=store, spec=spec, tool_wheels=tool_wheels, show_progress=False))
+    assert first.appliance is not None
+    suspect = first.appliance  # signed with the old chain and the old targets key
+    s.cd(offline)
+    s.bind("HEX", fingerprint(keys / "1.root.json"))
+    s.sh(f"chiron install {first.appliance} --prefix /opt/chiron --root-sha256 HEX")
+    for name in ("new-targets", "new-holder"):  # the new keys' holders send their public halves (keys.md)
+        s.sh(
+            f"openssl genpkey -algorithm ed25519 -out {name}.pem && openssl pkey -in {name}.pem -pubout -out {name}.pub"
+        )
+    holder = s.path("/path/to/holder.pem")
+    holder.parent.mkdir(parents=True)
+    shutil.copyfile(keys / "root.pem", holder)
+    s.bind("N.root.json", "1.root.json")
+    s.bind("N+1.root.json", "2.root.json")
+    root_v1 = json.loads((root_dir / "1.root.json").read_text())["signed"]
+    old_targets = root_v1["roles"]["targets"]["keyids"]
+    s.bind("STOLEN_KEYID", root_v1["roles"]["root"]["keyids"][0])
+    newest: dict[str, str] = {}
+
+    def keyids_listed(s: Session, r: Result) -> None:
+        assert r.stdout.strip() == repr(old_targets), r.stdout
+        s.bind("OLD_KEYID", old_targets[0])
+
+    def rotated(s: Session, r: Result) -> None:
+        assert (root_dir / "2.root.json").is_file()
+
+    def point_the_spec(s: Session) -> None:
+        # Section 2, step 2 first (the new key's URI), to see what step 1 warns of: trust.root still names
+        # one file, which does not list the new key.
+        text = spec.read_text().replace("file2:keys/root/targets.pem", "file2:new-targets.pem")
+        spec.write_text(text)
+        refused = s.sh("chiron mirror refresh /srv/spec/appliance.toml --store /srv/chiron/store --force", exits=2)
+        assert "is not a targets key of the root metadata (root v1" in refused.output, refused.output
+        assert "trust.root must name the DIRECTORY" in refused.output, refused.output
+        # Step 1: trust.root names the directory.
+        spec.write_text(text.replace('root = "keys/root/1.root.json"', 'root = "keys/root"'))
+
+    def shipped(s: Session, r: Result) -> None:
+        match = re.search(r"^newest root \(version 2\): ([0-9a-f]{64})$", r.stdout, re.M)
+        assert match, r.output
+        newest["sha256"] = match[1]
+        appliance = Path(r.stdout.split()[1])
+        deliver(appliance, s.path("/srv/appliances"), "new.pex")
+        deliver(appliance, offline, "new.pex")
+        deliver(suspect, offline, "suspect.pex")
+
+    def published(s: Session, r: Result) -> None:
+        assert r.stdout.split()[0] == newest["sha256"] == _sha256(root_dir / "2.root.json")
+
+    def host_follows(s: Session, r: Result) -> None:
+        assert re.search(r"^trusted root +v2 ", r.stdout, re.M), r.stdout
+
+    def refused(s: Session, r: Result) -> None:
+        assert "signature check failed" in r.output, r.output
+
+    run_runbook(
+        s,
+        [
+            Hook("python3 -c", after=keyids_listed),
+            Hook("keys rotate targets", after=rotated),
+            Hook("chiron mirror refresh /srv/spec/appliance.toml", before=point_the_spec, after=shipped),
+            Hook("sha256sum", after=published),
+            Hook("/opt/chiron/bin/chiron status", after=host_follows),
+            Hook("chiron verify suspect.pex", after=refused),
+        ],
+    )
+
+
+# ---------------------------------------------------------------- fleet-through-registry.md
+
+
+def test_fleet_through_the_enclave_registry(  # type: ignore[no-untyped-def]
+    new_session, image_series: list[Path], keys: Path, tmp_path: Path
+) -> None:
+    """Publish to a registry with TLS (a site CA) and credentials, check it with skopeo, install a host
+    from it, move the tag (step 1 again with the next file) and upgrade the host from the tag."""
+    from dataclasses import replace
+
+    if shutil.which("htpasswd") is None:
+        pytest.skip("NO htpasswd: tests/provision.py installs apache2-utils")
+    ca, cert, key = make_tls(tmp_path / "tls")
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(_run("htpasswd", "-Bbn", "chiron", "s3cret").stdout.strip() + "\n")
+    registry = start_registry(tmp_path / "registry", htpasswd, (cert, key))
+    try:
+        s = new_session("fleet-through-registry.md")
+        work = s.root / "station"  # where the appliance enters the enclave
+        deliver(image_series[1], work, "demo-1.1.0.pex")
+        deliver(image_series[2], work, "demo-1.2.0.pex")
+        shutil.copyfile(keys / "allowed_signers", work / "allowed_signers")
+        shutil.copyfile(ca, work / "site-ca.pem")
+        token = base64.b64encode(b"chiron:s3cret").decode()
+        auth = json.dumps({"auths": {registry.address: {"auth": token}}})
+        (work / "publisher-auth.json").write_text(auth)
+        hosts_auth = s.root / "host-auth.json"  # the hosts' pull credentials, found at $REGISTRY_AUTH_FILE
+        hosts_auth.write_text(auth)
+        hosts_auth.chmod(0o600)
+        s.export("REGISTRY_AUTH_FILE", str(hosts_auth))
+        s.cd(work)
+        s.bind("registry.enclave:5000", registry.address)
+        s.bind("HEX", fingerprint(keys / "1.root.json"))
+        step1 = blocks(s.doc.read_text())[0].commands()
+
+        def published(s: Session, r: Result) -> None:
+            assert "published demo 1.1.0" in r.stdout, r.output
+
+        def site_ca_trusted(s: Session) -> None:
+            # skopeo has no --ca-file: the site CA is in the system's trust store, here through the variable
+            # Go reads for it.
+            s.export("SSL_CERT_FILE", str(work / "site-ca.pem"))
+
+        def inspected(s: Session, r: Result) -> None:
+            s.unset("SSL_CERT_FILE")
+            assert '"application/vnd.chiron.appliance.v1"' in r.stdout and '"1.1.0"' in r.stdout, r.stdout
+
+        def installed(s: Session, r: Result) -> None:
+            assert "installed demo 1.1.0" in r.stdout, r.output
+
+        def tag_moved(s: Session) -> None:
+            # "Move the tag (step 1 with the new file)"
+            for command in step1:
+                s.check(s.run(replace(command, text=command.text.replace("demo-1.1.0", "demo-1.2.0"))))
+
+        def upgraded(s: Session, r: Result) -> None:
+            assert "upgraded to demo 1.2.0" in r.stdout, r.output
+
+        run_runbook(
+            s,
+            [
+                Hook("chiron publish", after=published),
+                Hook("skopeo inspect", before=site_ca_trusted, after=inspected),
+                Hook("chiron install oci://", after=installed),
+                Hook("chiron upgrade oci://", before=tag_moved, after=upgraded),
+            ],
+        )
+    finally:
+        registry.stop()
+
+
+# ---------------------------------------------------------------- docs/mirror.md, "Scheduling"
+
+
+def scheduling_section() -> str:
+    text = (RUNBOOKS.parent / "mirror.md").read_text()
+    start = text.index("\n## Scheduling\n")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def systemd_service(section: str) -> dict[str, list[str]]:
+    """The directives of the service unit (the ```ini block with a [Service] section): name -> values."""
+    (unit,) = [b for b in blocks(section, ("ini",)) if "[Service]" in b.text]
+    directives: dict[str, list[str]] = {}
+    for line in unit.text.splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            name, _, value = line.partition("=")
+            directives.setdefault(name.strip(), []).append(value.strip())
+    return directives
+
+
+def test_mirror_scheduling_runs_as_printed(  # type: ignore[no-untyped-def]
+    new_session, keys: Path, upstream: LocalIndex, tool_wheels: Path, seeded, operator_home: Path
+) -> None:
+    """The systemd unit and the cron line of docs/mirror.md, run literally against a store.
+
+    systemd itself cannot run here: the unit's Environment= and ExecStart= lines are taken from the
+    Markdown and run as systemd would (no shell; stdout appended to the StandardOutput= file, stderr
+    kept as the journal), and so is the ExecStartPost= line the text suggests. The cron line runs in
+    /bin/sh with cron's minimal environment. Every run appends ONE JSON object to refresh.jsonl, a
+    failed run a chiron.error/1 object, so the file is JSON Lines.
+    """
+    from chiron.engines import mirror
+
+    s = new_session("mirror-refresh.md")  # its paths, and its table of failures (section 4)
+    spec = write_spec(s.path("/srv/spec"), keys=keys, index_url=upstream.url, requirements=["alpha>=1.0"])
+    store = seeded(s.path("/srv/chiron/store"))
+    mirror.refresh(mirror.RefreshOptions(store=store, spec=spec, tool_wheels=tool_wheels, show_progress=False))
+    s.path("/srv/chiron/tool-wheels").symlink_to(tool_wheels)
+    section = scheduling_section()
+    unit = systemd_service(section)
+
+    # ---- systemd: LogsDirectory=chiron makes /var/log/chiron; User= and the timer are systemd's business.
+    assert unit["LogsDirectory"] == ["chiron"]
+    s.path("/var/log/chiron").mkdir(parents=True)
+    (append,) = unit["StandardOutput"]
+    assert append.startswith("append:")
+    jsonl = s.path(append.removeprefix("append:"))
+    environment = dict(pair.split("=", 1) for value in unit["Environment"] for pair in shlex.split(value))
+    env = {**s.env, **{k: s.substitute(v) for k, v in environment.items()}}
+    (exec_start,) = unit["ExecStart"]
+    # "Add it to the scheduled job after the refresh, for example `ExecStartPost=...`" (section Pruning)
+    (exec_post,) = re.findall(r"`ExecStartPost=([^`]+)`", (RUNBOOKS.parent / "mirror.md").read_text())
+
+    def systemd_run(command: str) -> subprocess.CompletedProcess[bytes]:
+        argv = [s.substitute(arg) for arg in shlex.split(command)]
+        with jsonl.open("ab") as out:
+            return subprocess.run(argv, env=env, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+    quiet = systemd_run(exec_start)
+    make_wheel(upstream.directory, "beta", "1.1")
+    changed = systemd_run(exec_start)
+    pruned = systemd_run(exec_post)
+    for proc in (quiet, changed, pruned):
+        assert proc.returncode == 0, proc.stderr.decode()
+        journal = proc.stderr.decode().splitlines()
+        assert all(isinstance(json.loads(line), dict) for line in journal), journal  # --log-format json
+    runs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["changed"] for r in runs[:2]] == [False, True] and runs[0]["schema"] == "chiron.mirror-refresh/1"
+    assert runs[2]["schema"] == "chiron.mirror-prune/1"  # ExecStartPost's stdout goes to the same file
+
+    # ---- cron: the five time fields, then a /bin/sh command line, run with cron's environment.
+    (cron,) = blocks(section, ("cron",))
+    (entry,) = [line for line in cron.text.splitlines() if line.strip() and not line.startswith("#")]
+    command = s.substitute(entry.split(None, 5)[5])
+    cron_env = {"HOME": str(operator_home), "LOGNAME": "chiron", "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
+
+    def cron_run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/bin/sh", "-c", command], env=cron_env, capture_output=True, text=True)
+
+    ok = cron_run()
+    assert ok.returncode == 0 and not ok.stdout, ok  # nothing for cron to mail
+    spec.write_text(spec.read_text().replace(upstream.url, "http://127.0.0.1:9/simple"))  # the index is down
+    failed = cron_run()
+    assert failed.stdout == "chiron refresh failed: exit 3\n", failed  # mailed by cron
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == len(runs) + 2
+    objects = [json.loads(line) for line in lines]  # JSON Lines: one object per line, per run
+    assert objects[-2]["schema"] == "chiron.mirror-refresh/1" and not objects[-2]["changed"]
+    assert objects[-1]["schema"] == "chiron.error/1" and objects[-1]["exit_code"] == 3, objects[-1]
+    assert "cannot reach the package index" in s.path("/var/log/chiron/refresh.err").read_text()
+    down = s.sh("chiron mirror refresh --store /srv/chiron/store", exits=3)
+    exit_row(s, 3, "environment ENV: cannot reach the package index at URL: REASON", down)
