@@ -1,10 +1,10 @@
 """The command line: wiring only (options, rendering, command groups); the logic lives in the engines.
 
-``app`` holds the typer application and ``main``; the commands are in ``archive``, ``host``, ``keys``
-and ``mirror``. Heavy modules (tuf, pydantic models, rich, OpenTelemetry) are imported inside the
-commands so that ``--help`` stays fast.
+``app`` holds the typer application and what the command modules share, ``entry`` holds ``main``; the
+commands are in the other modules, one per command group. Heavy modules (tuf, pydantic models, rich,
+OpenTelemetry) are imported inside the commands so that ``--help`` stays fast.
 """
 
-from chiron.cli.app import main
+from chiron.cli.entry import main
 
 __all__ = ["main"]
