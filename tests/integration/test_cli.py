@@ -190,7 +190,8 @@ def test_os_errors_are_environment_errors(tmp_path: Path, capsys: pytest.Capture
 def _tree():  # type: ignore[no-untyped-def]
     import typer
 
-    from chiron.cli.app import app, register_commands
+    from chiron.cli.app import app
+    from chiron.cli.entry import register_commands
 
     register_commands()
     return typer.main.get_command(app)
