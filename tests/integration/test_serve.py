@@ -433,9 +433,13 @@ def test_a_site_refreshes_by_job_and_its_hosts_upgrade_and_report(
     try:
         env = {**os.environ, "CHIRON_TOKEN": toks["host"]}
         for name in ("a", "b"):
-            host.install(
+            installed = host.install(
                 host.InstallOptions(archive=first.appliance, prefix=tmp_path / name, root_file=keys / "1.root.json")
             )  # type: ignore[arg-type]
+            # The host's key is made at install, named after the hostname; the first receipt renames it.
+            made = [n for n in installed.notices if n.startswith("host key made: ")]
+            assert made and (tmp_path / name / "state" / "identity" / "host-key.pem").is_file(), installed.notices
+            key_sha256 = made[0].split(" key sha256 ")[1].split()[0]
             refused = run(
                 "receipt",
                 "--prefix",
@@ -450,6 +454,8 @@ def test_a_site_refreshes_by_job_and_its_hosts_upgrade_and_report(
             assert refused.returncode == 4 and "enrolment sent" in refused.stderr, refused.stderr
             assert get_json(svc.url, f"/v1/hosts/host-{name}/approve", toks["admin"], "POST", {})[0] == 200
             run("receipt", "--prefix", str(tmp_path / name), "--server", svc.url, env=env)
+            shown = run("receipt", "--prefix", str(tmp_path / name), "--show-key").stdout
+            assert shown.strip() == f"host-{name} key sha256 {key_sha256}", shown
         assert all(h["behind"] is False for h in _fleet(svc, toks).values())
 
         make_wheel(upstream.directory, "beta", "1.1")

@@ -185,8 +185,12 @@ def test_host_identity_is_made_once_and_kept(tmp_path: Path) -> None:
     first = receipts.ensure_identity(state, "web-01")
     assert (state / "identity" / "host-key.pem").stat().st_mode & 0o777 == 0o600
     assert receipts.ensure_identity(state) == first == receipts.load_identity(state)
-    with pytest.raises(UsageError, match="already 'web-01'"):
-        receipts.ensure_identity(state, "web-02")
+    # Until a receipt is numbered, a name given later wins (install names it after the hostname).
+    renamed = receipts.ensure_identity(state, "web-02")
+    assert (renamed.host, renamed.public) == ("web-02", first.public) and receipts.load_identity(state) == renamed
+    (state / "identity" / "seq.json").write_text('{"seq": 1}')
+    with pytest.raises(UsageError, match="already 'web-02'"):
+        receipts.ensure_identity(state, "web-03")
     with pytest.raises(UsageError, match="host id"):
         receipts.ensure_identity(tmp_path / "other", "bad/name")
     info = json.loads((state / "identity" / "host.json").read_text())

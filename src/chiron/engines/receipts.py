@@ -4,9 +4,9 @@ A receipt says which release the host runs, the TUF metadata versions it trusts,
 and result, and the head of its audit log. It is signed over its canonical JSON, so it can travel
 to a ``chiron serve`` over the network or out of the enclave on media, and be checked anywhere.
 
-The host's identity lives beside its state, in ``STATE/identity/``: ``host-key.pem`` (PKCS#8, mode
-0600, made the first time a receipt is asked for), ``host.json`` (the host id and the public key),
-and ``seq.json``, the number of the last receipt. Each receipt takes the next number and the number
+The host's identity (``chiron.engines.host.identity``: its key, made at the first install or, for a
+host installed before, at its first receipt) lives in ``STATE/identity/``, with ``seq.json``, the
+number of the last receipt. Each receipt takes the next number and the number
 is on disk before the receipt leaves, so a server that remembers the last number it accepted from a
 host refuses a replayed (or older) receipt.
 """
@@ -14,11 +14,7 @@ host refuses a replayed (or older) receipt.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import re
-import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,13 +22,21 @@ from typing import Any
 from chiron import __version__
 from chiron.core import audit as _audit
 from chiron.core import filelock as _lockfile
-from chiron.core.fs import write_atomic, write_private
+from chiron.core.fs import write_atomic
 from chiron.core.text import canonical_json
+from chiron.engines.host.identity import (
+    HOST_ID,
+    Identity,
+    ensure_identity,
+    fingerprint,
+    identity_dir,
+    key_raw,
+    key_text,
+    load_identity,
+)
 from chiron.errors import HostStateError, UsageError, VerificationError
 
 SCHEMA = "chiron.receipt/1"
-HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-KEY_PREFIX = "ed25519:"
 MAX_RECEIPT = 64 << 10  # bytes of JSON: far more than a receipt needs, little enough to parse anywhere
 FIELDS = {
     "schema",
@@ -56,104 +60,6 @@ FIELDS = {
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def key_text(raw: bytes) -> str:
-    return KEY_PREFIX + base64.b64encode(raw).decode()
-
-
-def key_raw(text: str) -> bytes:
-    """The 32 raw bytes of an ``ed25519:BASE64`` public key; UsageError if it is not one."""
-    if not text.startswith(KEY_PREFIX):
-        raise UsageError(f"key {text[:40]!r}: not an ed25519:BASE64 public key")
-    try:
-        raw = base64.b64decode(text.removeprefix(KEY_PREFIX), validate=True)
-    except ValueError:
-        raise UsageError("key: not valid base64") from None
-    if len(raw) != 32:
-        raise UsageError(f"key: {len(raw)} bytes, an Ed25519 public key has 32")
-    return raw
-
-
-def fingerprint(raw: bytes) -> str:
-    """sha256 of the raw public key: what an admin compares before approving a host."""
-    return hashlib.sha256(raw).hexdigest()
-
-
-@dataclass(frozen=True)
-class Identity:
-    host: str
-    public: bytes
-    directory: Path
-
-    @property
-    def key_sha256(self) -> str:
-        return fingerprint(self.public)
-
-    def as_dict(self) -> dict[str, str]:
-        return {"host": self.host, "key": key_text(self.public), "key_sha256": self.key_sha256}
-
-
-def identity_dir(state: Path) -> Path:
-    return state / "identity"
-
-
-def load_identity(state: Path) -> Identity | None:
-    """The host's identity, None if it has none yet; HostStateError if its files do not agree."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
-
-    d = identity_dir(state)
-    key_file, host_file = d / "host-key.pem", d / "host.json"
-    if not key_file.exists() and not host_file.exists():
-        return None
-    try:
-        key = load_pem_private_key(key_file.read_bytes(), password=None)
-        info = json.loads(host_file.read_text())
-        host = str(info["host"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise HostStateError(
-            f"{d}: the host identity is damaged ({exc})",
-            hint="restore it from backup; a new key must be approved on the server again",
-        ) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise HostStateError(f"{key_file}: not an Ed25519 private key")
-    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    if info.get("key") != key_text(public):
-        raise HostStateError(f"{host_file}: names another key than {key_file} holds (mixed up or tampered)")
-    return Identity(host, public, d)
-
-
-def ensure_identity(state: Path, host: str | None = None) -> Identity:
-    """The host's identity, made (key and id) the first time; ``host`` names it (default: hostname)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        PublicFormat,
-    )
-
-    existing = load_identity(state)
-    if existing is not None:
-        if host is not None and host != existing.host:
-            raise UsageError(
-                f"this host is already '{existing.host}' (its key is in {existing.directory})",
-                hint="drop --host-id, or move that directory away to start over (the server must approve again)",
-            )
-        return existing
-    host = host or socket.gethostname().split(".")[0]
-    if not HOST_ID.match(host):
-        raise UsageError(f"host id '{host}': use letters, digits, '.', '_' and '-' (at most 128)")
-    d = identity_dir(state)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    write_private(d / "host-key.pem", pem)
-    identity = Identity(host, public, d)
-    write_atomic(d / "host.json", (json.dumps(identity.as_dict(), indent=2, sort_keys=True) + "\n").encode())
-    return identity
 
 
 def sign(body: dict[str, Any], key: Any) -> str:

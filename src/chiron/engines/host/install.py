@@ -21,6 +21,7 @@ from chiron.engines.host import release as _release
 from chiron.engines.host import trial as _trial
 from chiron.engines.host.auditlog import audit
 from chiron.engines.host.health import health_check
+from chiron.engines.host.identity import identity_at_install
 from chiron.engines.host.images import load_images
 from chiron.engines.host.paths import (
     KEPT_APPLIANCE,
@@ -94,7 +95,9 @@ def install(opts: InstallOptions) -> HostResult:
             reference_time=ref,
         ) as report:
             notices += report.notices
-            return _apply(paths, opts, "install", report, None, ref, notices)
+            res = _apply(paths, opts, "install", report, None, ref, notices)
+        res.notices += identity_at_install(paths.state)  # under the lock: one identity, however many installs race
+        return res
 
 
 def upgrade(opts: InstallOptions) -> HostResult:
