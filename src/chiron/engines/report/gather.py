@@ -27,13 +27,14 @@ from chiron.archive.manifest import (
     MAX_MANIFEST,
     LockSummary,
     Manifest,
+    ManifestImage,
     parse_lock_summary,
     parse_manifest,
 )
 from chiron.archive.reader import ArchiveReader, sha256_range
 from chiron.core.clock import iso, parse_iso
 from chiron.core.text import plain
-from chiron.engines.report.model import Appliance, Environment, FileRow, Image, PackageRow, Role, Verification
+from chiron.engines.report.model import Appliance, Environment, FileRow, PackageRow, Role, Verification
 from chiron.engines.verify import VerifiedAppliance, VerifyReport, verified
 from chiron.errors import ArtifactError, FormatError, VerificationError
 from chiron.sources import sbom as _sbom
@@ -203,7 +204,7 @@ def appliance(reading: Reading, trust: Trust, *, file: str, size: int, sha256: s
         packages=tuple(sorted(packages.values(), key=lambda p: (p.name, p.version))),
         images=tuple(
             sorted(
-                (Image(i.ref, i.digest, tuple(sorted(i.platforms)), i.size) for i in manifest.images),
+                (ManifestImage(i.ref, i.digest, tuple(sorted(i.platforms)), i.size) for i in manifest.images),
                 key=lambda i: i.ref,
             )
         ),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chiron.archive.manifest import ManifestImage
+
 
 @dataclass(frozen=True)
 class FileRow:
@@ -39,14 +41,6 @@ class Environment:
     @property
     def size(self) -> int:
         return sum(p.size for p in self.packages)
-
-
-@dataclass(frozen=True)
-class Image:
-    ref: str
-    digest: str
-    platforms: tuple[str, ...]
-    size: int
 
 
 @dataclass(frozen=True)
@@ -92,7 +86,7 @@ class Appliance:
     half_life_days: float | None  # half the timestamp's validity: less left than this is a warning
     environments: tuple[Environment, ...]
     packages: tuple[PackageRow, ...]
-    images: tuple[Image, ...]
+    images: tuple[ManifestImage, ...]  # platforms sorted
     images_shared_bytes: int
     targets: int
     sbom: str | None  # "CycloneDX 1.6, sha256 ..." or None for an appliance without one
