@@ -269,6 +269,67 @@ def test_receive_an_appliance_and_then_again(app: Path, root: Path, tmp_path: Pa
     assert again.output == out and again.received_bytes == 0 and "already received" in again.notices[0]
 
 
+def test_a_damaged_file_already_in_place_is_another_file(app: Path, root: Path, tmp_path: Path) -> None:
+    """A file with the appliance's name and metadata but other bytes (a copy cut short, a planted file)
+    is never reported as already received: every byte is hashed against the signed plan."""
+    (tmp_path / "in").mkdir()
+    planted = tmp_path / "in" / "demo.pex"
+    shutil.copyfile(app, planted)
+    _flip(planted, 500_000)
+    with pytest.raises(UsageError, match="already exists and is another file"):
+        receive(app, tmp_path / "in", root_file=root)
+
+
+def test_a_linked_signature_on_a_medium_is_not_copied(app: Path, root: Path, tmp_path: Path) -> None:
+    """A .sig on a medium that is a symlink (to a private file of this host) or is not an SSH signature
+    is left where it is: the untrusted side cannot make receive, join or split publish a local file."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"-----BEGIN SSH SIGNATURE-----\nTOP SECRET\n")
+    secret.chmod(0o600)
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    shutil.copyfile(app, medium / "demo.pex")
+    (medium / "demo.pex.sig").symlink_to(secret)
+    result = receive(medium / "demo.pex", tmp_path / "in", root_file=root)
+    assert result.signature is None and not (tmp_path / "in" / "demo.pex.sig").exists()
+    vols = _split(app, tmp_path / "vols")
+    (tmp_path / "vols" / "demo-1.0.0.sig").symlink_to(secret)
+    joined = join([tmp_path / "vols"], tmp_path / "joined.pex", root_file=root)
+    assert joined.signature is None and not (tmp_path / "joined.pex.sig").exists()
+    (tmp_path / "vols" / "demo-1.0.0.sig").unlink()
+    (tmp_path / "vols" / "demo-1.0.0.sig").write_bytes(b"#!/bin/sh\nnot a signature\n")
+    assert join(vols, tmp_path / "joined2.pex", root_file=root).signature is None
+
+
+def test_a_link_planted_in_the_staging_is_not_written_through(app: Path, root: Path, tmp_path: Path) -> None:
+    """A symlink where receive keeps its staging file or its lock is refused in one line, and the file
+    it points to is untouched."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    vols = _split(app, tmp_path / "vols")
+    inbox = tmp_path / "in"
+    with pytest.raises(VerificationError):  # a first, partial run: makes the staging directory
+        _flip(vols[0], vols[0].stat().st_size - 1)
+        receive(vols[0], inbox, root_file=root)
+    (staged,) = inbox.glob(".chiron-receive/*")
+    for name in ("data", "lock"):
+        target = staged / name
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        target.symlink_to(victim)
+        with pytest.raises(UsageError, match="symbolic link"):
+            receive(vols[1], inbox, root_file=root)
+        assert victim.read_bytes() == b"precious"
+        target.unlink()
+
+
+def test_an_absurd_size_is_one_line() -> None:
+    with pytest.raises(UsageError, match="--size"):
+        parse_size("9" * 400 + ".5T")
+    with pytest.raises(UsageError, match="more than any volume needs"):
+        parse_size("2000000T")
+
+
 def test_receive_volumes_from_several_media_in_several_runs(app: Path, root: Path, tmp_path: Path) -> None:
     app.with_name(app.name + ".sig").write_bytes(b"-----BEGIN SSH SIGNATURE-----\n")
     vols = _split(app, tmp_path / "out")

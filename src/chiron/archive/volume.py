@@ -44,6 +44,7 @@ FORMAT = "chiron-volume/1"
 MAGIC = b"CHIRONVL"
 HEAD = struct.Struct("<8sQ")
 MAX_HEADER = 1 << 20  # a header lists a few hundred carried members at most
+MAX_CARRIED = 256 << 20  # the metadata, manifest, shebang and index every volume carries: read into memory
 MAX_VOLUMES = 9999
 MIN_SIZE = 1 << 20  # the smallest --size split accepts: below it the carried metadata is most of a volume
 MAX_TEXT = 256  # name, version and file name in a header
@@ -159,6 +160,47 @@ def carried_from(reader: ArchiveReader) -> list[tuple[str, bytes]]:
         else:
             out.append((name, reader.read(name, _MAX_CARRIED_MEMBER)))
     return out
+
+
+class Carried:
+    """What a volume of this appliance would carry, read once from the appliance itself: a MemberSource
+    over those bytes, so the TUF client, the plan and the staging key all see one copy, whatever
+    happens to the file meanwhile."""
+
+    def __init__(self, reader: ArchiveReader) -> None:
+        self._reader = reader
+        self.members = carried_from(reader)
+        self._bytes = dict(self.members)
+
+    @property
+    def path(self) -> Path:
+        return self._reader.path
+
+    @property
+    def fd(self) -> int:
+        return self._reader.fd
+
+    @property
+    def layout(self) -> Layout:
+        return self._reader.layout
+
+    def has(self, name: str) -> bool:
+        return name in self._bytes
+
+    def region(self, name: str) -> tuple[int, int]:
+        return self._reader.region(name)
+
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        data = self._bytes.get(name)
+        if data is None:
+            raise FormatError(f"member {plain(name)}: not carried")
+        if limit is not None and len(data) > limit:
+            raise FormatError(f"member {plain(name)}: {len(data)} bytes, more than the {limit} allowed for it")
+        return data
+
+    def sha256(self) -> str:
+        """Equal to any of its volumes' ``carried_sha256``, so the appliance and its volumes share a staging."""
+        return hashlib.sha256(b"".join(data for _name, data in self.members)).hexdigest()
 
 
 def _is_int(value: object, low: int = 0) -> bool:
@@ -295,6 +337,12 @@ class VolumeReader:
                     f"volume is {self.size} bytes, its header says {pos + header.length} "
                     f"({'truncated: an incomplete copy?' if self.size < pos + header.length else 'bytes appended'})"
                 )
+            carried_bytes = pos - self.carried_offset
+            if carried_bytes > MAX_CARRIED:
+                raise FormatError(f"volume carries {carried_bytes} bytes of metadata, more than {MAX_CARRIED}")
+            # Read once: the TUF client, the plan and carried_sha256 all see these bytes, whatever
+            # happens to the file meanwhile (a medium or an inbox rewritten during the run).
+            self._carried_bytes = pread_exact(self.fd, carried_bytes, self.carried_offset)
             self._layout = self._read_layout() if header.kind == "appliance" else None
         except BaseException:
             os.close(self.fd)
@@ -341,18 +389,18 @@ class VolumeReader:
             raise FormatError(f"member {plain(name)}: not carried by {self.path}") from None
 
     def read(self, name: str, limit: int | None = None) -> bytes:
-        """A carried member's bytes, unchecked; refused when longer than ``limit``."""
+        """A carried member's bytes (from the one read of them), unchecked; refused when longer than ``limit``."""
         offset, length = self.region(name)
         if limit is not None and length > limit:
             raise FormatError(f"member {plain(name)}: {length} bytes, more than the {limit} allowed for it")
-        return pread_exact(self.fd, length, offset)
+        at = offset - self.carried_offset
+        return self._carried_bytes[at : at + length]
 
     def carried_sha256(self) -> str:
         """sha256 of everything the volume carries (its carried members one after another): equal in
         every volume of one split, and to the same members read from the appliance itself, so it
         names the build whichever way it arrives (receive keys its staging on it)."""
-        start = self.carried_offset
-        return hashlib.sha256(pread_exact(self.fd, self.data_offset - start, start)).hexdigest()
+        return hashlib.sha256(self._carried_bytes).hexdigest()
 
 
 def manifest_text(header: VolumeHeader, files: list[tuple[str, int, str]]) -> str:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chiron.errors import Refused
+from chiron.errors import Refused, UsageError
+
+_REMOVE = "remove it, then run again"
 
 
 @contextlib.contextmanager
@@ -22,7 +26,17 @@ def hold(
     flock is released by the kernel when the holder dies (even by SIGKILL), so a crashed run never
     leaves the lock stuck; the text in the file only says who holds it.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    # Never through a link or into a FIFO or device planted where the lock goes: the lock file is
+    # truncated and written below.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UsageError(f"{path}: is a symbolic link, not chiron's lock file", hint=_REMOVE) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path}: is not a regular file, not chiron's lock file", hint=_REMOVE)
     try:
         deadline = time.monotonic() + wait
         while True:

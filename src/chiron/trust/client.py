@@ -193,7 +193,8 @@ def _metadata_members(layout: Layout) -> tuple[list[str], list[str]]:
 
 
 def _limit(name: str) -> int:
-    return METADATA_LIMITS["root" if root_member_version(name) is not None else name.split("/")[-1].split(".")[0]]
+    role = "root" if root_member_version(name) is not None else name.split("/")[-1].split(".")[0]
+    return METADATA_LIMITS.get(role, METADATA_LIMITS["targets"])  # a delegated role is bounded as targets
 
 
 def _read(reader: MemberSource, name: str) -> bytes:
@@ -307,7 +308,7 @@ def _run(reader: MemberSource, md_dir: str, bootstrap: bytes | None, when: datet
 
     from chiron.trust.fetcher import ArchiveFetcher
 
-    fetcher = ArchiveFetcher(reader)
+    fetcher = ArchiveFetcher(reader, _limit)
     try:
         updater = Updater(
             metadata_dir=md_dir,

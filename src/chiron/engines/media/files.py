@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import errno
 import shutil
+import stat
 from pathlib import Path
 
 from chiron.core.fs import read_small, write_atomic
 from chiron.errors import EnvironmentProblem
 
 MAX_SIGNATURE = 64 << 10  # an SSH signature is a few hundred bytes
+SSH_SIGNATURE = b"-----BEGIN SSH SIGNATURE-----"
 
 
 def no_space(directory: Path, needed: int, what: str) -> EnvironmentProblem:
@@ -43,10 +45,18 @@ def signature_beside(path: Path) -> Path:
 
 
 def copy_signature(src: Path, dest: Path) -> Path | None:
-    """Copy a detached signature (small, a regular file) to ``dest`` atomically; None if there is none.
+    """Copy a detached signature to ``dest`` atomically; None if there is none.
 
-    It is carried, not checked: ``ssh-keygen -Y verify`` checks it against the joined file."""
-    if not src.is_file():
+    It is carried, not checked: ``ssh-keygen -Y verify`` checks it against the joined file. A medium
+    is untrusted, so only a regular file itself (never what a symlink on it points to: that could be
+    any file of this host, then written out world-readable) holding an armoured SSH signature counts."""
+    try:
+        if not stat.S_ISREG(src.lstat().st_mode):
+            return None
+    except OSError:
         return None
-    write_atomic(dest, read_small(src, MAX_SIGNATURE, "signature"))
+    data = read_small(src, MAX_SIGNATURE, "signature")  # O_NONBLOCK, bounded: a file swapped meanwhile
+    if not data.startswith(SSH_SIGNATURE):
+        return None
+    write_atomic(dest, data)
     return dest

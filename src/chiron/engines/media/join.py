@@ -92,6 +92,9 @@ def join(
     result.warnings += notes(foreign, gathered.unreadable)
     with ExitStack() as stack:
         vols = [stack.enter_context(VolumeReader(f.path)) for f in ordered]
+        for f, v in zip(ordered, vols, strict=True):
+            if v.header != f.header:  # replaced since it was gathered: its ranges were checked for another
+                raise UsageError(f"{f.path}: changed while it was being read; run the same command again")
         plan, units = _plan(vols, anchor, result)
         output.parent.mkdir(parents=True, exist_ok=True)
         ensure_space(output.parent, first.size, output.name)
@@ -188,6 +191,8 @@ def _check_result(vols: list[VolumeReader], checker: Checker, delta: bool) -> No
             problems.append(f"{vol.path}: its bytes do not match the sha256 its header records (a damaged copy)")
         else:
             problems.append(f"{vol.path}: {unit.describe()}: sha256 does not match the signed targets (a damaged copy)")
+    if not problems and not checker.fed_all:  # the checks of complete_set make this unreachable; kept as a guard
+        problems.append(f"the volumes end at byte {checker.position}, before the end of the file")
     if delta and not problems and checker.whole != vols[0].header.sha256:
         problems.append(f"the joined delta does not hash to the sha256 its volumes record ({vols[0].header.sha256})")
     if problems:

@@ -12,7 +12,6 @@ from pathlib import Path
 from chiron.archive import delta as _delta
 from chiron.archive.reader import ArchiveReader, open_regular, pread_exact, sha256_range
 from chiron.archive.toolzip import check_zip
-from chiron.archive.volume import carried_from
 from chiron.engines.media.plan import Plan
 from chiron.engines.media.staging import Staging
 from chiron.engines.media.stream import Checker, pump
@@ -46,22 +45,23 @@ class Incoming:
     whole_sha256: str | None = None  # a delta's volumes: the sha256 the whole must have
 
 
-def key_of_appliance(reader: ArchiveReader) -> str:
-    """sha256 of what every volume of this appliance carries: equal to any of its volumes'
-    ``carried_sha256``, so the appliance and its volumes share a staging."""
-    return hashlib.sha256(b"".join(data for _name, data in carried_from(reader))).hexdigest()
-
-
 def matches(path: Path, incoming: Incoming) -> bool:
-    """Whether the file at ``path`` is the one being received (so receiving it again is done)."""
-    if incoming.kind == "appliance":
-        with ArchiveReader(path) as reader:
-            return key_of_appliance(reader) == incoming.key
+    """Whether the file at ``path`` is the one being received (so receiving it again is done).
+
+    Every byte is hashed again against the signed plan: a file that merely carries the same metadata
+    (a copy cut short or damaged, a file planted there) is another file, never "already received"."""
     fd = open_regular(path)
     try:
         size = os.fstat(fd).st_size
+        if size != incoming.size:
+            return False
         if incoming.whole_sha256 is not None:
-            return size == incoming.size and sha256_range(fd, 0, size) == incoming.whole_sha256
+            return sha256_range(fd, 0, size) == incoming.whole_sha256
+        if incoming.plan.complete:
+            with Checker(incoming.plan.units) as checker:
+                pump(checker, fd, 0, size, 0)
+            return not checker.failed and checker.fed_all
+        # A delta file: only its header is signed here; applying it rebuilds and verifies the whole.
         head = incoming.plan.units[0]
         return hashlib.sha256(pread_exact(fd, head.length, 0)).hexdigest() == incoming.key
     finally:

@@ -25,13 +25,13 @@ from typing import Any
 from chiron.archive import delta as _delta
 from chiron.archive.manifest import MANIFEST, parse_manifest
 from chiron.archive.reader import ArchiveReader, open_regular, pread_exact
-from chiron.archive.volume import VolumeReader, carried_from, read_header, set_stem
+from chiron.archive.volume import Carried, VolumeReader, read_header, set_stem
 from chiron.core import progress as _progress
 from chiron.core.fs import fsync_dir
 from chiron.engines.media.check import read_problem, trust_volume
 from chiron.engines.media.collect import Found, choose, gather, unique
 from chiron.engines.media.files import copy_signature, signature_beside
-from chiron.engines.media.landing import Incoming, Span, finish, key_of_appliance, matches
+from chiron.engines.media.landing import Incoming, Span, finish, matches
 from chiron.engines.media.plan import DELTA_HEADER, Plan, Unit, opaque
 from chiron.engines.media.staging import Staging, staging
 from chiron.engines.media.stream import Checker, ReadFailed, pump
@@ -125,7 +125,7 @@ def _already(output: Path, incoming: Incoming, result: ReceiveResult) -> bool:
     """Whether ``output`` is already the file being received (a receive run again after it finished)."""
     try:
         same = matches(output, incoming)
-    except (FormatError, UsageError, VerificationError, OSError):
+    except (FormatError, UsageError, VerificationError, OSError, ReadFailed):
         return False
     if same:
         result.output = output
@@ -135,7 +135,8 @@ def _already(output: Path, incoming: Incoming, result: ReceiveResult) -> bool:
 
 
 def _receive(incoming: Incoming, to: Path, output: Path, result: ReceiveResult, show_progress: bool) -> None:
-    with staging(to, incoming.key, incoming.size, incoming.file) as st:
+    # Keyed by kind too: a delta's key is what its (unsigned) header says, and must never name an appliance's staging.
+    with staging(to, f"{incoming.kind}:{incoming.key}", incoming.size, incoming.file) as st:
         result.notices += st.notices
         if incoming.signature is not None:  # whichever medium carries it: kept until the file is finished
             copy_signature(incoming.signature, st.signature)
@@ -306,19 +307,19 @@ def _whole(path: Path, anchor: Anchor, result: ReceiveResult, stack: ExitStack) 
         reader = stack.enter_context(ArchiveReader(path))
     except FormatError as exc:
         raise VerificationError([f"{path}: not an appliance, a delta or a volume: {exc.message}"]) from None
-    trust = trust_archive(reader, anchor)
+    carried = Carried(reader)  # read once: what TUF checks is what the plan and the key are made of
+    trust = trust_archive(carried, anchor)
     report = VerifyReport(path=str(path))
     report.record_trust(trust)
     _record_trust(result, report)
     if isinstance(trust, Untrusted):
         raise VerificationError(report.problems, hint="nothing was received")
-    carried = carried_from(reader)
-    plan = Plan.for_appliance(reader.layout, trust.targets, dict(carried))
+    plan = Plan.for_appliance(reader.layout, trust.targets, dict(carried.members))
     if plan.problems:
         raise VerificationError(plan.problems, hint="nothing was received")
-    _name_from(carried, result)
+    _name_from(carried.members, result)
     spans = [Span(path, reader.fd, 0, 0, reader.size)]
-    return Incoming("appliance", key_of_appliance(reader), reader.size, path.name, plan, spans, signature_beside(path))
+    return Incoming("appliance", carried.sha256(), reader.size, path.name, plan, spans, signature_beside(path))
 
 
 def _record_trust(result: ReceiveResult, report: VerifyReport) -> None:

@@ -43,6 +43,7 @@ from chiron.errors import FormatError, UsageError, VerificationError
 from chiron.trust.client import METADATA_LIMITS
 
 CHUNK = 4 << 20
+MAX_SIZE = 1 << 50
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
 
@@ -59,7 +60,10 @@ def parse_size(text: str) -> int:
     unit = _UNITS[prefix.lower()]
     if prefix and suffix.lower() == "b":
         unit = 1000 ** (" kmgt".index(prefix.lower()))
-    return int(float(number) * unit) if "." in number else int(number) * unit
+    size = int(float(number) * unit) if "." in number and len(number) < 40 else int(number.split(".")[0]) * unit
+    if size > MAX_SIZE:  # no medium holds more; also keeps an absurd number from overflowing a float
+        raise UsageError(f"--size: {printable(text)} is more than any volume needs (at most 1P)")
+    return size
 
 
 @dataclass

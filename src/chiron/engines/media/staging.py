@@ -12,9 +12,12 @@ finished, so nothing is trusted for having been written by an earlier run.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import itertools
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -133,7 +136,7 @@ def staging(directory: Path, key: str, size: int, file: str) -> Iterator[Staging
     """The staging of the whole file ``key`` names in ``directory``, created (room for it checked)
     or resumed, held under a lock so that two receives never write it at once. A disk too full for
     it leaves nothing behind."""
-    root = directory / STAGING / key[:32]
+    root = directory / STAGING / hashlib.sha256(key.encode()).hexdigest()[:32]
     root.mkdir(parents=True, exist_ok=True)
     st = Staging(root, size, file)
     try:
@@ -155,6 +158,9 @@ def staging(directory: Path, key: str, size: int, file: str) -> Iterator[Staging
             (directory / STAGING).rmdir()  # gone once nothing is staged there
 
 
+_MOVE_AWAY = "move it away (or receive into another directory), then run the same command again"
+
+
 def _open(st: Staging, directory: Path) -> None:
     """Resume the staging's data file and record, or create the file (sparse, the whole's size);
     either way the disk must have room for what is still to come."""
@@ -164,7 +170,15 @@ def _open(st: Staging, directory: Path) -> None:
         st.notices.append(f"{st.root}: its record of what was received is damaged or missing: receiving anew")
     st.done, st.parts = loaded or ([], [])
     ensure_space(directory, st.size - st.received, st.file)
-    st.fd = os.open(st.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # A link, FIFO or device planted in the staging directory must not make chiron write through it.
+    try:
+        st.fd = os.open(st.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UsageError(f"{st.data}: is a symbolic link, not chiron's staging file", hint=_MOVE_AWAY) from None
+    if not stat.S_ISREG(os.fstat(st.fd).st_mode):
+        raise UsageError(f"{st.data}: is not a regular file, not chiron's staging file", hint=_MOVE_AWAY)
     if created or os.fstat(st.fd).st_size != st.size:
         st.done, st.parts = [], []
         os.ftruncate(st.fd, st.size)

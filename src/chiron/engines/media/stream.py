@@ -98,6 +98,15 @@ class Checker:
     def failed(self) -> bool:
         return bool(self.bad or self._errors)
 
+    @property
+    def fed_all(self) -> bool:
+        """Whether every unit was fed to its end (a run that stopped early did not)."""
+        return self._ui >= len(self.units)
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
     def feed(self, offset: int, buf: bytearray, n: int) -> None:
         """Hand ``n`` bytes of ``buf``, the whole's bytes at ``offset``, to the hashers (they give the
         buffer back when done)."""
