@@ -33,7 +33,7 @@ from chiron.sources.toolcache import key_file, secret_key
 from chiron.trust import metadata as _trust
 
 from conftest import do_build, image_spec, images_toml, start_registry
-from helpers import LocalIndex, make_tls, make_wheel, write_spec
+from helpers import LocalIndex, free_port, make_tls, make_wheel, write_spec
 from runbook import RUNBOOKS, Hook, Result, Session, blocks, operator_env, run_runbook
 
 VENV_CHIRON = Path(sys.executable).with_name("chiron")
@@ -164,6 +164,7 @@ SCENARIOS = {
     "disaster-recovery.md": "test_disaster_recovery",
     "compromised-key.md": "test_compromised_targets_key",
     "fleet-through-registry.md": "test_fleet_through_the_enclave_registry",
+    "application-with-compose.md": "test_application_with_compose",
 }
 
 
@@ -845,3 +846,222 @@ def test_mirror_scheduling_runs_as_printed(  # type: ignore[no-untyped-def]
     assert "cannot reach the package index" in s.path("/var/log/chiron/refresh.err").read_text()
     down = s.sh("chiron mirror refresh --store /srv/chiron/store", exits=3)
     exit_row(s, 3, "environment ENV: cannot reach the package index at URL: REASON", down)
+
+
+# ---------------------------------------------------------------- application-with-compose.md
+
+COMPOSE_DOC = RUNBOOKS / "application-with-compose.md"
+# The runbook's spec and Compose file name a registry, a port and a wait that a test cannot use: these
+# stand in for them (the image is busybox from the session's registry on 127.0.0.1).
+WEB_REF = "registry.lab.example/team/web:2.4.1"
+DOC_URL = "http://127.0.0.1:8080/health"
+
+
+def _compose_containers(project: str) -> list[str]:
+    out = _run("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}")
+    return out.stdout.split()
+
+
+def _compose_down(project: str) -> None:
+    if ids := _compose_containers(project):
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+def _runbook_app(s: Session, registry: str, url: str, version: str) -> tuple[str, str]:
+    """The runbook's spec section and Compose file (section 1), as the test builds them: its image,
+    port and deadline replaced, and a command for busybox (httpd serving /data/VERSION of the host's
+    /srv/myapp/data; cgi-bin/health answers the live check). SIGKILL stops busybox at once."""
+    text = s.doc.read_text()
+    toml = next(b.text for b in blocks(text, ("toml",)) if "[host.live_check]" in b.text and "compose" in b.text)
+    (yaml,) = [b.text for b in blocks(text, ("yaml",))]
+    image = f"{registry}/busybox:1"
+    port = url.split(":")[2].split("/")[0]
+    spec = toml.replace(WEB_REF, image).replace(DOC_URL, url)
+    spec = re.sub(r"^deadline = 120\b", "deadline = 4", spec, flags=re.M)
+    spec = re.sub(r"^interval = 2\b", "interval = 0.3", spec, flags=re.M)
+    assert spec.count(image) == 1 and url in spec and "deadline = 4" in spec and "interval = 0.3" in spec, spec
+    serve = f"exec busybox httpd -f -p 127.0.0.1:{port} -h /data/{version}"
+    compose = s.rooted(yaml.replace(WEB_REF, image)).replace(
+        "    restart: unless-stopped\n",
+        f"    restart: unless-stopped\n    stop_signal: SIGKILL\n    command: [sh, -c, {json.dumps(serve)}]\n",
+    )
+    assert image in compose and "command:" in compose and str(s.path("/srv/myapp/data")) in compose, compose
+    return spec, compose
+
+
+def _docroot(directory: Path, version: str, health: str) -> None:
+    """What release ``version`` serves: /version, and a CGI /cgi-bin/health answering ``health``."""
+    cgi = directory / version / "cgi-bin"
+    cgi.mkdir(parents=True)
+    (directory / version / "version").write_text(f"{version}\n")
+    status, body = health.split(" ", 1)
+    (cgi / "health").write_text(
+        f'#!/bin/sh\necho "Status: {status}"\necho "Content-Type: text/plain"\necho\necho {body}\n'
+    )
+    (cgi / "health").chmod(0o755)
+
+
+def _example_lines(s: Session, first: str) -> list[str]:
+    """The runbook's example output block (a plain fence) that begins with ``first``, line by line."""
+    (block,) = [b for b in blocks(s.doc.read_text(), ("",)) if b.text.startswith(first)]
+    return block.text.splitlines()
+
+
+def _as_printed(example: str, ids: dict[str, str], url: str) -> re.Pattern[str]:
+    """A runbook example as this test's host prints it: its release ids and URL are the test's, the
+    attempt count a value; `...` and upper-case words stand for anything, as in ``shape``."""
+    for doc_id, real in ids.items():
+        example = example.replace(doc_id, real)
+    example = re.sub(r"\d+ attempt\(s\)", "N attempt(s)", example)
+    return shape(example.replace(DOC_URL, url))
+
+
+def test_application_with_compose(  # type: ignore[no-untyped-def]
+    new_session, registry: str, keys: Path, index: LocalIndex, tool_wheels: Path, session_cache: Path
+) -> None:
+    """myapp as busybox plus the runbook's own Compose file and spec: doctor (section 2), install 2.4.0
+    and upgrade to 2.4.1 under a live check (3), a 2.4.2 that fails its check reverts by itself and
+    the previous project is started by hand (4), the boot unit's command (5)."""
+    if shutil.which("docker-compose") is None and subprocess.run(["docker", "compose", "version"]).returncode:
+        pytest.skip("NO COMPOSE CLI: tests/provision.py installs Debian's docker-compose")
+    project = "chiron-myapp"
+    s = new_session("application-with-compose.md")
+    url = f"http://127.0.0.1:{free_port()}/cgi-bin/health"
+    data = s.path("/srv/myapp/data")  # the host's data directory, bind-mounted into the container
+    healths = {"2.4.0": "200 ok", "2.4.1": "200 ok", "2.4.2": "503 starting"}  # 2.4.2 never becomes healthy
+    built: dict[str, Path] = {}
+    epoch = int(time.time()) - 3600
+    for n, (version, health) in enumerate(healths.items()):
+        _docroot(data, version, health)
+        spec_text, compose = _runbook_app(s, registry, url, version)
+        work = s.root / "build" / version
+        (work / "deploy").mkdir(parents=True)
+        (work / "deploy" / "compose.yaml").write_text(compose)
+        spec = write_spec(work, keys=keys, index_url=index.url, requirements=["beta==1.0"], name="myapp",
+                          version=version, extra=spec_text)  # fmt: skip
+        built[version] = do_build(
+            spec, work / f"myapp-{version}.pex", tool_wheels, session_cache, epoch=epoch + n
+        ).output
+    appliances = s.path("/srv/appliances")
+    deliver(built["2.4.0"], appliances, "app.pex")
+    s.cd(appliances)
+    s.bind("HEX", fingerprint(keys / "1.root.json"))
+    prefix = s.path("/opt/chiron")
+    # The hooks of the spec run myapp-migrate from PATH (the release's venv/bin first, then the host's).
+    tools, marks = s.root / "usr-local-bin", s.root / "migrations"
+    tools.mkdir()
+    (tools / "myapp-migrate").write_text(f'#!/bin/sh\necho "$* $CHIRON_RELEASE $CHIRON_PREVIOUS" >> {marks}\n')
+    (tools / "myapp-migrate").chmod(0o755)
+    s.env["PATH"] = f"{tools}:{s.env['PATH']}"
+    ids: dict[str, str] = {}  # version -> release id, as the host printed them
+
+    def serves() -> str:
+        for _ in range(100):  # a container just (re)started: bounded wait
+            try:
+                return _run("curl", "-sf", "--noproxy", "*", url.replace("/cgi-bin/health", "/version")).stdout.strip()
+            except subprocess.CalledProcessError:
+                time.sleep(0.1)
+        return "nothing answers"
+
+    def release_of(version: str, text: str) -> str:
+        match = re.search(rf"\(release (myapp-{re.escape(version)}-[\w.]+)", text)
+        assert match, text
+        ids[version] = match[1]
+        return match[1]
+
+    def checked(s: Session, r: Result) -> None:
+        assert_ready(r)
+        assert re.search(r"^ok +images\b", r.stdout, re.M) and re.search(r"^ok +compose\b", r.stdout, re.M), r.stdout
+        # "The images check needs a Docker Engine that answers ... an error for an appliance with compose".
+        no_engine = s.sh(f"DOCKER_HOST=unix://{s.root}/no-docker.sock ./app.pex doctor --prefix /opt/chiron", exits=3)
+        assert "not ready" in no_engine.stdout and not re.search(r"^ok +images\b", no_engine.stdout, re.M)
+        # Section 1: inspect lists the Compose file; build refuses one that builds, before fetching anything.
+        assert re.search(r"^ +file +1 ", s.sh("chiron inspect app.pex").stdout, re.M)  # the one [[files]] entry
+        bad = s.root / "build" / "bad"
+        shutil.copytree(s.root / "build" / "2.4.0", bad, ignore=shutil.ignore_patterns("*.pex*"))
+        yaml = bad / "deploy" / "compose.yaml"
+        yaml.write_text(yaml.read_text().replace("    restart:", "    build: .\n    restart:"))
+        (bad / "tool-wheels").symlink_to(tool_wheels)
+        refused = s.sh(f"chiron build {bad}/appliance.toml -o {bad}/x.pex --tool-wheels {bad}/tool-wheels", exits=2)
+        assert "'build' cannot run on a disconnected host" in refused.output and not (bad / "x.pex").exists()
+
+    def installed_and_upgraded(s: Session) -> None:
+        # Install and upgrade "exactly as in install-and-upgrade.md".
+        first = s.sh("./app.pex install --prefix /opt/chiron --root-sha256 HEX")
+        release_of("2.4.0", first.stdout)
+        assert "live check passed" in first.stdout and serves() == "2.4.0", first.output
+        deliver(built["2.4.1"], appliances, "new.pex")
+        r = s.sh("/opt/chiron/bin/chiron upgrade /srv/appliances/new.pex --prefix /opt/chiron")
+        release_of("2.4.1", r.stdout)
+        doc_ids = {"myapp-2.4.1-1754031020": ids["2.4.1"], "myapp-2.4.0-1753426201": ids["2.4.0"]}
+        for line in _example_lines(s, "upgraded to myapp 2.4.1"):
+            assert _as_printed(line, doc_ids, url).search(r.stdout), f"{line!r} not in:\n{r.output}"
+        assert serves() == "2.4.1"
+        # post_switch ran after the switch, on trial: current is already the new release.
+        rel = prefix / "releases"
+        assert marks.read_text().splitlines()[-1] == f"--apply {rel / ids['2.4.1']} {rel / ids['2.4.0']}"
+        # Each image pinned to the signed one: the container runs the image compose.json names, by ID.
+        pinned = json.loads((rel / ids["2.4.1"] / "compose.json").read_text())["services"]["web"]["image"]
+        (cid,) = _compose_containers(project)
+        assert (
+            pinned.startswith("sha256:") and _run("docker", "inspect", "-f", "{{.Image}}", cid).stdout.strip() == pinned
+        )
+
+    def status(s: Session, r: Result) -> None:
+        assert f"last trial: release {ids['2.4.1']} committed at " in r.stdout, r.stdout
+        assert re.search(rf"^last live check: passed at .*: {re.escape(url)} answered HTTP 200$", r.stdout, re.M)
+
+    def listed(s: Session, r: Result) -> None:
+        assert re.search(rf"^{project}[-_]web[-_]1 .* Up", r.stdout, re.M), r.output
+
+    def broken_release(s: Session) -> None:
+        trusted = prefix / "state" / "metadata" / "targets.json"
+        deliver(built["2.4.2"], appliances, "next.pex")
+        r = s.sh("/opt/chiron/bin/chiron upgrade /srv/appliances/next.pex --prefix /opt/chiron", exits=3)
+        failed = (prefix / "releases").glob("myapp-2.4.2-*")
+        (ids["2.4.2"],) = [p.name for p in failed]
+        doc_ids = {"myapp-2.4.1-1754031020": ids["2.4.2"], "myapp-2.4.0-1753426201": ids["2.4.1"]}
+        example = " ".join(_example_lines(s, "chiron: error: release"))
+        assert _as_printed(example, doc_ids, url).search(r.stderr), f"{example!r} not in:\n{r.output}"
+        assert f"{url} answered HTTP 503, not 200: starting" in r.stderr
+        # current points at the previous release, its project is up again, on_revert of 2.4.2 ran (with
+        # current already back: CHIRON_RELEASE is the release brought back).
+        assert (prefix / "current").resolve().name == ids["2.4.1"] and serves() == "2.4.1"
+        rel = prefix / "releases"
+        assert marks.read_text().splitlines()[-1] == f"--to-previous {rel / ids['2.4.1']} {rel / ids['2.4.2']}"
+        audit = [json.loads(line) for line in (prefix / "state" / "audit.jsonl").read_text().splitlines()]
+        assert [(e["op"], e["result"]) for e in audit[-3:]] == [
+            ("upgrade", "ok"),
+            ("trial", "failed"),
+            ("revert", "ok"),
+        ]
+        assert audit[-3].get("trial") and "answered HTTP 503" in audit[-2]["check"], audit[-3:]
+        # Not a downgrade of trust: the failed release's targets metadata stays trusted.
+        signed = json.loads(
+            _run(VENV_CHIRON, "verify", built["2.4.2"], "--root", keys / "1.root.json", "--json").stdout
+        )
+        assert json.loads(trusted.read_text())["signed"]["version"] == signed["roles"]["targets"]["version"]
+        # The previous application did not come up (its container is gone): the next command starts it.
+        _compose_down(project)
+        assert serves() == "nothing answers"
+
+    def started_by_hand(s: Session, r: Result) -> None:
+        assert serves() == "2.4.1"
+        s.cd(appliances)
+
+    try:
+        run_runbook(
+            s,
+            [
+                Hook("./app.pex doctor", after=checked),
+                Hook("/opt/chiron/bin/chiron status", before=installed_and_upgraded, after=status),
+                Hook("compose.json ps", after=listed),
+                Hook("-f compose.json up -d", before=broken_release, after=started_by_hand),
+            ],
+        )
+        # Section 5: the boot unit's command settles nothing here (no trial left open) and exits 0.
+        (unit,) = [b for b in blocks(s.doc.read_text(), ("ini",)) if "ExecStart=" in b.text]
+        (exec_start,) = [line.split("=", 1)[1] for line in unit.text.splitlines() if line.startswith("ExecStart=")]
+        assert s.sh(exec_start).stdout.strip() == "nothing to recover"
+    finally:
+        _compose_down(project)
