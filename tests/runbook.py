@@ -40,7 +40,14 @@ _EXIT = re.compile(r"^exit\s+(\d+(?:\s+or\s+\d+)*)\b")
 # After substitution a command may name only paths under the test's directory, temporary files and these
 # (read-only system places): a runbook path that is not re-rooted must never reach this machine's /var or /etc.
 _SYSTEM = ("/usr/bin/", "/usr/lib/", "/bin/", "/dev/null", "/dev/stdin", "/usr/share/")
-_ABSOLUTE = re.compile(r"(?<![\w.~/-])/[\w.+-]+(?:/[\w.+-]*)*")
+_ABSOLUTE = re.compile(r"(?<![\w.~/-])/+[\w.+-]+(?:/[\w.+-]*)*")
+
+
+def _normal(path: str) -> str:
+    """``path`` as the kernel resolves its name: /usr/bin/../../etc/x or //etc/x is not a system path."""
+    return os.path.normpath("/" + path.lstrip("/"))
+
+
 _HEREDOC = re.compile(r"(?<!<)<<-?(?!<)\s*(['\"]?)(\w+)\1")  # a here-document, not a <<< here-string
 
 
@@ -283,7 +290,7 @@ class Session:
         tmp = tempfile.gettempdir().rstrip("/") + "/"
         foreign = [
             path
-            for path in _ABSOLUTE.findall(ran)
+            for path in map(_normal, _ABSOLUTE.findall(ran))
             if not (path + "/").startswith((f"{self.root}/", tmp)) and not path.startswith(_SYSTEM)
         ]
         assert not foreign, (

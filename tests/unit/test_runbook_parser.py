@@ -94,3 +94,8 @@ def test_a_path_that_is_not_re_rooted_is_never_run(tmp_path: Path) -> None:
     (command,) = commands("```sh\nrm -rf /var/lib/chiron\n```\n")
     with pytest.raises(AssertionError, match="/var/lib/chiron, which is not re-rooted"):
         s.run(command)
+    # A system or test path that leads elsewhere is judged where it leads.
+    for text in ("rm -rf /usr/bin/../../etc/cron.d/x", "cat //etc/shadow"):
+        (command,) = commands(f"```sh\n{text}\n```\n")
+        with pytest.raises(AssertionError, match="which is not re-rooted"):
+            s.run(command)
