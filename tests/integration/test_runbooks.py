@@ -1130,7 +1130,8 @@ def test_media_and_diodes(  # type: ignore[no-untyped-def]
         runs = [json.loads(line) for line in log.read_text().splitlines()]  # JSON Lines: one object per line
         done, again = runs[-2], runs[-1]
         assert done["complete"] is True and done["output"] == str(appliances / "demo-1.2.0.pex"), done
-        assert done["signature"] == str(appliances / "demo-1.2.0.pex.sig") and done["trust_anchor"] == "--root file", done
+        assert done["signature"] == str(appliances / "demo-1.2.0.pex.sig"), done
+        assert done["trust_anchor"] == "--root file", done
         assert done["volumes"]["missing"] == [] and done["resumed_bytes"] > 0, done
         assert any("already received" in n for n in again["notices"]), again
         assert "already received" in s.path("/var/log/chiron-receive.err").read_text()  # stderr: kept apart
