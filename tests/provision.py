@@ -81,6 +81,7 @@ PACKAGES = (
     Package("docker-compose", ("docker-compose",), "the activation tests (the Compose CLI)"),
     Package("curl", ("curl",), "the resumed-download tests (curl -C -)"),
     Package("squashfs-tools", ("mksquashfs",), "the media tests (a disc image that fails with an I/O error)"),
+    Package("xorriso", ("xorriso",), "the runbook tests (media-and-diodes.md makes and reads disc images)"),
     Package("chromium", ("/usr/bin/chromium",), "the real-browser tests of the report and the service's pages"),
     Package("chromium-driver", ("/usr/bin/chromedriver",), "the real-browser tests (WebDriver for chromium)"),
     Package("jq", ("jq",), "the runbook tests (fleet-through-registry.md pipes skopeo inspect into jq)"),

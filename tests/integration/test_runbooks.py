@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import re
 import shlex
 import shutil
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from chiron.archive.reader import read_layout
+from chiron.archive.volume import read_header
 from chiron.sources.toolcache import key_file, secret_key
 from chiron.trust import metadata as _trust
 
@@ -165,6 +168,7 @@ SCENARIOS = {
     "compromised-key.md": "test_compromised_targets_key",
     "fleet-through-registry.md": "test_fleet_through_the_enclave_registry",
     "application-with-compose.md": "test_application_with_compose",
+    "media-and-diodes.md": "test_media_and_diodes",
 }
 
 
@@ -1065,3 +1069,323 @@ def test_application_with_compose(  # type: ignore[no-untyped-def]
         assert s.sh(exec_start).stdout.strip() == "nothing to recover"
     finally:
         _compose_down(project)
+
+
+# ---------------------------------------------------------------- media-and-diodes.md
+
+
+def figures(session: Session, example: str, result: Result) -> None:
+    """The runbook shows ``example`` as a line a command prints, with illustrative figures (numbers of four
+    digits or more): it must print that line, word for word but those figures."""
+    said = " ".join(session.doc.read_text().split())
+    assert " ".join(example.split()) in said, f"{session.doc.name} no longer says {example!r}: update the test"
+    parts = re.split(r"(\d{4,})", session.substitute(example))
+    pattern = "".join(r"\d+" if n % 2 else re.escape(part) for n, part in enumerate(parts))
+    assert re.search(pattern, result.output), (
+        f"{session.doc.name} says {example!r}; the command printed:\n{result.output}"
+    )
+
+
+def table_row(session: Session, code: int, message: str, result: Result) -> None:
+    """The runbook's table has a row ``| code, `message` | ...`` (its first column: the exit code and the
+    message), and the command exited so and printed the message (an upper-case word a value)."""
+    rows = [line for line in session.doc.read_text().splitlines() if line.startswith(f"| {code}, ")]
+    assert any(f"`{message}`" in row.split(" | ")[0] for row in rows), f"{session.doc.name}: no row `{code}, {message}`"
+    assert result.code == code, result.output
+    assert shape(session.rooted(message)).search(result.output), result.output
+
+
+def test_media_and_diodes(  # type: ignore[no-untyped-def]
+    new_session, appliance: Path, keys: Path, index: LocalIndex, tool_wheels: Path, session_cache: Path, tmp_path: Path
+) -> None:
+    """Carry demo 1.2.0 on three "discs" (section A) and through a "diode" (B). A disc is the files of
+    a real ISO image made by the runbook's xorriso command, read back with xorriso into /media/cdrom
+    (burning and mounting need a drive: those blocks are marked not run); the diode's inbox is a
+    directory the test fills in its own order, one volume still being written. The receiving host
+    runs an older chiron (the session's demo 1.0.0) and upgrades; a second host has none (A.5).
+
+    Scale: demo 1.2.0 packs a 48 MiB file, so it splits into three volumes as the runbook's example
+    does (the small members; the file; the tool zip, each a signed unit that is never cut). The
+    runbook's sizes (4480M for a DVD, 1G for the guard) are bound to the smallest size `split`
+    names when given one too small."""
+    s = new_session("media-and-diodes.md")
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    (spec_dir / "manual.bin").write_bytes(random.Random(1).randbytes(48 << 20))
+    spec = write_spec(
+        spec_dir,
+        keys=keys,
+        index_url=index.url,
+        requirements=["alpha==1.0"],
+        version="1.2.0",
+        extra='[[files]]\nsrc = "manual.bin"\ndest = "docs/manual.bin"\n',
+    )
+    original = do_build(spec, tmp_path / "dist" / "demo-1.2.0.pex", tool_wheels, session_cache).output
+    sending = s.root / "connected"  # the connected side's working directory
+    deliver(original, sending)
+    s.cd(sending)
+    s.export("ROOT", fingerprint(keys / "1.root.json"))
+    allowed = s.path("/path/to/allowed_signers")
+    allowed.parent.mkdir(parents=True)
+    shutil.copyfile(keys / "allowed_signers", allowed)
+    etc = s.path("/etc/chiron")
+    etc.mkdir(parents=True)
+    shutil.copyfile(keys / "1.root.json", etc / "1.root.json")
+    s.path("/var/log").mkdir(parents=True)
+    # The receiving host runs an older chiron.
+    s.sh(f"chiron install {appliance} --prefix /opt/chiron --root-sha256 $ROOT")
+    outgoing = s.path("/srv/outgoing")
+    cdrom = s.path("/media/cdrom")
+    inbox = s.path("/srv/diode/inbox")
+    volume = "demo-1.2.0.part{:03d}-of-003.chv".format
+
+    def size_named(s: Session) -> None:
+        # "If one signed unit ... does not fit, split refuses (exit 2) and names a --size that works."
+        small = s.sh("chiron split demo-1.2.0.pex --size 1M -o /srv/outgoing/too-small", exits=2)
+        match = re.search(r"member files/docs/manual\.bin is \d+ bytes .*use a --size of (\d+) or more", small.output)
+        assert match, small.output
+        assert not s.path("/srv/outgoing/too-small").exists()
+        s.bind("4480M", match[1])
+        s.bind("1G", match[1])
+
+    def split_printed(s: Session, r: Result) -> None:
+        figures(s, "split demo-1.2.0.pex (demo 1.2.0, 11127242752 bytes) into 3 volume(s) of at most 4480M:", r)
+        for n, size in ((1, 4630606336), (2, 4630606336), (3, 1866337280)):
+            figures(s, f"  /srv/outgoing/demo-1.2.0/{volume(n)}  {size} bytes", r)
+        figures(s, "manifest (size and sha256 of each file): /srv/outgoing/demo-1.2.0/demo-1.2.0.volumes.txt", r)
+        figures(s, "detached signature: /srv/outgoing/demo-1.2.0/demo-1.2.0.sig", r)
+        limit = int(s.bindings["4480M"])
+        assert all(p.stat().st_size <= limit for p in (outgoing / "demo-1.2.0").glob("*.chv"))
+        # "The directory must not already hold volumes of this appliance (exit 2)."
+        s.sh("chiron split demo-1.2.0.pex --size 4480M -o /srv/outgoing/demo-1.2.0", exits=2)
+        # The operator saves the stdlib script of format.md beside the volumes, for disc 1.
+        (script,) = [
+            b for b in blocks((RUNBOOKS.parent / "format.md").read_text(), ("python",)) if "chiron-join.py" in b.text
+        ]
+        (outgoing / "demo-1.2.0" / "chiron-join.py").write_text(script.text + "\n")
+
+    def other_discs(s: Session, r: Result) -> None:
+        # "for disc 1 of 3": the same image command makes discs 2 and 3 (without the script).
+        for n in (2, 3):
+            text = r.command.text.replace(volume(1), volume(n)).replace("DEMO_1_2_0_1", f"DEMO_1_2_0_{n}")
+            s.sh(text.replace("disc1.iso", f"disc{n}.iso").replace(" chiron-join.py", ""))
+
+    def insert(n: int) -> Callable[[Session], None]:
+        """Disc N in the drive: the files of its image, read back by xorriso, at /media/cdrom."""
+
+        def hook(s: Session) -> None:
+            shutil.rmtree(cdrom, ignore_errors=True)
+            _run("xorriso", "-osirrox", "on", "-indev", outgoing / f"disc{n}.iso", "-extract", "/", cdrom)
+
+        return hook
+
+    def disc_checked(s: Session, r: Result) -> None:
+        figures(
+            s,
+            "verified /media/cdrom/demo-1.2.0.part001-of-003.chv: volume 1 of 3 of demo 1.2.0 (bytes 0-4630503936 of "
+            "demo-1.2.0.pex), 4630503936 bytes hashed against the signed targets, every byte accounted for "
+            "(anchor: --root-sha256)",
+            r,
+        )
+        assert sorted(p.name for p in cdrom.iterdir()) == sorted(
+            [volume(1), "demo-1.2.0.volumes.txt", "demo-1.2.0.sig", "chiron-join.py"]
+        )
+
+    receive = "/opt/chiron/bin/chiron receive /media/cdrom --to /srv/appliances --root-sha256 $ROOT"
+    appliances = s.path("/srv/appliances")
+
+    def discs_received(s: Session, r: Result) -> None:
+        figures(
+            s,
+            "received volume(s) 2 of 3 of demo 1.2.0 into /srv/appliances, each verified; 4630503936 bytes read from "
+            "/media/cdrom",
+            r,
+        )
+        figures(s, "still missing: volume(s) 1, 3: receive them the same way", r)
+        (partial,) = (appliances / ".chiron-receive").iterdir()  # one per appliance being received
+        assert partial.is_dir() and not (appliances / "demo-1.2.0.pex").exists()
+        insert(3)(s)
+        assert "still missing: volume(s) 1: receive them" in s.sh(receive).stdout
+        insert(2)(s)  # "Receiving a disc twice does no harm"
+        assert "still missing: volume(s) 1: receive them" in s.sh(receive).stdout
+        insert(1)(s)
+        last = s.sh(receive)
+        figures(
+            s,
+            "received /srv/appliances/demo-1.2.0.pex: demo 1.2.0, 11127242752 bytes, verified (anchor: --root-sha256); "
+            "1866234880 bytes read from /media/cdrom, 9261007872 kept from an earlier run and checked again",
+            last,
+        )
+        assert (appliances / "demo-1.2.0.pex").read_bytes() == original.read_bytes()
+        assert (appliances / "demo-1.2.0.pex.sig").read_bytes() == Path(f"{original}.sig").read_bytes()
+        assert "already received" in s.sh(receive).output
+        bad_discs(s)
+
+    def bad_discs(s: Session) -> None:
+        # Rows of the table, each from a disc of its own into a directory of its own.
+        good = cdrom / volume(1)
+        header = read_header(good)
+        assert header is not None
+        wheel = next(m for m in read_layout(original).members if m.name.startswith("wheels/"))
+        at = good.stat().st_size - header.length + wheel.offset + 10
+
+        def disc(name: str, files: dict[str, bytes]) -> str:
+            directory = s.path(f"/media/{name}")
+            directory.mkdir()
+            for file, data in files.items():
+                (directory / file).write_bytes(data)
+            return f"/opt/chiron/bin/chiron receive /media/{name} --to /srv/scratch/{name} --root-sha256 $ROOT"
+
+        data = good.read_bytes()
+        damaged = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+        r = s.sh(disc("damaged", {volume(1): damaged}), exits=1)
+        table_row(s, 1, "... sha256 does not match the signed targets (a damaged copy)", r)
+        assert wheel.name in r.output, r.output
+        r = s.sh(disc("short", {volume(1): data[: len(data) // 2]}), exits=1)
+        table_row(s, 1, "...: volume is N bytes, its header says M (truncated: an incomplete copy?)", r)
+        r = s.sh(disc("other-root", {volume(1): data}).replace("$ROOT", "0" * 64), exits=1)
+        table_row(s, 1, "root: no root metadata ... has sha256 ...", r)
+        r = s.sh(disc("two-copies", {volume(1): data, "copy.chv": damaged}), exits=4)
+        table_row(s, 4, "... are both volume N of M ... but they differ", r)
+        older = s.path("/srv/outgoing/demo-1.0.0")
+        s.sh(f"chiron split {appliance} --size 1G -o {older}")
+        (one,) = older.glob("*.chv")
+        r = s.sh(disc("two-sets", {volume(1): data, one.name: one.read_bytes()}), exits=2)
+        table_row(s, 2, "volumes of more than one appliance or version in ...", r)
+        taken = disc("taken", {volume(1): data})
+        s.path("/srv/scratch/taken").mkdir(parents=True)
+        (s.path("/srv/scratch/taken") / "demo-1.2.0.pex").write_bytes(b"another file\n")
+        r = s.sh(taken, exits=2)
+        table_row(s, 2, "... already exists and is another file", r)
+
+    def signature_good(s: Session, r: Result) -> None:
+        # "The appliance is byte-identical to the one that was split, so its detached signature verifies."
+        assert 'Good "chiron-appliance" signature for chiron' in r.output, r.output
+
+    def upgraded(s: Session, r: Result) -> None:
+        assert "upgraded to demo 1.2.0" in r.stdout, r.output
+
+    def copied_by_other_means(s: Session) -> None:
+        # This time the discs' files were copied off by other means; the received file is gone.
+        for n in (1, 2, 3):
+            _run(
+                "xorriso",
+                "-osirrox",
+                "on",
+                "-indev",
+                outgoing / f"disc{n}.iso",
+                "-extract",
+                "/",
+                s.path(f"/srv/incoming/disc{n}"),
+            )
+        (appliances / "demo-1.2.0.pex").unlink()
+        (appliances / "demo-1.2.0.pex.sig").unlink()
+
+    def joined(s: Session, r: Result) -> None:
+        assert "joined 3 volume(s) into" in r.stdout and "every byte verified" in r.stdout, r.output
+        assert (appliances / "demo-1.2.0.pex").read_bytes() == original.read_bytes()
+        assert (appliances / "demo-1.2.0.pex.sig").is_file()
+
+    def host_without_chiron(s: Session) -> None:
+        # Another host: no chiron, no /srv/incoming yet; disc 1 goes in first.
+        s.path("/opt/chiron").rename(s.path("/opt/chiron-first-host"))
+        s.path("/srv/incoming").rename(s.path("/srv/incoming-first-host"))
+        insert(1)(s)
+
+    def each_disc_copied(s: Session, r: Result) -> None:
+        for n in (3, 2):
+            insert(n)(s)
+            s.sh(r.command.text)
+
+    def joined_by_script(s: Session, r: Result) -> None:
+        assert s.path("/srv/incoming/demo-1.2.0.pex").read_bytes() == original.read_bytes()
+
+    def installed(s: Session, r: Result) -> None:
+        assert "installed demo 1.2.0" in r.stdout, r.output
+
+    def back_on_the_sending_side(s: Session) -> None:
+        s.cd(sending)
+
+    def same_volumes(s: Session, r: Result) -> None:
+        # "the same appliance and --size give the same volumes, byte for byte"
+        outbox = s.path("/srv/diode/outbox/demo-1.2.0")
+        names = sorted(p.name for p in outbox.iterdir())
+        assert names == sorted([volume(1), volume(2), volume(3), "demo-1.2.0.volumes.txt", "demo-1.2.0.sig"])
+        for name in names:
+            assert (outbox / name).read_bytes() == (outgoing / "demo-1.2.0" / name).read_bytes(), name
+        # "A guard that wants a manifest ... With standard tools: awk ... | sha256sum -c -"
+        (check,) = re.findall(r"`(awk [^`]+sha256sum -c -)`", s.doc.read_text())
+        checked = s.sh(f"(cd /srv/diode/outbox/demo-1.2.0 && {check})")
+        assert checked.stdout.count(": OK") == 4, checked.output
+
+    def some_arrive(s: Session) -> None:
+        # The receiving side of the diode is another host. Volume 2 and the small files have arrived,
+        # volume 3 is still being written.
+        appliances.rename(s.path("/srv/appliances-dvd-host"))
+        outbox = s.path("/srv/diode/outbox/demo-1.2.0")
+        inbox.mkdir(parents=True)
+        for name in ("demo-1.2.0.sig", volume(2), "demo-1.2.0.volumes.txt"):
+            shutil.copyfile(outbox / name, inbox / name)
+        third = (outbox / volume(3)).read_bytes()
+        (inbox / volume(3)).write_bytes(third[: len(third) // 2])
+
+    log = s.path("/var/log/chiron-receive.jsonl")
+
+    def waiting(s: Session, r: Result) -> None:
+        claim(s, "passed over ... (still arriving? receive it again later)", r)
+        first = json.loads(log.read_text().splitlines()[-1])
+        assert first["schema"] == "chiron.receive/1" and first["complete"] is False, first
+        assert first["volumes"] == {"count": 3, "received": [2], "missing": [1, 3]}, first
+        # The rest arrives (volume 1 renamed by a guard that allows only some extensions); cron runs.
+        outbox = s.path("/srv/diode/outbox/demo-1.2.0")
+        shutil.copyfile(outbox / volume(3), inbox / volume(3))
+        shutil.copyfile(outbox / volume(1), inbox / "demo-1.2.0.part001-of-003.bin")
+        (cron,) = [b for b in blocks(s.doc.read_text(), ("",)) if b.text.startswith("*/5 ")]
+        fields = cron.text.strip().split(None, 6)
+        assert fields[5] == "root", fields  # /etc/cron.d: the user, then the command
+        env = {"HOME": str(s.root / "root"), "LOGNAME": "root", "PATH": "/usr/bin:/bin", "SHELL": "/bin/sh"}
+        for _ in range(2):
+            ran = subprocess.run(["/bin/sh", "-c", s.substitute(fields[6])], env=env, capture_output=True, text=True)
+            assert ran.returncode == 0 and not ran.stdout and not ran.stderr, ran
+        runs = [json.loads(line) for line in log.read_text().splitlines()]  # JSON Lines: one object per line
+        done, again = runs[-2], runs[-1]
+        assert done["complete"] is True and done["output"] == str(appliances / "demo-1.2.0.pex"), done
+        assert done["signature"] == str(appliances / "demo-1.2.0.pex.sig"), done
+        assert done["trust_anchor"] == "--root file", done
+        assert done["volumes"]["missing"] == [] and done["resumed_bytes"] > 0, done
+        assert any("already received" in n for n in again["notices"]), again
+        assert "already received" in s.path("/var/log/chiron-receive.err").read_text()  # stderr: kept apart
+        assert (appliances / "demo-1.2.0.pex").read_bytes() == original.read_bytes()
+
+    def inbox_volume_checked(s: Session, r: Result) -> None:
+        assert "volume 2 of 3 of demo 1.2.0" in r.stdout and "every byte accounted for" in r.stdout, r.output
+
+    def inbox_cleared(s: Session, r: Result) -> None:
+        assert list(inbox.iterdir()) == []
+
+    run_runbook(
+        s,
+        [
+            Hook("chiron split demo-1.2.0.pex --size 4480M", before=size_named, after=split_printed),
+            Hook("xorriso -as mkisofs", after=other_discs),
+            Hook("chiron verify /media/cdrom/", before=insert(1), after=disc_checked),
+            Hook("chiron receive /media/cdrom", before=insert(2), after=discs_received),
+            Hook("ssh-keygen -Y verify", after=signature_good),
+            Hook("chiron upgrade demo-1.2.0.pex", after=upgraded),
+            Hook("chiron join", before=copied_by_other_means, after=joined),
+            Hook("mkdir -p /srv/incoming", before=host_without_chiron),
+            Hook("cp /media/cdrom/demo-1.2.0.part", after=each_disc_copied),
+            Hook("python3 chiron-join.py", after=joined_by_script),
+            Hook(
+                "ssh-keygen -Y verify",
+                occurrence=2,
+                after=signature_good,
+            ),
+            Hook("./demo-1.2.0.pex install", after=installed),
+            Hook("chiron verify demo-1.2.0.pex", occurrence=2, before=back_on_the_sending_side),
+            Hook("--size 1G", after=same_volumes),
+            Hook("chiron receive /srv/diode/inbox", before=some_arrive, after=waiting),
+            Hook("part002-of-003.chv --root-sha256", after=inbox_volume_checked),
+            Hook("rm /srv/diode/inbox/", after=inbox_cleared),
+        ],
+    )
