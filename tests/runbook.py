@@ -40,7 +40,8 @@ _EXIT = re.compile(r"^exit\s+(\d+(?:\s+or\s+\d+)*)\b")
 # After substitution a command may name only paths under the test's directory, temporary files and these
 # (read-only system places): a runbook path that is not re-rooted must never reach this machine's /var or /etc.
 _SYSTEM = ("/usr/bin/", "/usr/lib/", "/bin/", "/dev/null", "/dev/stdin", "/usr/share/")
-_ABSOLUTE = re.compile(r"(?<![\w.~/-])/+[\w.+-]+(?:/[\w.+-]*)*")
+# A path: /a/b, or //a/b (the same to the kernel), but not the //host/... of a URL.
+_ABSOLUTE = re.compile(r"(?:(?<![\w.~/-])/|(?<![\w.~/:-])//+)[\w.+-]+(?:/[\w.+-]*)*")
 
 
 def _normal(path: str) -> str:
