@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chiron.core.fs import write_atomic, write_private
-from chiron.errors import HostStateError, UsageError
+from chiron.errors import ChironError, HostStateError, UsageError
 
 HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KEY_PREFIX = "ed25519:"
@@ -137,8 +137,6 @@ def identity_at_install(state: Path) -> list[str]:
     """Make the host's identity at its first install; the notices to print. A failure here (an odd
     hostname, a damaged identity directory) must not undo a good install: it is a notice, and
     ``chiron receipt`` makes or names the problem later."""
-    from chiron.errors import ChironError
-
     try:
         existing = load_identity(state)
         ident = existing or ensure_identity(state)
