@@ -5,6 +5,7 @@ tool cache, damaged store state, release versions and the fingerprints to publis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -129,6 +130,14 @@ def test_a_rotation_ships_from_the_store_and_build_refuses_to_fork(
     (root_dir / "chiron-mirror-demo.json").unlink()
     newer_key = _rotate_targets(root_dir)
     spec.write_text(spec.read_text().replace(new_key, newer_key).replace('version = "1.0.0"', 'version = "1.0.1"'))
+    # Built in the very second of the store's last version: the same version number with other content
+    # is refused as such (python-tuf alone reports a hash mismatch), and nothing changes on the host.
+    same = build(dataclasses.replace(bopts, source_date_epoch=nxt.metadata_version))
+    with pytest.raises(Refused, match="re-signed with a reused version number"):
+        host.upgrade(_opts(same.output, prefix))
+    same.output.unlink()
+    while int(time.time()) <= nxt.metadata_version:  # a real build comes later than the store's last version
+        time.sleep(0.2)
     built = build(bopts)
     host.upgrade(_opts(built.output, prefix))
     shipped = verify(built.output, root_file=root_dir / "1.root.json").roles["targets"]["version"]

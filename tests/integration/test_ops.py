@@ -69,14 +69,14 @@ def test_doctor_no_installer_and_no_ssh_keygen(appliance: Path, tmp_path: Path, 
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     site = tmp_path / "site"
-    # chiron's dependencies without uv; chiron itself from this source tree.
+    # chiron's dependencies without an installer (uv, pip); chiron itself from this source tree.
     from packaging.tags import sys_tags
     from packaging.utils import parse_wheel_filename
 
     ours, chosen = set(sys_tags()), {}
     for w in sorted(tool_wheels.glob("*.whl")):  # the tool wheels serve several Pythons: one per project
         name, _v, _b, tags = parse_wheel_filename(w.name)
-        if name not in ("uv", "chiron") and tags & ours:
+        if name not in ("uv", "chiron", "pip") and tags & ours:
             chosen.setdefault(name, str(w))
     wheels = list(chosen.values())
     src = Path(__file__).resolve().parents[2] / "src"

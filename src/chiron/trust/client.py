@@ -286,9 +286,31 @@ def _refresh(
             _copy_host_metadata(anchor, Path(md_dir))
         failure = _run(reader, md_dir, start.bootstrap, reference_time)
         if failure is not None:
-            return _untrusted(start, *failure)
+            return _untrusted(start, *(_reused_timestamp(reader, anchor) or failure))
         files = {name: Path(md_dir, name).read_bytes() for name in TRUSTED_FILES}
     return _trusted(reader, start, roots, files)
+
+
+def _reused_timestamp(reader: MemberSource, anchor: Anchor) -> tuple[str, bool] | None:
+    """python-tuf keeps its trusted timestamp when the archive's has the same version, then fails on a
+    snapshot that no longer matches it (a hash mismatch): name that cause, a reused version number."""
+    from tuf.api.metadata import Metadata
+
+    if not isinstance(anchor, HostTrust) or anchor.allow_rollback:
+        return None
+    try:
+        mine = read_file(anchor.metadata_dir / "timestamp.json", METADATA_LIMITS["timestamp"], "trusted metadata")
+        theirs = _read(reader, METADATA_PREFIX + "timestamp.json")
+        version = Metadata.from_bytes(theirs).signed.version
+        if mine == theirs or Metadata.from_bytes(mine).signed.version != version:
+            return None
+    except Exception:  # unreadable either way: the refresh's own problem stands
+        return None
+    return (
+        f"metadata: timestamp version {version} is what the host already trusts, "
+        "but this archive's timestamp differs (re-signed with a reused version number)",
+        True,
+    )
 
 
 def _copy_host_metadata(host: HostTrust, md_dir: Path) -> None:
