@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import stat
@@ -278,25 +277,23 @@ def run(
     rlimit_as: int | None = None,
     umask: int | None = None,
 ) -> Result:
-    """Run ``chiron ARGV``; measure the peak memory of exactly this child (wait4), kill it on timeout."""
+    """Run ``chiron ARGV``; measure the peak memory of exactly this child, kill it on timeout.
+
+    Through a small launcher: a child forked from this (large) test process reports this process's
+    resident size as its own peak (the kernel keeps the forked memory's high-water mark across exec),
+    so the launcher forks chiron from its own few MiB and reports chiron's wait4 peak in a file."""
     aux.mkdir(parents=True, exist_ok=True)
-
-    def child() -> None:
-        if rlimit_as is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (rlimit_as, rlimit_as))
-        if umask is not None:
-            os.umask(umask)
-
+    peak = aux / "maxrss"
+    launch = [sys.executable, "-S", "-c", _LAUNCH, str(rlimit_as or 0), str(-1 if umask is None else umask), str(peak)]
     started = time.monotonic()
     with (aux / "stdout").open("wb") as o, (aux / "stderr").open("wb") as e:
         proc = subprocess.Popen(
-            [*CHIRON, *argv],
+            [*launch, *CHIRON, *argv],
             stdin=subprocess.DEVNULL,
             stdout=o,
             stderr=e,
             cwd=cwd,
             env=env,
-            preexec_fn=child,
             start_new_session=True,
         )
     timed_out = False
@@ -316,10 +313,30 @@ def run(
         proc.returncode,
         (aux / "stdout").read_bytes().decode(errors="replace"),
         (aux / "stderr").read_bytes().decode(errors="replace"),
-        usage.ru_maxrss * 1024,
+        (int(peak.read_text()) if peak.exists() else usage.ru_maxrss) * 1024,
         time.monotonic() - started,
         timed_out,
     )
+
+
+_LAUNCH = """
+import os, resource, signal, sys
+limit, mask, peak = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+if limit:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+if mask >= 0:
+    os.umask(mask)
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[4], sys.argv[4:])
+_, status, usage = os.wait4(pid, 0)
+with open(peak, "w") as f:
+    f.write(str(usage.ru_maxrss))
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.WEXITSTATUS(status))
+"""
 
 
 def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
