@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,16 +83,24 @@ def signed_root(tmp: Path, keys: Path, targets_keyfile: Path) -> Path:
     return root_dir
 
 
-@pytest.fixture()
-def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, Path]:
+@pytest.fixture(scope="module")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    """One SoftHSM2 token for the module: the PKCS#11 library is loaded once per process and keeps the
+    token directory of its first SOFTHSM2_CONF, so every test here must use that one."""
     if not SOFTHSM.exists() or shutil.which("pkcs11-tool") is None:
         pytest.skip("SoftHSM2/opensc missing: .ci/run installs softhsm2 and opensc")
+    tmp_path = tmp_path_factory.mktemp("softhsm")
     (tmp_path / "tokens").mkdir()
     conf = tmp_path / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    monkeypatch.setenv("PYKCS11LIB", str(SOFTHSM))
-    monkeypatch.setenv("HSM_PIN", "1234")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+        monkeypatch.setenv("PYKCS11LIB", str(SOFTHSM))
+        monkeypatch.setenv("HSM_PIN", "1234")
+        yield _token(tmp_path)
+
+
+def _token(tmp_path: Path) -> tuple[str, str, Path]:
     subprocess.run(
         ["softhsm2-util", "--init-token", "--free", "--label", "chiron-test", "--pin", "1234", "--so-pin", "5678"],
         check=True,
