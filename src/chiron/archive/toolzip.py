@@ -46,6 +46,7 @@ class ZipEntry:
     mode: int
 
 
+# One strict walk, kept whole: splitting it would spread the offsets each step checks against.
 def check_zip(fd: int, layout: Layout) -> tuple[list[ZipEntry], list[str]]:
     """Walk the tool zip strictly: every local header, data block, the central directory and the
     end record must follow each other with no gap, and agree with each other."""

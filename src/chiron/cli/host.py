@@ -131,6 +131,7 @@ def install(
     _print_host_result(result, as_json)
 
 
+# Long by its typer option declarations and the three sources it takes (file, oci://, https://).
 @app.command()
 def upgrade(
     archive: Annotated[

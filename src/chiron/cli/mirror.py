@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from chiron.sources.tool import ToolFormat
 
 
+# Long only by its typer option declarations (one per option); the body maps them to RefreshOptions.
 @mirror_app.command("refresh")
 def mirror_refresh(
     spec: Annotated[

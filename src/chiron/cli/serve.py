@@ -38,6 +38,7 @@ def interval(text: str, option: str) -> float:
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
+# Long only by its typer option declarations (one per option); the body maps them to Settings and Listen.
 @serve_app.callback()
 def serve(
     ctx: typer.Context,

@@ -32,6 +32,7 @@ def _unconfirmed(tool: str) -> CallToolResult:
     )
 
 
+# Long by design: one small closure per tool that changes something, listed together (as read_only).
 def mutating(opts: McpOptions) -> list[tuple[Any, str, str]]:
     """(function, output schema name, title) of every tool that changes something, bound to ``opts``
     (closures, as in chiron.mcpserver.tools.read_only)."""

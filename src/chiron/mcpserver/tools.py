@@ -20,6 +20,7 @@ StateDir = Annotated[str | None, Field(description="The host state directory (de
 Store = Annotated[str | None, Field(description="A mirror store directory (default: [mirror] store).")]
 
 
+# Long by design: one small closure per tool, listed together so the set of read-only tools reads in one place.
 def read_only(opts: McpOptions) -> list[tuple[Any, str, str]]:
     """(function, output schema name, title) of every read-only tool, bound to ``opts``.
 

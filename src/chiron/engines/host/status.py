@@ -82,6 +82,7 @@ def _metadata(paths: Paths, state: HostState, at: datetime) -> tuple[dict[str, A
     return metadata, warnings, fingerprint
 
 
+# One document assembled field by field (chiron.status/1), in the order of its schema.
 def status(prefix: Path, state_dir: Path | None) -> dict[str, Any]:
     """Releases, the current one and its packages, trusted metadata versions and expiry, the root
     fingerprint, last operations."""
