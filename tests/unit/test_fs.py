@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chiron.core.fs import private_dir, private_tempdir, read_small, write_atomic, write_private
+from chiron.core.fs import WriteBehind, private_dir, private_tempdir, read_small, write_atomic, write_private
 from chiron.errors import UsageError
 
 
@@ -117,3 +117,49 @@ def test_write_atomic_leaves_nothing_when_the_write_fails(tmp_path: Path) -> Non
     with pytest.raises(TypeError):
         write_atomic(dest, "not bytes")  # type: ignore[arg-type]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_write_behind_advises_each_step_and_never_before_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ranges handed to the kernel: each new step with the lag behind it, none before the
+    offset the copy started at (bytes kept from an earlier run are not this copy's to drop)."""
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        calls.append((offset, offset + length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    monkeypatch.setattr(WriteBehind, "STEP", 4096)
+    monkeypatch.setattr(WriteBehind, "LAG", 3 * 4096)
+    f = tmp_path / "out"
+    data = os.urandom(10 * 4096 + 100)
+    fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        start = 1000  # a resumed copy: the bytes before it were written by an earlier run
+        behind = WriteBehind(fd, start)
+        pos = start
+        for n in (100, 4000, 4096, 8192, 5000, 4096, 4096, 4096, 7316):
+            os.pwrite(fd, data[pos - start : pos - start + n], pos)
+            pos += n
+            behind.wrote(pos)
+        assert os.pread(fd, len(data), start) == data[: pos - start]
+    finally:
+        os.close(fd)
+    # Once a step was written: the step and up to LAG behind it, from the start at the earliest.
+    ends = [5100, 9196, 17388, 22388, 26484, 30580, 34676, 41992]
+    assert calls == [(max(start, end - 3 * 4096), end) for end in ends]
+
+
+def test_write_behind_costs_nothing_where_advice_is_refused() -> None:
+    read, write = os.pipe()  # posix_fadvise on a pipe fails with ESPIPE
+    try:
+        behind = WriteBehind(write, 0)
+        behind.wrote(WriteBehind.STEP)
+        assert behind.mark == WriteBehind.STEP
+    finally:
+        os.close(read)
+        os.close(write)

@@ -151,6 +151,34 @@ def temp_beside(path: Path, mode: int = 0o644) -> Iterator[tuple[int, Path]]:
             os.close(fd)
 
 
+class WriteBehind:
+    """Streams a large write to the disk as it goes, instead of leaving it all to the final fsync.
+
+    Every ``STEP`` bytes written, the disk write of the latest ones is started and the pages of the
+    ones before them that are already on the disk are dropped (``POSIX_FADV_DONTNEED`` does both: it
+    starts the writeback of dirty pages and frees clean ones). The final fsync then waits for one
+    step, not for the whole file, so the copy and the disk work at the same time; and a copy of
+    gigabytes neither fills the page cache with pages nobody reads again nor evicts the host's
+    working set. Measured on a 2 GiB durable copy: 1.0 s against 1.45 s for cp + sync
+    (docs/benchmarks.md). Advice a filesystem does not take is ignored: it only costs the speed-up.
+    """
+
+    STEP = 32 << 20
+    LAG = 128 << 20  # the pages behind the newest step: long enough for their writeback to finish
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd, self.start, self.mark = fd, offset, offset
+
+    def wrote(self, end: int) -> None:
+        """Bytes up to ``end`` (a file offset) are written."""
+        if end - self.mark < self.STEP:
+            return
+        low = max(self.start, end - self.LAG)
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self.fd, low, end - low, os.POSIX_FADV_DONTNEED)
+        self.mark = end
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:

@@ -10,6 +10,7 @@ time: the hashing overlaps the I/O instead of following it (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chiron.core.fs import WriteBehind
 from chiron.engines.media.plan import Unit
 
 # 1 MiB: a chunk is read, hashed and written while it is still in the CPU's caches (larger ones measured slower).
@@ -218,6 +220,9 @@ def pump(
     to ``dst_fd`` at ``dst_offset`` (nowhere when None), feeding every byte to ``checker``. Stops
     early once the checker has found a bad unit; ReadFailed when the source cannot be read."""
     done = 0
+    behind = WriteBehind(dst_fd, dst_offset) if dst_fd is not None else None
+    with contextlib.suppress(OSError):  # a larger read-ahead: the source is read once, in order
+        os.posix_fadvise(src_fd, src_offset, length, os.POSIX_FADV_SEQUENTIAL)
     while done < length and not checker.failed:
         buf = checker.buffer()
         want = min(len(buf), length - done)
@@ -237,6 +242,8 @@ def pump(
                 raise
         checker.feed(whole_offset + done, buf, n)
         done += n
+        if behind is not None:
+            behind.wrote(dst_offset + done)
         if advance is not None:
             advance(n)
 
