@@ -1,29 +1,35 @@
 """The media section of benchmarks/run.py: receive and join against plain copies of the same bytes.
 
 A 2 GiB appliance (a [[files]] member of random bytes) is received from another filesystem than the
-target, as from a medium, two ways: from /dev/shm (tmpfs) to the work directory's disk (everything in
-memory but the disk's flush: CPU-bound), and from the disk with its pages dropped from the page cache
-before each run to /dev/shm (read once from a device, as from a medium). Side by side, interleaved,
-each into an emptied directory: `chiron receive` (copy + verify in one pass, fsync'ed) against `cp`
+target, as from a medium, three ways: from /dev/shm (tmpfs) to the work directory's disk (everything
+in memory but the disk's flush: CPU-bound), from the disk with its pages dropped from the page cache
+before each run to /dev/shm (read once from a device), and from that disk read at a USB stick's
+speed (a blkio throttle on a cgroup; root only, skipped otherwise). Side by side, interleaved, each
+into an emptied directory: `chiron receive` (copy + verify in one pass, fsync'ed) against `cp`
 alone, `cp` + `sync FILE` (the same durability as receive), and `cp` followed by `chiron verify`
 (with and without the sync); `chiron join` of 4 volumes against `cat` of them + `sync FILE`. Wall
 and CPU time (wait4), and peak RSS of receive at 2 GiB and at 256 MiB: flat in the size.
+
+chiron runs as a host runs it: the tool the appliance carries, from the venv pex makes for it (the
+development .venv also holds the test dependencies, whose imports cost ~0.2 s per command).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from helpers import ENV_311, LocalIndex, make_wheel, write_spec
 
 Record = Callable[[str, str, str], None]
+Commands = dict[str, tuple[list[str], Callable[[], None]]]
 Timed = dict[str, tuple[float, float, int]]  # command -> (median wall s, median CPU s, peak RSS KiB)
 
 
@@ -52,7 +58,7 @@ def _appliance(work: Path, keys: Path, where: Path, mib: int, name: str) -> Path
     return out
 
 
-def _interleaved(cmds: dict[str, tuple[list[str], Callable[[], None]]], repeat: int) -> Timed:
+def _interleaved(cmds: Commands, repeat: int) -> Timed:
     """Each command ``repeat`` times, one of each per round after its setup: the median wall time, the
     median CPU time (user + system) and the largest peak RSS (KiB) of each, from wait4."""
     wall: dict[str, list[float]] = {k: [] for k in cmds}
@@ -86,6 +92,53 @@ def _cold(path: Path) -> Callable[[], None]:
     return drop
 
 
+def _tool(app: Path, work: Path) -> str:
+    """The chiron ``app`` carries, in the venv pex makes for it on its first run: what a host runs."""
+    root = work / "pex-root-media"
+    env = dict(os.environ, PEX_ROOT=str(root))
+    subprocess.run([str(app), "--help"], check=True, stdout=subprocess.DEVNULL, env=env)
+    (tool,) = root.glob("venvs/*/*/*/bin/chiron")
+    return str(tool)
+
+
+def _disk_of(path: Path) -> str:
+    """MAJOR:MINOR of the disk ``path`` is on (a partition's disk: throttles apply to whole disks)."""
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    sysfs = Path("/sys/dev/block") / dev
+    if (sysfs / "partition").exists():
+        return (sysfs.resolve().parent / "dev").read_text().strip()
+    return dev
+
+
+@contextlib.contextmanager
+def _throttled(path: Path, bps: int) -> Iterator[list[str] | None]:
+    """A command prefix that runs a command in a cgroup whose reads of ``path``'s disk are limited to
+    ``bps`` bytes a second (cgroup v1 blkio, or v2 io.max); None where this cannot be set up (not root,
+    no such controller, not a block device)."""
+    v1, v2 = Path("/sys/fs/cgroup/blkio"), Path("/sys/fs/cgroup")
+    group: Path | None = None
+    try:
+        dev = _disk_of(path)
+        if (v1 / "blkio.throttle.read_bps_device").is_file():
+            group = v1 / f"chiron-bench-{os.getpid()}"
+            group.mkdir()
+            (group / "blkio.throttle.read_bps_device").write_text(f"{dev} {bps}")
+        elif "io" in (v2 / "cgroup.subtree_control").read_text().split():
+            group = v2 / f"chiron-bench-{os.getpid()}"
+            group.mkdir()
+            (group / "io.max").write_text(f"{dev} rbps={bps}")
+    except OSError:
+        pass
+    try:
+        ready = group is not None and (group / "cgroup.procs").is_file()
+        yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"] if ready else None
+    finally:
+        if group is not None:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
 def bench_media(work: Path, keys: Path, record: Record, gib: float = 2.0) -> None:
     import run
 
@@ -97,52 +150,82 @@ def bench_media(work: Path, keys: Path, record: Record, gib: float = 2.0) -> Non
         memory = Path(tmp)
         app = _appliance(work, keys, memory, int(gib * 1024), "demo")
         small = _appliance(work, keys, memory, 256, "small")
-        root = str(keys / "1.root.json")
         on_disk = work / "disc" / app.name  # a medium on another filesystem, read cold
         on_disk.parent.mkdir()
         subprocess.run(["sh", "-c", f"cp {app} {on_disk} && sync {on_disk}"], check=True)
-        to_disk, to_memory = work / "received", memory / "received"
-        size = app.stat().st_size
         vols = memory / "volumes"
+        size = app.stat().st_size
         subprocess.run([run.CHIRON, "split", str(app), "--size", str(size // 4 + (64 << 20)), "-o", str(vols)],
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        b = _Bench(_tool(app, work), str(keys / "1.root.json"), work / "received", memory / "received")
+        t = _interleaved(b.commands(app, small, on_disk, vols), repeat=3)
+        with _throttled(on_disk, USB_BPS) as prefix:
+            if prefix is None:
+                record("media", f"skipped: reads at {USB_BPS // 10**6} MB/s (a cgroup read throttle needs root)", "")
+            else:
+                t |= _interleaved(b.throttled(prefix, on_disk), repeat=3)
+        b.clear()()
+    _report(record, t, size, len(list(vols.glob("*.chv"))))
+
+
+USB_BPS = 250 * 10**6  # a fast USB 3 stick's sequential read
+
+
+class _Bench:
+    """The commands compared, each with its setup: emptied target directories, a medium read cold."""
+
+    def __init__(self, chiron: str, root: str, to_disk: Path, to_memory: Path) -> None:
+        self.chiron, self.root, self.to_disk, self.to_memory = chiron, root, to_disk, to_memory
+
+    def clear(self, then: Callable[[], None] | None = None) -> Callable[[], None]:
+        def setup() -> None:
+            for d in (self.to_disk, self.to_memory):
+                shutil.rmtree(d, ignore_errors=True)
+                d.mkdir()
+            if then is not None:
+                then()
+            # No command pays for the writeback of the one before it (each writes 2 GiB to disk).
+            os.sync()
+
+        return setup
+
+    def verify(self, path: Path) -> str:
+        return f"{self.chiron} verify {path} --root {self.root}"
+
+    def receive(self, source: Path, to: Path) -> list[str]:
+        return [self.chiron, "receive", str(source), "--to", str(to), "--root", self.root]
+
+    def commands(self, app: Path, small: Path, on_disk: Path, vols: Path) -> Commands:
+        d, m = self.to_disk / app.name, self.to_memory / app.name
+        cold = self.clear(_cold(on_disk))
         parts = " ".join(sorted(str(p) for p in vols.glob("*.chv")))
+        return {
+            "cp": (["cp", str(app), str(d)], self.clear()),
+            "cp+sync": (["sh", "-c", f"cp {app} {d} && sync {d}"], self.clear()),
+            "cp+verify": (["sh", "-c", f"cp {app} {d} && {self.verify(d)}"], self.clear()),
+            "cp+sync+verify": (["sh", "-c", f"cp {app} {d} && sync {d} && {self.verify(d)}"], self.clear()),
+            "receive": (self.receive(app, self.to_disk), self.clear()),
+            "cold cp": (["cp", str(on_disk), str(m)], cold),
+            "cold cp+verify": (["sh", "-c", f"cp {on_disk} {m} && {self.verify(m)}"], cold),
+            "cold receive": (self.receive(on_disk, self.to_memory), cold),
+            "cat": (["sh", "-c", f"cat {parts} > {d} && sync {d}"], self.clear()),
+            "join": ([self.chiron, "join", str(vols), "-o", str(d), "--root", self.root], self.clear()),
+            "receive small": (self.receive(small, self.to_disk), self.clear()),
+        }
 
-        def clear(then: Callable[[], None] | None = None) -> Callable[[], None]:
-            def setup() -> None:
-                for d in (to_disk, to_memory):
-                    shutil.rmtree(d, ignore_errors=True)
-                    d.mkdir()
-                if then is not None:
-                    then()
-                # No command pays for the writeback of the one before it (each writes 2 GiB to disk).
-                os.sync()
-
-            return setup
-
-        d, m = to_disk / app.name, to_memory / app.name
-        verify = f"{run.CHIRON} verify {{}} --root {root}"
-        t = _interleaved(
-            {
-                "cp": (["cp", str(app), str(d)], clear()),
-                "cp+sync": (["sh", "-c", f"cp {app} {d} && sync {d}"], clear()),
-                "cp+verify": (["sh", "-c", f"cp {app} {d} && {verify.format(d)}"], clear()),
-                "cp+sync+verify": (["sh", "-c", f"cp {app} {d} && sync {d} && {verify.format(d)}"], clear()),
-                "receive": ([run.CHIRON, "receive", str(app), "--to", str(to_disk), "--root", root], clear()),
-                "cold cp": (["cp", str(on_disk), str(m)], clear(_cold(on_disk))),
-                "cold cp+verify": (["sh", "-c", f"cp {on_disk} {m} && {verify.format(m)}"], clear(_cold(on_disk))),
-                "cold receive": (
-                    [run.CHIRON, "receive", str(on_disk), "--to", str(to_memory), "--root", root],
-                    clear(_cold(on_disk)),
-                ),
-                "cat": (["sh", "-c", f"cat {parts} > {d} && sync {d}"], clear()),
-                "join": ([run.CHIRON, "join", str(vols), "-o", str(d), "--root", root], clear()),
-                "receive small": ([run.CHIRON, "receive", str(small), "--to", str(to_disk), "--root", root], clear()),
-            },
-            repeat=3,
-        )
-        clear()()
-    _report(record, t, size, parts.count(" ") + 1)
+    def throttled(self, prefix: list[str], on_disk: Path) -> Commands:
+        """From the disk at a USB stick's speed into memory. "check, then copy" is the routine receive
+        replaces: the medium verified when it is inserted, then copied (read twice: its pages dropped
+        in between, as for a medium larger than the page cache or copied later)."""
+        m = self.to_memory / on_disk.name
+        cold = self.clear(_cold(on_disk))
+        drop = f"dd if={on_disk} iflag=nocache count=0 status=none"
+        return {
+            "usb cp": ([*prefix, "cp", str(on_disk), str(m)], cold),
+            "usb cp+verify": ([*prefix, "sh", "-c", f"cp {on_disk} {m} && {self.verify(m)}"], cold),
+            "usb verify+cp": ([*prefix, "sh", "-c", f"{self.verify(on_disk)} && {drop} && cp {on_disk} {m}"], cold),
+            "usb receive": ([*prefix, *self.receive(on_disk, self.to_memory)], cold),
+        }
 
 
 def _report(record: Record, t: Timed, size: int, volumes: int) -> None:
@@ -152,25 +235,35 @@ def _report(record: Record, t: Timed, size: int, volumes: int) -> None:
         wall, cpu, _rss = t[key]
         record("media", what, f"{wall:.2f} s (CPU {cpu:.2f} s)")
 
+    def ratio(what: str, a: str, b: str) -> None:
+        record("media", what, f"{t[a][0] / t[b][0]:.2f}x")
+
     row("receive", f"chiron receive, {gibs:.2f} GiB, tmpfs -> disk, fsync'ed")
     row("cp", "cp, tmpfs -> disk (not fsync'ed)")
     row("cp+sync", "cp + sync FILE (durable, like receive)")
     row("cp+verify", "cp + chiron verify")
     row("cp+sync+verify", "cp + sync FILE + chiron verify (durable, like receive)")
-    rx = t["receive"][0]
-    record("media", "ratio receive / cp (target <= 1.1)", f"{rx / t['cp'][0]:.2f}x")
-    record("media", "ratio receive / (cp + sync)", f"{rx / t['cp+sync'][0]:.2f}x")
-    record("media", "ratio (cp + verify) / receive (target >= 1.8)", f"{t['cp+verify'][0] / rx:.2f}x")
-    record("media", "ratio (cp + sync + verify) / receive", f"{t['cp+sync+verify'][0] / rx:.2f}x")
+    ratio("ratio receive / cp (target <= 1.1)", "receive", "cp")
+    ratio("ratio receive / (cp + sync)", "receive", "cp+sync")
+    ratio("ratio (cp + verify) / receive (target >= 1.8)", "cp+verify", "receive")
+    ratio("ratio (cp + sync + verify) / receive", "cp+sync+verify", "receive")
     row("cold receive", "chiron receive, disk (cold) -> tmpfs")
     row("cold cp", "cp, disk (cold) -> tmpfs")
     row("cold cp+verify", "cp + chiron verify, disk (cold) -> tmpfs")
-    crx = t["cold receive"][0]
-    record("media", "cold: ratio receive / cp (target <= 1.1)", f"{crx / t['cold cp'][0]:.2f}x")
-    record("media", "cold: ratio (cp + verify) / receive (target >= 1.8)", f"{t['cold cp+verify'][0] / crx:.2f}x")
+    ratio("cold: ratio receive / cp (target <= 1.1)", "cold receive", "cold cp")
+    ratio("cold: ratio (cp + verify) / receive (target >= 1.8)", "cold cp+verify", "cold receive")
+    if "usb receive" in t:
+        mbs = USB_BPS // 10**6
+        row("usb receive", f"chiron receive, disk read at {mbs} MB/s -> tmpfs")
+        row("usb cp", f"cp, disk read at {mbs} MB/s -> tmpfs")
+        row("usb cp+verify", "cp + chiron verify of the copy")
+        row("usb verify+cp", "chiron verify of the medium, then cp of it (read twice)")
+        ratio(f"{mbs} MB/s: ratio receive / cp (target <= 1.1)", "usb receive", "usb cp")
+        ratio(f"{mbs} MB/s: ratio (cp + verify) / receive (target >= 1.8)", "usb cp+verify", "usb receive")
+        ratio(f"{mbs} MB/s: ratio (verify, then cp) / receive", "usb verify+cp", "usb receive")
     row("join", f"chiron join of {volumes} volumes (tmpfs -> disk, fsync'ed)")
     row("cat", f"cat of the {volumes} volumes + sync FILE")
-    record("media", "ratio join / (cat + sync)", f"{t['join'][0] / t['cat'][0]:.2f}x")
+    ratio("ratio join / (cat + sync)", "join", "cat")
     record("media", f"peak RSS, receive of {gibs:.2f} GiB / of 0.25 GiB", f"{t['receive'][2] / 1024:.0f} MiB / "
            f"{t['receive small'][2] / 1024:.0f} MiB")  # fmt: skip
     record("media", f"peak RSS, join of {gibs:.2f} GiB", f"{t['join'][2] / 1024:.0f} MiB")

@@ -346,11 +346,11 @@ def test_receive_volumes_from_several_media_in_several_runs(app: Path, root: Pat
     assert first.missing_volumes == list(range(1, len(vols)))
     for medium in media[:-1]:
         last = receive(medium, inbox, root_file=root)
-    assert last.output == inbox / "demo.pex" and last.missing_volumes == []
+    assert last.output == inbox / "demo-1.0.0.pex" and last.missing_volumes == []
     assert last.resumed_bytes == app.stat().st_size - last.received_bytes > 0  # the kept bytes were checked again
-    assert (inbox / "demo.pex").read_bytes() == app.read_bytes()
-    assert last.signature == inbox / "demo.pex.sig"  # from the first disc received, kept until the end
-    assert sorted(p.name for p in inbox.iterdir()) == ["demo.pex", "demo.pex.sig"]
+    assert (inbox / "demo-1.0.0.pex").read_bytes() == app.read_bytes()
+    assert last.signature == inbox / "demo-1.0.0.pex.sig"  # from the first disc received, kept until the end
+    assert sorted(p.name for p in inbox.iterdir()) == ["demo-1.0.0.pex", "demo-1.0.0.pex.sig"]
 
 
 def test_a_truncated_volume_is_named_and_the_receive_resumes(app: Path, root: Path, tmp_path: Path) -> None:
@@ -369,7 +369,28 @@ def test_a_truncated_volume_is_named_and_the_receive_resumes(app: Path, root: Pa
         receive(medium / vols[0].name, inbox, root_file=root)
     (medium / vols[0].name).write_bytes(whole)
     done = receive(medium, inbox, root_file=root)
-    assert done.output == inbox / "demo.pex" and (inbox / "demo.pex").read_bytes() == app.read_bytes()
+    assert done.output == inbox / "demo-1.0.0.pex" and (inbox / "demo-1.0.0.pex").read_bytes() == app.read_bytes()
+
+
+def test_received_volumes_are_named_from_the_signed_metadata_not_the_header(
+    app: Path, root: Path, tmp_path: Path
+) -> None:
+    """The header's file name is not signed: a set whose headers call it another release's file
+    still lands under the name and version its signed metadata gives."""
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    for vol in _split(app, tmp_path / "out"):
+        with VolumeReader(vol) as v:
+            h, rest = v.header, vol.read_bytes()[v.carried_offset :]
+        raw = canonical_json({**h.as_json(), "file": "demo-9.9.9.sh"})
+        (medium / vol.name).write_bytes(HEAD.pack(MAGIC, len(raw)) + raw + rest)
+    result = receive(medium, tmp_path / "in", root_file=root)
+    assert result.output == tmp_path / "in" / "demo-1.0.0.pex" and (result.version, result.file) == (
+        "1.0.0",
+        "demo-1.0.0.pex",
+    )
+    assert result.output.read_bytes() == app.read_bytes()
+    assert not (tmp_path / "in" / "demo-9.9.9.sh").exists()
 
 
 def test_a_damaged_copy_keeps_what_was_checked_and_resumes(app: Path, root: Path, tmp_path: Path) -> None:
@@ -439,8 +460,8 @@ def test_an_inbox_is_received_as_volumes_arrive(app: Path, root: Path, tmp_path:
     for p in vols[1:]:
         shutil.copyfile(p, inbox / p.name)
     second = receive(inbox, store, root_file=root)
-    assert second.output == store / "demo.pex" and second.received_volumes == list(range(2, len(vols) + 1))
-    assert (store / "demo.pex").read_bytes() == app.read_bytes()
+    assert second.output == store / "demo-1.0.0.pex" and second.received_volumes == list(range(2, len(vols) + 1))
+    assert (store / "demo-1.0.0.pex").read_bytes() == app.read_bytes()
 
 
 def test_split_is_deterministic(app: Path, tmp_path: Path) -> None:

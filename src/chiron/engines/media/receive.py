@@ -284,7 +284,16 @@ def _volumes(
     problems = [f"{v.path}: carries other metadata than {vols[0].path}" for v in vols[1:] if v.carried_sha256() != key]
     if problems:
         raise VerificationError(problems, hint="nothing was received")
-    return Incoming("appliance", key, h.size, h.file, trusted.plan, spans, sig)
+    # Named from the signed name and version: the header's file name is not signed, and a forged one
+    # could pass the set off as another release (demo-9.9.pex) to whoever picks files up by name.
+    stem = set_stem(report.name, report.version, "appliance", h.file)
+    return Incoming("appliance", key, h.size, stem + _suffix(h.file), trusted.plan, spans, sig)
+
+
+def _suffix(file: str) -> str:
+    """The appliance file's suffix: the header's when it is one an appliance has, else ``.pex``."""
+    suffix = Path(file).suffix
+    return suffix if suffix in (".pex", ".pyz") else ".pex"
 
 
 def _whole(path: Path, anchor: Anchor, result: ReceiveResult, stack: ExitStack) -> Incoming:
