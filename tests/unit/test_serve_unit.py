@@ -403,13 +403,27 @@ def test_a_changed_appliance_is_refused_then_dropped(served: Any) -> None:
         out.write(bytes([data[at] ^ 0xFF]))
     refused = served.get(url, headers=h)
     assert refused.status_code == 503 and refused.json()["type"].endswith("/appliance-changed")
+    # A reader is told which file and what happened, never where it lies on the server.
+    detail = refused.json()["detail"]
+    assert served.archive.name in detail and str(served.archive.parent) not in detail
     deadline = time.monotonic() + 10
     while not served.get("/v1/appliances", headers=h).json()["failed"] and time.monotonic() < deadline:
         time.sleep(0.05)
     listing = served.get("/v1/appliances", headers=h).json()
-    assert listing["appliances"] == [] and "sha256 does not match" in listing["failed"][0]["problem"]
+    assert listing["appliances"] == [] and listing["failed"] == [
+        {
+            "path": served.archive.name,
+            "problem": f"{served.archive.name}: did not verify; it is not served (an admin sees why)",
+        }
+    ]
+    admin = served.get("/v1/appliances", headers=_auth(served, "admin")).json()  # an admin sees why, and where
+    assert (
+        admin["failed"][0]["path"] == str(served.archive) and "sha256 does not match" in admin["failed"][0]["problem"]
+    )
     assert served.get(url, headers=h).status_code == 404
-    assert served.get("/readyz").json()["failed"] == 1
+    ready = served.get("/readyz").json()  # open to anyone: the file's name, not the server's paths
+    assert ready["failed"] == 1 and served.archive.name in ready["detail"][0]
+    assert str(served.archive.parent) not in json.dumps(ready)
 
 
 def test_openapi_schema_is_committed() -> None:

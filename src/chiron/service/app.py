@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 import traceback
@@ -26,7 +25,7 @@ from chiron.service import pages, problems
 from chiron.service.catalog import Catalog
 from chiron.service.db import Database, now
 from chiron.service.jobs import JobRunner
-from chiron.service.observe import BodyLimitMiddleware, Metrics, ObserveMiddleware
+from chiron.service.observe import BodyLimitMiddleware, Metrics, ObserveMiddleware, log_event
 from chiron.service.problems import ProblemError
 from chiron.service.routers import appliances, deltas, hosts, index, jobs, ops
 from chiron.service.settings import Settings
@@ -122,7 +121,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc: Services = app.state.services
     if svc.jobs is not None:
         for job_id in svc.jobs.recover():
-            _log("warning", f"job {job_id} was interrupted by the last stop of the service: marked failed")
+            log_event("warning", f"job {job_id} was interrupted by the last stop of the service: marked failed")
     tasks = [asyncio.create_task(_watch(svc))]
     if svc.jobs is not None and svc.settings.refresh_every:
         tasks.append(asyncio.create_task(_timer(svc, svc.jobs, svc.settings.refresh_every)))
@@ -143,11 +142,11 @@ async def _watch(svc: Services) -> None:
             if await anyio.to_thread.run_sync(svc.catalog.scan):
                 snapshot = svc.catalog.snapshot
                 names = ", ".join(f"{e.filename} ({e.name} {e.version})" for e in snapshot.entries) or "nothing"
-                _log("info", f"serving {names}")
+                log_event("info", f"serving {names}")
                 for _path, why in snapshot.failed:
-                    _log("error", f"not served: {why}")
+                    log_event("error", f"not served: {why}")
         except ChironError as exc:
-            _log("error", f"scanning the sources: {exc.diagnostics()}")
+            log_event("error", f"scanning the sources: {exc.diagnostics()}")
         await anyio.to_thread.run_sync(svc.catalog.wake.wait, svc.settings.rescan_every)
         svc.catalog.wake.clear()
 
@@ -165,16 +164,11 @@ async def _timer(svc: Services, runner: JobRunner, every: float) -> None:
         if wait <= 0:
             try:
                 job_id = await anyio.to_thread.run_sync(runner.submit, "timer")
-                _log("info", f"scheduled refresh job {job_id} started")
+                log_event("info", f"scheduled refresh job {job_id} started")
             except ProblemError as exc:
-                _log("warning", f"scheduled refresh not started: {exc.detail}")
+                log_event("warning", f"scheduled refresh not started: {exc.detail}")
             wait = every
         await asyncio.sleep(min(wait, 60.0))
-
-
-def _log(level: str, message: str, **fields: Any) -> None:
-    record = {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "level": level, "message": message}
-    sys.stderr.write(json.dumps({**record, **fields}, sort_keys=True, default=str) + "\n")
 
 
 def _respond(request: Request, exc: ProblemError) -> JSONResponse:
@@ -219,7 +213,7 @@ async def _chiron_error(request: Request, exc: ChironError) -> JSONResponse:
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
-    _log(
+    log_event(
         "error", f"internal error: {type(exc).__name__}: {exc}", path=request.url.path, traceback=traceback.format_exc()
     )
     return _respond(request, ProblemError("internal", f"internal error ({type(exc).__name__}); see the service log"))

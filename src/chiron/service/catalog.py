@@ -78,20 +78,23 @@ class Entry:
         return self.path.name if self.source != "releases" else f"{self.path.parent.name}.pex"
 
     def changed(self) -> str | None:
-        """Why this appliance must not be served now (changed, replaced, removed, expired), or None."""
+        """Why this appliance must not be served now (changed, replaced, removed, expired), or None.
+
+        Told to clients, so it names the file as they know it (its name), never where it lies on the
+        server: the rescan this starts logs that."""
         if datetime.now(UTC) >= self.expires:
-            return f"{self.path}: its metadata expired on {self.expires:%Y-%m-%dT%H:%M:%SZ}"
+            return f"{self.filename}: its metadata expired on {self.expires:%Y-%m-%dT%H:%M:%SZ}"
         with self.lock:
             if self.closed:
-                return f"{self.path}: no longer served"
+                return f"{self.filename}: no longer served"
             if FileSig.of(os.fstat(self.handle.reader.fd)) != self.fsig:
-                return f"{self.path}: changed on disk after it was verified"
+                return f"{self.filename}: changed on disk after it was verified"
         try:
             st = os.stat(self.path)
         except OSError:
-            return f"{self.path}: removed after it was verified"
+            return f"{self.filename}: removed after it was verified"
         if (st.st_dev, st.st_ino) != (self.fsig.dev, self.fsig.ino):
-            return f"{self.path}: replaced after it was verified"
+            return f"{self.filename}: replaced after it was verified"
         return None
 
     def dup(self) -> int | None:
@@ -123,6 +126,16 @@ class Snapshot:
 
     def names(self) -> list[str]:
         return sorted({e.name for e in self.entries})
+
+    def failures(self, *, admin: bool) -> list[tuple[str, str]]:
+        """The files that did not verify, as a caller may see them: why (with the server's paths) for
+        an admin; for anyone else, the file's name only (the server log says why)."""
+        if admin:
+            return list(self.failed)
+        return [
+            (Path(p).name, f"{Path(p).name}: did not verify; it is not served (an admin sees why)")
+            for p, _ in self.failed
+        ]
 
     def of(self, name: str | None = None) -> list[Entry]:
         name = name or self.default_name

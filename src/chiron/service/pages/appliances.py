@@ -41,10 +41,13 @@ def _entry(svc: Services, ref: str, name: str | None = None) -> Entry:
     return entry
 
 
-def view(entry: Entry) -> Appliance:
-    """The report's view of a served appliance (cached per verified file and day)."""
+def view(svc: Services, entry: Entry) -> Appliance:
+    """The report's view of a served appliance (cached per verified file and day). What cannot be
+    shown wakes the rescan, which verifies the file again and logs why on the server: the page names
+    the file only, never the server's paths or errors."""
     why = entry.changed()
     if why is not None:
+        svc.catalog.wake.set()
         raise PageError(503, "Not served now", f"{why}; it is verified again before it is shown")
     as_of = as_of_today()
     key = (entry.sha256, entry.fsig, as_of)
@@ -63,9 +66,10 @@ def view(entry: Entry) -> Appliance:
             sha256=entry.sha256,
             as_of=as_of,
         )
-    except (ChironError, OSError) as exc:
-        detail = exc.diagnostics() if isinstance(exc, ChironError) else str(exc)
-        raise PageError(503, "Cannot read the appliance", f"{entry.filename}: {detail}") from None
+    except (ChironError, OSError):
+        svc.catalog.wake.set()
+        detail = f"{entry.filename}: cannot be read now; it is verified again before it is shown"
+        raise PageError(503, "Cannot read the appliance", detail) from None
     with _cache_lock:
         _cache[key] = shown
         while len(_cache) > _CACHE_SIZE:
@@ -85,17 +89,19 @@ def _store(svc: Services, entry: Entry) -> StoreView | None:
 def _report(svc: Services, entry: Entry) -> Report:
     """The report of a served version, with the changes since the version before it (if one is served)."""
     older = [e for e in svc.catalog.snapshot.of(entry.name) if e.metadata_version < entry.metadata_version]
-    this = view(entry)
-    diff = changes(view(older[-1]), this) if older else None
+    this = view(svc, entry)
+    diff = changes(view(svc, older[-1]), this) if older else None
     return Report(appliance=this, as_of=as_of_today().strftime("%Y-%m-%d"), changes=diff, store=_store(svc, entry))
 
 
 @router.get("/ui/", response_class=HTMLResponse)
-def appliances(request: Request, svc: Svc, _who: Reader) -> HTMLResponse:
-    """Every appliance served, its versions newest first, and the files that did not verify."""
+def appliances(request: Request, svc: Svc, who: Reader) -> HTMLResponse:
+    """Every appliance served, its versions newest first, and the files that did not verify (why: for
+    an admin only)."""
     snapshot = svc.catalog.snapshot
     groups = [(name, list(reversed(snapshot.of(name))), snapshot.latest(name)) for name in snapshot.names()]
-    return page(request, "appliances.html", groups=groups, failed=snapshot.failed, default=snapshot.default_name)
+    failed = snapshot.failures(admin=who.allows("admin"))
+    return page(request, "appliances.html", groups=groups, failed=failed, default=snapshot.default_name)
 
 
 @router.get("/ui/appliances/{ref}", response_class=HTMLResponse)
@@ -136,5 +142,11 @@ def diff(
     if a.name != b.name:
         raise PageError(400, "Different appliances", f"{plain(a.name)} and {plain(b.name)} are not one appliance")
     return page(
-        request, "diff.html", changes=changes(view(a), view(b)), new=view(b), versions=versions, old_ref=a, new_ref=b
+        request,
+        "diff.html",
+        changes=changes(view(svc, a), view(svc, b)),
+        new=view(svc, b),
+        versions=versions,
+        old_ref=a,
+        new_ref=b,
     )

@@ -48,5 +48,5 @@ def descriptor(svc: Services, entry: Entry) -> int:
     fd = entry.dup()
     if fd is None:
         svc.catalog.wake.set()
-        raise ProblemError("appliance-changed", f"{entry.path}: changed just now", headers={"Retry-After": "5"})
+        raise ProblemError("appliance-changed", f"{entry.filename}: changed just now", headers={"Retry-After": "5"})
     return fd

@@ -16,6 +16,7 @@ from chiron.service.problems import ProblemError
 from chiron.service.ranges import etag
 from chiron.service.responses import RegionResponse
 from chiron.service.routers import appliance, descriptor
+from chiron.service.tokens import allows
 
 router = APIRouter(tags=["appliances"])
 File = Annotated[
@@ -52,15 +53,18 @@ def info(entry: Entry, default: Entry | None) -> ApplianceInfo:
 
 
 @router.get("/v1/appliances", response_model=ApplianceList, responses=problems.responses("unauthorized", "forbidden"))
-async def list_appliances(svc: Svc, _who: Read) -> ApplianceList:
-    """Every verified appliance served (URLs relative to the service root), and files that did not verify."""
+async def list_appliances(svc: Svc, who: Read) -> ApplianceList:
+    """Every verified appliance served (URLs relative to the service root), and files that did not verify
+    (why, with the server's paths, for an admin token only)."""
     snapshot = svc.catalog.snapshot
     entries = sorted(snapshot.entries, key=lambda e: (e.name, e.metadata_version, e.filename))
     latest = {name: snapshot.latest(name) for name in snapshot.names()}
     return ApplianceList(
         default=snapshot.default_name,
         appliances=[info(e, latest.get(e.name)) for e in entries],
-        failed=[FailedAppliance(path=p, problem=why) for p, why in snapshot.failed],
+        failed=[
+            FailedAppliance(path=p, problem=why) for p, why in snapshot.failures(admin=allows(set(who.scopes), "admin"))
+        ],
     )
 
 

@@ -53,9 +53,10 @@ async def make_delta(
     doc: dict[str, Any] = inventory.model_dump(by_alias=True)
     try:
         made = await anyio.to_thread.run_sync(svc.deltas.get, doc, entry.path, entry.sha256)
-    except VerificationError as exc:  # the file changed while the delta was made from it
+    except VerificationError:  # the file changed while the delta was made from it: the rescan logs why
         svc.catalog.wake.set()
-        raise ProblemError("appliance-changed", exc.diagnostics(), headers={"Retry-After": "5"}) from None
+        detail = f"{entry.filename}: changed while the delta was made from it; it is verified again"
+        raise ProblemError("appliance-changed", detail, headers={"Retry-After": "5"}) from None
     except ChironError as exc:
         raise from_chiron_error(exc) from None
     svc.metrics.deltas.labels("hit" if made.hit else "miss").inc()

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from chiron.service import problems
 from chiron.service.auth import Admin, Svc, require, service_state
 from chiron.service.models import Health, Yank
+from chiron.service.observe import log_event
 
 router = APIRouter(tags=["operations"])
 
@@ -29,18 +30,21 @@ async def healthz(svc: Svc) -> dict[str, Any]:
     summary="Readiness: the appliances were verified once and the database answers",
 )
 async def readyz(svc: Svc) -> Response:
+    # Open to anyone (a load balancer's probe): it says what is wrong, never the server's paths or
+    # errors; those are in the server log (the rescan logs the files and the sources).
     snapshot = svc.catalog.snapshot
-    detail = [why for _path, why in snapshot.failed]
+    detail = [why for _name, why in snapshot.failures(admin=False)]
     ready = svc.catalog.ready and svc.catalog.error is None
     if svc.catalog.error is not None:
-        detail.insert(0, f"cannot read the sources: {svc.catalog.error}")
+        detail.insert(0, "cannot read the sources (the server log says why)")
     elif not ready:
         detail.insert(0, "the appliances are still being verified")
     try:
         svc.db.one("SELECT 1")
     except Exception as exc:  # the database is what readiness is about: any failure is "not ready"
         ready = False
-        detail.insert(0, f"database: {exc}")
+        log_event("error", f"readiness: the database does not answer: {exc}")
+        detail.insert(0, "the database does not answer (the server log says why)")
     doc = {
         "status": "ok" if ready else "not ready",
         "appliances": len(snapshot.entries),
