@@ -34,7 +34,7 @@ from chiron.archive.volume import (
     volume_file,
 )
 from chiron.core import progress as _progress
-from chiron.core.fs import fsync_dir, temp_beside, write_atomic
+from chiron.core.fs import WriteBehind, fsync_dir, temp_beside, write_atomic
 from chiron.core.text import plain, printable
 from chiron.engines.media.files import copy_signature, ensure_space, signature_beside
 from chiron.engines.media.plan import Plan, opaque
@@ -291,6 +291,7 @@ def _write_volume(src: Source, h: VolumeHeader, path: Path, advance: Any) -> tup
     fd = open_regular(src.path)
     try:
         with temp_beside(path, 0o644) as (out, tmp), os.fdopen(os.dup(out), "wb") as f:
+            behind = WriteBehind(out, 0)  # a volume is gigabytes: on the disk as it goes, not all at the fsync
             for part in (h.encode(), *(b for _n, b in src.carried)):
                 f.write(part)
                 whole_file.update(part)
@@ -301,6 +302,7 @@ def _write_volume(src: Source, h: VolumeHeader, path: Path, advance: Any) -> tup
                 data.update(chunk)
                 size += len(chunk)
                 advance(len(chunk))
+                behind.wrote(size)
             if data.hexdigest() != h.data_sha256:
                 raise VerificationError([f"{src.path}: changed while being split (bytes {h.offset}-{h.end})"])
             f.flush()
