@@ -17,11 +17,14 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chiron.archive.layout import FOOTER, FOOTER_MAGIC
 from chiron.archive.reader import read_layout
 from chiron.core.text import canonical_json
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 def make_wheel(
@@ -566,6 +569,43 @@ def make_tokens(db: Path) -> dict[str, str]:
         database.add_token(t.id, t.secret_sha256, name, scopes, None)
         out[name] = t.text
     return out
+
+
+def signed_receipt(key: Ed25519PrivateKey, host: str, seq: int, targets: int = 5, **over: Any) -> dict[str, Any]:
+    """A chiron.receipt/1 document as a host makes it, signed by ``key`` (made by hand: no installed host
+    needed): demo 1.0.0 installed at metadata version ``targets``, its last install ok. ``over`` replaces
+    whole fields before the signature is made (a field keeps its place in the document)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from chiron.engines import receipts
+
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    body: dict[str, Any] = {
+        "schema": "chiron.receipt/1",
+        "host": host,
+        "key": receipts.key_text(raw),
+        "key_sha256": receipts.fingerprint(raw),
+        "seq": seq,
+        "time": "2026-01-02T03:04:05Z",
+        "prefix": "/opt/chiron",
+        "appliance": {
+            "name": "demo",
+            "version": "1.0.0",
+            "release": f"demo-1.0.0-{targets}",
+            "environment": "cp311",
+            "installed": "2026-01-02T03:00:00Z",
+        },
+        "previous": None,
+        "metadata_versions": {"root": 1, "timestamp": targets, "snapshot": targets, "targets": targets},
+        "last_operation": {"time": "2026-01-02T03:00:00Z", "op": "install", "result": "ok"},
+        "pending_transaction": False,
+        "audit_head": {"seq": 1, "sha256": "0" * 64},
+        "warnings": [],
+        "chiron_version": "0.1.0",
+        **over,
+    }
+    body["signature"] = receipts.sign(body, key)
+    return body
 
 
 class Running:

@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from chiron.engines import host, mirror, receipts
+from chiron.engines import host, mirror
 from chiron.service.settings import Settings
 
-from helpers import LocalIndex, Running, get_json, make_tokens, make_wheel, write_spec
+from helpers import LocalIndex, Running, get_json, make_tokens, make_wheel, signed_receipt, write_spec
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # Without the background-networking switches chromium reaches for the network at start (and is refused here).
@@ -57,29 +56,13 @@ def run(*args: str, env: dict[str, str] | None = None, check: bool = True) -> su
     return proc
 
 
-def _signed_receipt(key: Ed25519PrivateKey, host_id: str, seq: int, targets: int, **over: Any) -> dict[str, Any]:
-    """A receipt as a host makes it, signed with its key (a host whose last upgrade failed)."""
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    body: dict[str, Any] = {
-        "schema": "chiron.receipt/1",
-        "host": host_id,
-        "key": receipts.key_text(raw),
-        "key_sha256": receipts.fingerprint(raw),
-        "seq": seq,
-        "time": "2026-01-02T03:04:05Z",
-        "prefix": "/opt/chiron",
-        "appliance": {"name": "demo", "version": "1.0.0", "release": "r1", "environment": "cp311", "installed": None},
-        "previous": None,
-        "metadata_versions": {"root": 1, "timestamp": targets, "snapshot": targets, "targets": targets},
-        "last_operation": {"time": "2026-01-02T03:00:00Z", "op": "upgrade", "result": "failed", "detail": "disk full"},
-        "pending_transaction": False,
-        "audit_head": None,
-        "warnings": ["the last upgrade failed: disk full"],
-        "chiron_version": "0.1.0",
-        **over,
-    }
-    body["signature"] = receipts.sign(body, key)
-    return body
+# What web-02 reports: its last upgrade failed (signed_receipt has the rest).
+FAILED_UPGRADE: dict[str, Any] = {
+    "appliance": {"name": "demo", "version": "1.0.0", "release": "r1", "environment": "cp311", "installed": None},
+    "last_operation": {"time": "2026-01-02T03:00:00Z", "op": "upgrade", "result": "failed", "detail": "disk full"},
+    "audit_head": None,
+    "warnings": ["the last upgrade failed: disk full"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +118,15 @@ def site(tmp_path_factory: pytest.TempPathFactory, keys: Path, tool_wheels: Path
         run(*receipt, env=env)
         # web-02: a host whose last upgrade failed, enrolled and approved the same way.
         key = Ed25519PrivateKey.generate()
-        assert get_json(svc.url, "/v1/enrolments", toks["host"], "POST", _signed_receipt(key, "web-02", 1, 0))[0] == 202
+        enrolment = signed_receipt(key, "web-02", 1, 0, **FAILED_UPGRADE)
+        assert get_json(svc.url, "/v1/enrolments", toks["host"], "POST", enrolment)[0] == 202
         assert get_json(svc.url, "/v1/hosts/web-02/approve", toks["admin"], "POST", {})[0] == 200
         status, body = get_json(
-            svc.url, "/v1/receipts", toks["host"], "POST", _signed_receipt(key, "web-02", 2, first.metadata_version)
+            svc.url,
+            "/v1/receipts",
+            toks["host"],
+            "POST",
+            signed_receipt(key, "web-02", 2, first.metadata_version, **FAILED_UPGRADE),
         )
         assert status == 201, body
         svc.tokens = toks  # type: ignore[attr-defined]

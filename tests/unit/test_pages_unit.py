@@ -11,18 +11,16 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 from sim import Sim
 from test_report_unit import HOSTILE_NAME, build
 
-from chiron.engines import receipts
 from chiron.service import tokens
 from chiron.service.app import create_app
 from chiron.service.db import Database
 from chiron.service.settings import Settings
 
-from helpers import make_wheel
+from helpers import make_wheel, signed_receipt
 
 
 @pytest.fixture()
@@ -175,27 +173,13 @@ def test_names_from_an_appliance_are_escaped_on_the_pages(site: Any) -> None:
         assert "<script" not in html.lower() and "&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;" in html
 
 
-def _receipt(key: Ed25519PrivateKey, host: str, seq: int, last_operation: dict[str, Any], warnings: list[str]) -> Any:
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    body: dict[str, Any] = {
-        "schema": "chiron.receipt/1",
-        "host": host,
-        "key": receipts.key_text(raw),
-        "key_sha256": receipts.fingerprint(raw),
-        "seq": seq,
-        "time": "2026-01-02T03:04:05Z",
-        "prefix": "/opt/chiron",
-        "appliance": {"name": "demo", "version": "1.0.0+1", "release": "r", "environment": None, "installed": None},
-        "previous": None,
-        "metadata_versions": {"targets": 1},
-        "last_operation": last_operation,
-        "pending_transaction": False,
-        "audit_head": None,
-        "warnings": warnings,
-        "chiron_version": "0",
-    }
-    body["signature"] = receipts.sign(body, key)
-    return body
+# What the fleet page's hosts report besides their last operation and warnings (signed_receipt has the rest).
+FLEET_FIELDS: dict[str, Any] = {
+    "appliance": {"name": "demo", "version": "1.0.0+1", "release": "r", "environment": None, "installed": None},
+    "metadata_versions": {"targets": 1},
+    "audit_head": None,
+    "chiron_version": "0",
+}
 
 
 def test_the_fleet_page_shows_what_the_receipts_say(site: Any) -> None:
@@ -207,9 +191,12 @@ def test_the_fleet_page_shows_what_the_receipts_say(site: Any) -> None:
         ("web-02", {"op": "upgrade", "result": "failed", "detail": "<script>x</script>"}, ["disk \u202e full"]),
     ):
         key = Ed25519PrivateKey.generate()
-        assert site.post("/v1/enrolments", json=_receipt(key, host, 1, op, warnings), headers=admin).status_code == 202
+        fields = {**FLEET_FIELDS, "last_operation": op, "warnings": warnings}
+        assert (
+            site.post("/v1/enrolments", json=signed_receipt(key, host, 1, **fields), headers=admin).status_code == 202
+        )
         assert site.post(f"/v1/hosts/{host}/approve", json={}, headers=admin).status_code == 200
-        assert site.post("/v1/receipts", json=_receipt(key, host, 2, op, warnings), headers=admin).status_code == 201
+        assert site.post("/v1/receipts", json=signed_receipt(key, host, 2, **fields), headers=admin).status_code == 201
     log_in(site, site.tokens["admin"].text)
     page = site.get("/ui/fleet").text
     rows = re.findall(r'<tr class="host">(.*?)</tr>', page, re.S)

@@ -27,7 +27,7 @@ from chiron.service.db import Database
 from chiron.service.ranges import ByteRange, Unsatisfiable, if_range_holds, none_match, parse_range
 from chiron.service.settings import Settings
 
-from helpers import make_wheel
+from helpers import make_wheel, signed_receipt
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,37 +130,6 @@ def test_content_negotiation(accept: str | None, fmt: str | None, expect: str | 
 
 def _key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
-
-
-def signed_receipt(key: Ed25519PrivateKey, host: str, seq: int, targets: int = 5, **over: Any) -> dict[str, Any]:
-    """A receipt as a host makes it, signed by ``key`` (made by hand: no installed host needed)."""
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    body: dict[str, Any] = {
-        "schema": "chiron.receipt/1",
-        "host": host,
-        "key": receipts.key_text(raw),
-        "key_sha256": receipts.fingerprint(raw),
-        "seq": seq,
-        "time": "2026-01-02T03:04:05Z",
-        "prefix": "/opt/chiron",
-        "appliance": {
-            "name": "demo",
-            "version": "1.0.0",
-            "release": f"demo-1.0.0-{targets}",
-            "environment": "cp311",
-            "installed": "2026-01-02T03:00:00Z",
-        },
-        "previous": None,
-        "metadata_versions": {"root": 1, "timestamp": targets, "snapshot": targets, "targets": targets},
-        "last_operation": {"time": "2026-01-02T03:00:00Z", "op": "install", "result": "ok"},
-        "pending_transaction": False,
-        "audit_head": {"seq": 1, "sha256": "0" * 64},
-        "warnings": [],
-        "chiron_version": "0.1.0",
-        **over,
-    }
-    body["signature"] = receipts.sign(body, key)
-    return body
 
 
 def test_receipt_signatures() -> None:
