@@ -37,7 +37,7 @@ from chiron.engines.inspect import inspect_archive
 from chiron.engines.verify import verify
 from chiron.errors import FormatError, UsageError, VerificationError
 from chiron.trust import client as _client
-from chiron.trust.client import RootFingerprint, TrustOnFirstUse, anchor_from_options
+from chiron.trust.anchor import RootFingerprint, TrustOnFirstUse, anchor_from_options
 from chiron.trust.metadata import build_repository
 
 from helpers import rewrite_archive

@@ -36,7 +36,7 @@ from chiron.archive.layout import (
     is_metadata_file,
 )
 from chiron.archive.manifest import MANIFEST, MAX_MANIFEST
-from chiron.archive.reader import ArchiveReader, check_tiling, layout_from_parts, open_regular, pread_exact
+from chiron.archive.reader import check_tiling, layout_from_parts, open_regular, pread_exact
 from chiron.core.text import canonical_json, check_member_name, parse_json, plain, unsafe_char
 from chiron.errors import FormatError
 
@@ -52,7 +52,7 @@ SUFFIX = ".chv"
 Kind = Literal["appliance", "delta"]
 KINDS: tuple[Kind, ...] = ("appliance", "delta")
 # Longest metadata member a volume may carry (targets.json's bound in the TUF client); others are smaller.
-_MAX_CARRIED_MEMBER = max(MAX_INDEX + FOOTER_SIZE, MAX_MANIFEST, 64 << 20)
+MAX_CARRIED_MEMBER = max(MAX_INDEX + FOOTER_SIZE, MAX_MANIFEST, 64 << 20)
 _FIELDS = frozenset(
     {"format", "kind", "name", "version", "file", "size", "sha256", "number", "count", "offset", "length"}
     | {"data_sha256", "carried"}
@@ -147,62 +147,6 @@ def carried_names(layout: Layout) -> list[tuple[str, int]]:
     return out
 
 
-def carried_from(reader: ArchiveReader) -> list[tuple[str, bytes]]:
-    """The members a volume of this appliance carries, read from the appliance itself (unchecked):
-    the same bytes, in the same order, as a volume's carried section."""
-    layout = reader.layout
-    out: list[tuple[str, bytes]] = []
-    for name, length in carried_names(layout):
-        if name == SHEBANG_TARGET:
-            out.append((name, layout.shebang))
-        elif name == INDEX_EXTENT:
-            out.append((name, pread_exact(reader.fd, length, layout.index_offset)))
-        else:
-            out.append((name, reader.read(name, _MAX_CARRIED_MEMBER)))
-    return out
-
-
-class Carried:
-    """What a volume of this appliance would carry, read once from the appliance itself: a MemberSource
-    over those bytes, so the TUF client, the plan and the staging key all see one copy, whatever
-    happens to the file meanwhile."""
-
-    def __init__(self, reader: ArchiveReader) -> None:
-        self._reader = reader
-        self.members = carried_from(reader)
-        self._bytes = dict(self.members)
-
-    @property
-    def path(self) -> Path:
-        return self._reader.path
-
-    @property
-    def fd(self) -> int:
-        return self._reader.fd
-
-    @property
-    def layout(self) -> Layout:
-        return self._reader.layout
-
-    def has(self, name: str) -> bool:
-        return name in self._bytes
-
-    def region(self, name: str) -> tuple[int, int]:
-        return self._reader.region(name)
-
-    def read(self, name: str, limit: int | None = None) -> bytes:
-        data = self._bytes.get(name)
-        if data is None:
-            raise FormatError(f"member {plain(name)}: not carried")
-        if limit is not None and len(data) > limit:
-            raise FormatError(f"member {plain(name)}: {len(data)} bytes, more than the {limit} allowed for it")
-        return data
-
-    def sha256(self) -> str:
-        """Equal to any of its volumes' ``carried_sha256``, so the appliance and its volumes share a staging."""
-        return hashlib.sha256(b"".join(data for _name, data in self.members)).hexdigest()
-
-
 def _is_int(value: object, low: int = 0) -> bool:
     return type(value) is int and value >= low
 
@@ -275,7 +219,7 @@ def _carried(entry: Any, i: int) -> tuple[str, int]:
     if not isinstance(entry["name"], str) or not _is_int(entry["length"]):
         raise ValueError(f"carried[{i}] has fields of the wrong types")
     check_member_name(entry["name"])  # ValueError, the name escaped
-    if entry["length"] > _MAX_CARRIED_MEMBER:
+    if entry["length"] > MAX_CARRIED_MEMBER:
         raise ValueError(f"carried member {plain(entry['name'])} is longer than any chiron carries")
     return entry["name"], entry["length"]
 

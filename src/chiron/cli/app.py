@@ -262,3 +262,8 @@ def tool_wheels_dir(given: Path | None) -> Path:
             hint="pass the directory holding chiron's own wheels, or set [mirror] tool_wheels / CHIRON_TOOL_WHEELS",
         )
     return Path(wheels)
+
+
+def host_paths(prefix: Path | None, state_dir: Path | None) -> tuple[Path, Path | None]:
+    """--prefix and --state-dir as given, else from the settings ([host])."""
+    return setting("host.prefix", prefix), setting("host.state_dir", state_dir)

@@ -19,7 +19,7 @@ from chiron.errors import ChironError, ExitCode, VerificationError
 
 def register_commands() -> None:
     """Import the command modules; each registers its commands with ``app`` (in --help order)."""
-    from chiron.cli import archive, config, download, host, keys, mcp, media, mirror, oci, report, serve  # noqa: F401
+    from chiron.cli import archive, config, download, host, images, keys, mcp, media, mirror, oci, report, serve  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Commands on an air-gapped host: install, upgrade, recover, rollback, status, doctor, audit, inventory."""
+"""Commands on an air-gapped host: install, upgrade, recover, commit, rollback, status, doctor, audit, inventory."""
 
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +19,7 @@ from chiron.cli.app import (
     audit_app,
     client,
     emit,
+    host_paths,
     log,
     say,
     setting,
@@ -27,17 +28,6 @@ from chiron.cli.app import (
 from chiron.cli.oci import AuthfileOpt, CaFileOpt, InsecureOpt, local_appliance
 from chiron.core.runtime import self_archive
 from chiron.errors import ExitCode
-
-images_app = typer.Typer(
-    help="The container images of the INSTALLED release: load them into the Docker Engine or push them.",
-    no_args_is_help=True,
-)
-app.add_typer(images_app, name="images")
-
-
-def _where(prefix: Path | None, state_dir: Path | None) -> tuple[Path, Path | None]:
-    """--prefix and --state-dir as given, else from the settings ([host])."""
-    return setting("host.prefix", prefix), setting("host.state_dir", state_dir)
 
 
 def _host_opts(archive: Path | None, command: str, prefix: Path, **kw: Any) -> Any:
@@ -111,7 +101,7 @@ def install(
     """First install on a host: verify, then create the release offline and switch to it."""
     from chiron.engines.host import install as run_install
 
-    prefix, state_dir = _where(prefix, state_dir)
+    prefix, state_dir = host_paths(prefix, state_dir)
     with local_appliance(archive, prefix, state_dir, authfile, ca_file, insecure, not as_json) as local:
         opts = _host_opts(
             local,
@@ -164,7 +154,7 @@ def upgrade(
     from chiron.engines.host import parse_until
     from chiron.engines.host import upgrade as run_upgrade
 
-    prefix, state_dir = _where(prefix, state_dir)
+    prefix, state_dir = host_paths(prefix, state_dir)
     installer, images = setting("host.installer", installer), setting("host.images", images)
     registry, wait = setting("host.registry", registry), setting("host.wait", wait)
     if archive is not None and archive.startswith(("http://", "https://")):  # a chiron serve, or any HTTP server
@@ -219,7 +209,7 @@ def recover(
     """Finish or undo an interrupted install/upgrade, and nothing else."""
     from chiron.engines.host import recover_only
 
-    prefix, state_dir = _where(prefix, state_dir)
+    prefix, state_dir = host_paths(prefix, state_dir)
     wait = setting("host.wait", wait)
     outcome = recover_only(prefix, state_dir, wait)
     if as_json:
@@ -238,7 +228,7 @@ def commit(
     """Confirm the release on trial (after 'upgrade --trial-until'); logged."""
     from chiron.engines.host import commit_release
 
-    prefix, state_dir = _where(prefix, state_dir)
+    prefix, state_dir = host_paths(prefix, state_dir)
     info = commit_release(prefix, state_dir, setting("host.wait", wait))
     if as_json:
         emit(info)
@@ -258,7 +248,7 @@ def rollback(
     """Switch back to the previous release (logged)."""
     from chiron.engines.host import rollback as run_rollback
 
-    prefix, state_dir = _where(prefix, state_dir)
+    prefix, state_dir = host_paths(prefix, state_dir)
     wait = setting("host.wait", wait)
     _print_host_result(run_rollback(prefix, state_dir, wait), as_json)
 
@@ -275,7 +265,7 @@ def status(
     """Releases, the current one and its packages, trusted metadata and expiry, root fingerprint, last operations."""
     from chiron.engines.host import status as run_status
 
-    prefix, state_dir = _where(prefix, state_dir)
+    prefix, state_dir = host_paths(prefix, state_dir)
     info = run_status(prefix, state_dir)
     if as_json:
         emit(info)
@@ -357,7 +347,7 @@ def audit_verify(
     """Check that no audit entry was edited, inserted or removed. Exit 0 intact, 1 tampered."""
     from chiron.engines.host import audit_verify as run_audit_verify
 
-    prefix, state_dir = _where(prefix, state_dir)
+    prefix, state_dir = host_paths(prefix, state_dir)
     report = run_audit_verify(prefix, state_dir)
     if as_json:
         emit(report.as_dict())
@@ -383,46 +373,10 @@ def inventory(
     from chiron.archive.delta import write_inventory
     from chiron.engines.host import inventory as run_inventory
 
-    prefix, state_dir = _where(prefix, state_dir)
+    prefix, state_dir = host_paths(prefix, state_dir)
     info = run_inventory(prefix, state_dir)
     if output is None:
         emit(info)
     else:
         write_inventory(info, output)
         say(f"wrote {output}: {len(info['content'])} pieces from {len(info['releases'])} release(s)")
-
-
-def _print_images(info: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        emit(info)
-    else:
-        say(info["message"])
-
-
-@images_app.command("load")
-def images_load(
-    prefix: PrefixOpt = None,
-    state_dir: StateOpt = None,
-    wait: WaitOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Load the current release's images (from its kept appliance, re-hashed) into the Docker Engine."""
-    from chiron.engines.host import installed_images
-
-    prefix, state_dir = _where(prefix, state_dir)
-    _print_images(installed_images(prefix, state_dir, "load", None, setting("host.wait", wait)), as_json)
-
-
-@images_app.command("push")
-def images_push(
-    registry: Annotated[str, typer.Option("--registry", help="Enclave registry HOST[:PORT][/PREFIX].")],
-    prefix: PrefixOpt = None,
-    state_dir: StateOpt = None,
-    wait: WaitOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Push the current release's images (from its kept appliance, re-hashed) into an enclave registry."""
-    from chiron.engines.host import installed_images
-
-    prefix, state_dir = _where(prefix, state_dir)
-    _print_images(installed_images(prefix, state_dir, "push", registry, setting("host.wait", wait)), as_json)

@@ -1,4 +1,4 @@
-"""The TUF client over an archive: the trust anchor as a value, and python-tuf's Updater fed from the
+"""The TUF client over an archive: python-tuf's Updater fed from the
 archive's own ``metadata/`` members, offline, returning typed trusted metadata.
 
 ``trust_archive`` checks the archive's TUF repository in this order: which metadata members there
@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from chiron.archive.layout import METADATA_PREFIX, TUF_ROLE_FILES, Layout, root_member_version
 from chiron.archive.reader import MemberSource, read_file
 from chiron.core.clock import iso
-from chiron.core.text import plain, printable
-from chiron.errors import EnvironmentProblem, FormatError, UsageError
+from chiron.core.text import plain
+from chiron.errors import EnvironmentProblem, FormatError
+from chiron.trust.anchor import Anchor, HostTrust, RootFile, RootFingerprint
 from chiron.trust.metadata import MAX_ROOT, check_root_chain, fingerprint
 
 if TYPE_CHECKING:
@@ -33,74 +34,6 @@ METADATA_LIMITS = {"root": MAX_ROOT, "timestamp": 64 << 10, "snapshot": 16 << 20
 MAX_ROOT_VERSIONS = 256  # python-tuf's max_root_rotations: a chain no Updater would follow is refused
 TRUSTED_FILES = ("root.json", "timestamp.json", "snapshot.json", "targets.json")
 _ROLES = ("root", "timestamp", "snapshot", "targets")
-
-
-# ---------------------------------------------------------------- the anchor
-
-
-@dataclass(frozen=True)
-class RootFile:
-    """Root metadata obtained out of band (``--root FILE``)."""
-
-    data: bytes
-
-
-@dataclass(frozen=True)
-class RootFingerprint:
-    """The sha256 of a root metadata file obtained out of band (``--root-sha256``); lower-case hex."""
-
-    sha256: str
-
-    def __post_init__(self) -> None:
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise UsageError(f"--root-sha256: {printable(self.sha256)} is not 64 hexadecimal digits")
-
-
-@dataclass(frozen=True)
-class HostTrust:
-    """A host's trusted metadata instead of a root anchor (install/upgrade).
-
-    The directory is read, never modified. ``reference_time`` replaces the local clock for expiry
-    checks (the host's persisted time floor). ``allow_rollback`` starts from the trusted root only,
-    so older timestamp/snapshot/targets versions are accepted (an explicit operator downgrade).
-    """
-
-    metadata_dir: Path
-    reference_time: datetime | None = None
-    allow_rollback: bool = False
-
-
-@dataclass(frozen=True)
-class TrustOnFirstUse:
-    """No anchor: the archive's own ``1.root.json`` is trusted. Explicit, so that it is never a default
-    by accident; the result says so in its anchor, a notice and a warning."""
-
-
-Anchor = RootFile | RootFingerprint | HostTrust | TrustOnFirstUse
-
-
-def anchor_from_options(
-    root_file: Path | None, root_sha256: str | None, *, trust_on_first_use: bool = False, required: bool = False
-) -> Anchor:
-    """The anchor the command-line options name. With ``required`` (install), having none is a usage
-    error unless trust on first use was asked for explicitly."""
-    if root_file is not None and root_sha256 is not None:
-        raise UsageError("give --root or --root-sha256, not both")
-    if trust_on_first_use and (root_file is not None or root_sha256 is not None):
-        raise UsageError("--trust-on-first-use means no anchor: give it without --root and --root-sha256")
-    if root_sha256 is not None:
-        if len(root_sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in root_sha256):
-            raise UsageError(f"--root-sha256: {printable(root_sha256)} is not 64 hexadecimal digits")
-        return RootFingerprint(root_sha256.lower())
-    if root_file is not None:
-        return RootFile(read_file(root_file, MAX_ROOT, "--root"))
-    if required and not trust_on_first_use:
-        raise UsageError(
-            "no trust anchor: nothing would tie this archive to your signers",
-            hint="pass --root FILE or --root-sha256 HEX obtained out of band; or --trust-on-first-use to "
-            "trust the archive's own root deliberately (the host is then pinned to it)",
-        )
-    return TrustOnFirstUse()
 
 
 # ---------------------------------------------------------------- the result
@@ -408,15 +341,9 @@ def _set_reference_time(updater: Updater, when: datetime) -> None:
 __all__ = [
     "METADATA_LIMITS",
     "TRUSTED_FILES",
-    "Anchor",
-    "HostTrust",
     "RoleInfo",
-    "RootFile",
-    "RootFingerprint",
-    "TrustOnFirstUse",
     "TrustedMetadata",
     "TrustedTarget",
     "Untrusted",
-    "anchor_from_options",
     "trust_archive",
 ]

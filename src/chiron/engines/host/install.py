@@ -38,7 +38,7 @@ from chiron.engines.host.state import ahead_of_clock, commit, load_state, locked
 from chiron.engines.verify import HostTrust, VerifyReport, verified
 from chiron.errors import ChironError, Refused, UsageError, VerificationError
 from chiron.sources import lock as _lock
-from chiron.trust.client import anchor_from_options
+from chiron.trust.anchor import anchor_from_options
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from chiron.engines.media.plan import Plan
 from chiron.engines.media.stream import Checker, ReadFailed, pump
 from chiron.engines.verify import VerifyReport
 from chiron.errors import FormatError, UsageError
-from chiron.trust.client import Anchor, TrustedMetadata, Untrusted, anchor_from_options, trust_archive
+from chiron.trust.anchor import Anchor, anchor_from_options
+from chiron.trust.client import TrustedMetadata, Untrusted, trust_archive
 
 
 def volume_info(header: VolumeHeader) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from chiron.engines.media.plan import Plan, Unit, opaque
 from chiron.engines.media.stream import Checker, ReadFailed, pump
 from chiron.engines.verify import VerifyReport
 from chiron.errors import EnvironmentProblem, FormatError, UsageError, VerificationError
-from chiron.trust.client import Anchor, anchor_from_options
+from chiron.trust.anchor import Anchor, anchor_from_options
 
 
 @dataclass

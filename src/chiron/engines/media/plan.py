@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from chiron.archive.layout import INDEX_EXTENT, SHEBANG_TARGET, Layout, is_metadata_file
 from chiron.archive.manifest import MANIFEST
 from chiron.core.text import plain
-from chiron.engines.verify import TrustedTarget, check_coverage, signed_pieces
+from chiron.engines.coverage import check_coverage, signed_pieces
+from chiron.trust.client import TrustedTarget
 
 
 @dataclass(frozen=True)

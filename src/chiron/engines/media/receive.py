@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from chiron.archive import delta as _delta
+from chiron.archive.carried import Carried
 from chiron.archive.manifest import MANIFEST, parse_manifest
 from chiron.archive.reader import ArchiveReader, open_regular, pread_exact
-from chiron.archive.volume import Carried, VolumeReader, read_header, set_stem
+from chiron.archive.volume import VolumeReader, read_header, set_stem
 from chiron.core import progress as _progress
 from chiron.core.fs import fsync_dir
 from chiron.engines.media.check import read_problem, trust_volume
@@ -37,7 +38,8 @@ from chiron.engines.media.staging import Staging, staging
 from chiron.engines.media.stream import Checker, ReadFailed, pump
 from chiron.engines.verify import VerifyReport
 from chiron.errors import EnvironmentProblem, FormatError, UsageError, VerificationError
-from chiron.trust.client import Anchor, Untrusted, anchor_from_options, trust_archive
+from chiron.trust.anchor import Anchor, anchor_from_options
+from chiron.trust.client import Untrusted, trust_archive
 
 CHECKPOINT = 1 << 30  # what a crash (not an error: those are recorded) may cost to receive again
 

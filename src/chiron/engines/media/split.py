@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chiron.archive import delta as _delta
+from chiron.archive.carried import carried_from
 from chiron.archive.layout import METADATA_PREFIX
 from chiron.archive.manifest import MANIFEST, parse_manifest
 from chiron.archive.reader import ArchiveReader, open_regular
@@ -26,7 +27,6 @@ from chiron.archive.volume import (
     SUFFIX,
     Kind,
     VolumeHeader,
-    carried_from,
     manifest_text,
     read_header,
     safe_name,
