@@ -14,7 +14,11 @@ images_app = typer.Typer(
 app.add_typer(images_app, name="images")
 
 
-def _print_images(info: dict[str, Any], as_json: bool) -> None:
+def _images(action: str, registry: str | None, prefix: Any, state_dir: Any, wait: Any, as_json: bool) -> None:
+    from chiron.engines.host import installed_images
+
+    prefix, state_dir = host_paths(prefix, state_dir)
+    info = installed_images(prefix, state_dir, action, registry, setting("host.wait", wait))
     if as_json:
         emit(info)
     else:
@@ -29,10 +33,7 @@ def images_load(
     as_json: JsonOpt = False,
 ) -> None:
     """Load the current release's images (from its kept appliance, re-hashed) into the Docker Engine."""
-    from chiron.engines.host import installed_images
-
-    prefix, state_dir = host_paths(prefix, state_dir)
-    _print_images(installed_images(prefix, state_dir, "load", None, setting("host.wait", wait)), as_json)
+    _images("load", None, prefix, state_dir, wait, as_json)
 
 
 @images_app.command("push")
@@ -44,7 +45,4 @@ def images_push(
     as_json: JsonOpt = False,
 ) -> None:
     """Push the current release's images (from its kept appliance, re-hashed) into an enclave registry."""
-    from chiron.engines.host import installed_images
-
-    prefix, state_dir = host_paths(prefix, state_dir)
-    _print_images(installed_images(prefix, state_dir, "push", registry, setting("host.wait", wait)), as_json)
+    _images("push", registry, prefix, state_dir, wait, as_json)
