@@ -155,7 +155,7 @@ def bench_media(work: Path, keys: Path, record: Record, gib: float = 2.0) -> Non
         subprocess.run(["sh", "-c", f"cp {app} {on_disk} && sync {on_disk}"], check=True)
         vols = memory / "volumes"
         size = app.stat().st_size
-        subprocess.run([run.CHIRON, "split", str(app), "--size", str(size // 4 + (64 << 20)), "-o", str(vols)],
+        subprocess.run([run.CHIRON, "split", str(app), "--size", str(_Bench.volume_size(app)), "-o", str(vols)],
                        check=True, stdout=subprocess.DEVNULL)  # fmt: skip
         b = _Bench(_tool(app, work), str(keys / "1.root.json"), work / "received", memory / "received")
         count = len(list(vols.glob("*.chv")))
@@ -214,7 +214,22 @@ class _Bench:
             "cat": (["sh", "-c", f"cat {parts} > {d} && sync {d}"], self.clear()),
             "join": ([self.chiron, "join", str(vols), "-o", str(d), "--root", self.root], self.clear()),
             "receive small": (self.receive(small, self.to_disk), self.clear()),
+            # Into memory: what split costs itself, against coreutils split and the sha256 of each part
+            # that a guard's manifest needs (chiron also hashes each range, and the whole, first).
+            "split": (self.split(app), self.clear()),
+            "coreutils split": (["sh", "-c", self.coreutils_split(app)], self.clear()),
         }
+
+    @staticmethod
+    def volume_size(app: Path) -> int:
+        return app.stat().st_size // 4 + (64 << 20)
+
+    def split(self, app: Path) -> list[str]:
+        return [self.chiron, "split", str(app), "--size", str(self.volume_size(app)), "-o", str(self.to_memory)]
+
+    def coreutils_split(self, app: Path) -> str:
+        out = self.to_memory
+        return f"split -b {self.volume_size(app)} {app} {out}/part. && sha256sum {out}/part.* > {out}/SHA256SUMS"
 
     def throttled(self, prefix: list[str], on_disk: Path) -> Commands:
         """From the disk at a USB stick's speed into memory. "check, then copy" is the routine receive
@@ -264,6 +279,9 @@ def _report(record: Record, t: Timed, size: int, volumes: int) -> None:
         ratio(f"{mbs} MB/s: ratio receive / cp (target <= 1.1)", "usb receive", "usb cp")
         ratio(f"{mbs} MB/s: ratio (cp + verify) / receive (target >= 1.8)", "usb cp+verify", "usb receive")
         ratio(f"{mbs} MB/s: ratio (verify, then cp) / receive", "usb verify+cp", "usb receive")
+    row("split", f"chiron split into {volumes} volumes + manifest (tmpfs -> tmpfs)")
+    row("coreutils split", f"coreutils split into {volumes} parts + sha256sum of each")
+    ratio("ratio chiron split / (split + sha256sum)", "split", "coreutils split")
     row("join", f"chiron join of {volumes} volumes (tmpfs -> disk, fsync'ed)")
     row("cat", f"cat of the {volumes} volumes + sync FILE")
     ratio("ratio join / (cat + sync)", "join", "cat")
