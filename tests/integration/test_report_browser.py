@@ -349,6 +349,8 @@ def test_log_in_with_a_good_token_and_refusal_with_a_bad_one(site: Any, browser:
     shots("diff")
     browser.get(f"{site.url}ui/appliances/latest")
     assert "GHSA-test-0001" in _text(browser, "#policy") and _count(browser, "#chart-sizes svg rect") == 2
+    # A reader sees the policy file by its name, not where it lies on the mirror host.
+    assert "policy.toml" in _text(browser, "#policy") and "/spec/policy.toml" not in _text(browser, "#policy")
     shots("appliance")
     # A read token does not see the fleet (its API needs admin).
     browser.get(f"{site.url}ui/fleet")

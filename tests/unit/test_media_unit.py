@@ -260,11 +260,11 @@ def test_receive_an_appliance_and_then_again(app: Path, root: Path, tmp_path: Pa
     sig = app.with_name(app.name + ".sig")
     sig.write_bytes(b"-----BEGIN SSH SIGNATURE-----\n")
     result = receive(app, tmp_path / "in", root_file=root)
-    out = tmp_path / "in" / "demo.pex"
+    out = tmp_path / "in" / "demo-1.0.0.pex"  # named from its signed name and version
     assert result.output == out and out.read_bytes() == app.read_bytes()
     assert result.received_bytes == app.stat().st_size and result.resumed_bytes == 0
-    assert (tmp_path / "in" / "demo.pex.sig").read_bytes() == sig.read_bytes()
-    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["demo.pex", "demo.pex.sig"]
+    assert (tmp_path / "in" / "demo-1.0.0.pex.sig").read_bytes() == sig.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["demo-1.0.0.pex", "demo-1.0.0.pex.sig"]
     again = receive(app, tmp_path / "in", root_file=root)
     assert again.output == out and again.received_bytes == 0 and "already received" in again.notices[0]
 
@@ -273,7 +273,7 @@ def test_a_damaged_file_already_in_place_is_another_file(app: Path, root: Path, 
     """A file with the appliance's name and metadata but other bytes (a copy cut short, a planted file)
     is never reported as already received: every byte is hashed against the signed plan."""
     (tmp_path / "in").mkdir()
-    planted = tmp_path / "in" / "demo.pex"
+    planted = tmp_path / "in" / "demo-1.0.0.pex"
     shutil.copyfile(app, planted)
     _flip(planted, 500_000)
     with pytest.raises(UsageError, match="already exists and is another file"):
@@ -291,7 +291,7 @@ def test_a_linked_signature_on_a_medium_is_not_copied(app: Path, root: Path, tmp
     shutil.copyfile(app, medium / "demo.pex")
     (medium / "demo.pex.sig").symlink_to(secret)
     result = receive(medium / "demo.pex", tmp_path / "in", root_file=root)
-    assert result.signature is None and not (tmp_path / "in" / "demo.pex.sig").exists()
+    assert result.signature is None and not (tmp_path / "in" / "demo-1.0.0.pex.sig").exists()
     vols = _split(app, tmp_path / "vols")
     (tmp_path / "vols" / "demo-1.0.0.sig").symlink_to(secret)
     joined = join([tmp_path / "vols"], tmp_path / "joined.pex", root_file=root)
@@ -393,6 +393,33 @@ def test_received_volumes_are_named_from_the_signed_metadata_not_the_header(
     assert not (tmp_path / "in" / "demo-9.9.9.sh").exists()
 
 
+@pytest.mark.parametrize("name", ["-rf.pex", ".chiron-receive", "demo-9.9.9.pex", "demo.pyz"])
+def test_a_whole_appliance_is_named_from_its_signed_metadata_not_the_medium(
+    app: Path, root: Path, tmp_path: Path, name: str
+) -> None:
+    """The medium's file name is the sender's: it could start with an option's dash, take the name of
+    the staging directory, or claim another release. What lands is named from what is signed."""
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    shutil.copyfile(app, medium / name)
+    result = receive(medium, tmp_path / "in", root_file=root)
+    assert result.output == tmp_path / "in" / "demo-1.0.0.pex" and result.output.read_bytes() == app.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["demo-1.0.0.pex"]
+
+
+def test_volumes_then_the_whole_file_resume_one_staging(app: Path, root: Path, tmp_path: Path) -> None:
+    """The first disc of a set, then the whole appliance from another medium: one staging, and the
+    bytes of the disc are kept (hashed again), not received anew."""
+    vols = _split(app, tmp_path / "out")
+    inbox = tmp_path / "in"
+    first = receive(vols[0], inbox, root_file=root)
+    assert first.output is None and first.received_volumes == [1]
+    whole = receive(app, inbox, root_file=root)
+    assert whole.output == inbox / "demo-1.0.0.pex" and whole.output.read_bytes() == app.read_bytes()
+    assert whole.resumed_bytes == vols[0].stat().st_size - _data_offset(vols[0]) > 0
+    assert whole.received_bytes == app.stat().st_size - whole.resumed_bytes
+
+
 def test_a_damaged_copy_keeps_what_was_checked_and_resumes(app: Path, root: Path, tmp_path: Path) -> None:
     good = tmp_path / "good"
     good.mkdir()
@@ -408,10 +435,10 @@ def test_a_damaged_copy_keeps_what_was_checked_and_resumes(app: Path, root: Path
         receive(bad, inbox, root_file=root)
     assert f"member {victim.name}: sha256 does not match the signed targets" in exc.value.message
     assert "resumes" in (exc.value.hint or "")
-    assert not (inbox / "demo.pex").exists()
+    assert not (inbox / "demo-1.0.0.pex").exists()
     result = receive(copy, inbox, root_file=root)
     assert result.resumed_bytes == victim.offset and result.received_bytes == app.stat().st_size - victim.offset
-    assert (inbox / "demo.pex").read_bytes() == app.read_bytes()
+    assert (inbox / "demo-1.0.0.pex").read_bytes() == app.read_bytes()
     assert not (inbox / ".chiron-receive").exists()
 
 
@@ -509,7 +536,7 @@ def test_a_damaged_record_of_an_earlier_run_means_receiving_anew(app: Path, root
     result = receive(app, inbox, root_file=root)
     assert any("damaged or missing: receiving anew" in n for n in result.notices)
     assert result.resumed_bytes == 0 and result.received_bytes == app.stat().st_size
-    assert (inbox / "demo.pex").read_bytes() == app.read_bytes()
+    assert (inbox / "demo-1.0.0.pex").read_bytes() == app.read_bytes()
 
 
 def test_an_appliance_of_format_v1_splits_and_joins(tmp_path: Path) -> None:
@@ -522,3 +549,8 @@ def test_an_appliance_of_format_v1_splits_and_joins(tmp_path: Path) -> None:
     assert report.ok and report.volume is not None and report.volume["length"] == app.stat().st_size
     join([tmp_path / "out"], tmp_path / "joined.pex", root_file=root)
     assert (tmp_path / "joined.pex").read_bytes() == app.read_bytes()
+
+
+def _data_offset(volume: Path) -> int:
+    with VolumeReader(volume) as v:
+        return v.data_offset

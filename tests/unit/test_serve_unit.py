@@ -20,7 +20,7 @@ from sim import Sim
 
 from chiron.engines import receipts
 from chiron.engines.fleet import Newest, fleet_view
-from chiron.errors import HostStateError, UsageError, VerificationError
+from chiron.errors import EnvironmentProblem, HostStateError, Refused, UsageError, VerificationError
 from chiron.service import problems, simple, tokens
 from chiron.service.app import create_app
 from chiron.service.db import Database
@@ -393,6 +393,36 @@ def test_a_changed_appliance_is_refused_then_dropped(served: Any) -> None:
     ready = served.get("/readyz").json()  # open to anyone: the file's name, not the server's paths
     assert ready["failed"] == 1 and served.archive.name in ready["detail"][0]
     assert str(served.archive.parent) not in json.dumps(ready)
+
+
+def test_a_source_directory_gone_for_a_moment_is_logged_and_watched_again(
+    served: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The appliances directory renamed away and back: /readyz says not ready without the server's
+    paths, the log says why, and the watcher goes on (it used to die on the OSError)."""
+    apps = served.archive.parent
+    apps.rename(tmp_path / "away")
+    deadline = time.monotonic() + 10
+    while served.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready = served.get("/readyz")
+    assert ready.status_code == 503 and str(tmp_path) not in ready.text
+    (tmp_path / "away").rename(apps)
+    deadline = time.monotonic() + 10
+    while served.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.get("/readyz").status_code == 200
+    assert "scanning the sources" in capfd.readouterr().err
+
+
+def test_the_servers_own_trouble_is_logged_not_told(capsys: pytest.CaptureFixture[str]) -> None:
+    """A database that cannot be opened, a full disk: the caller learns that it failed; the path and
+    the error go to the service log."""
+    problem = problems.from_chiron_error(EnvironmentProblem("--db /srv/x/serve.db: database is locked"))
+    assert problem.status == 503 and "/srv/x" not in problem.detail and "log" in problem.detail
+    assert "/srv/x/serve.db: database is locked" in capsys.readouterr().err
+    refused = problems.from_chiron_error(Refused("receipt 7 of web-01 was already imported"))
+    assert refused.status == 409 and refused.detail == "receipt 7 of web-01 was already imported"
 
 
 def test_openapi_schema_is_committed() -> None:

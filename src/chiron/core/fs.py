@@ -174,9 +174,17 @@ class WriteBehind:
         if end - self.mark < self.STEP:
             return
         low = max(self.start, end - self.LAG)
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(self.fd, low, end - low, os.POSIX_FADV_DONTNEED)
+        advise(self.fd, low, end - low, "DONTNEED")
         self.mark = end
+
+
+def advise(fd: int, offset: int, length: int, advice: str) -> None:
+    """``posix_fadvise`` where the system has it (not macOS) and the filesystem takes it: a hint, so
+    nothing is lost without it but speed."""
+    fadvise = getattr(os, "posix_fadvise", None)
+    if fadvise is not None:
+        with contextlib.suppress(OSError):
+            fadvise(fd, offset, length, getattr(os, f"POSIX_FADV_{advice}"))
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

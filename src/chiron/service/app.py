@@ -24,8 +24,9 @@ from chiron.errors import ChironError
 from chiron.service import pages, problems
 from chiron.service.catalog import Catalog
 from chiron.service.db import Database, now
+from chiron.service.events import log_event
 from chiron.service.jobs import JobRunner
-from chiron.service.observe import BodyLimitMiddleware, Metrics, ObserveMiddleware, log_event
+from chiron.service.observe import BodyLimitMiddleware, Metrics, ObserveMiddleware
 from chiron.service.problems import ProblemError
 from chiron.service.routers import appliances, deltas, hosts, index, jobs, ops
 from chiron.service.settings import Settings
@@ -147,6 +148,8 @@ async def _watch(svc: Services) -> None:
                     log_event("error", f"not served: {why}")
         except ChironError as exc:
             log_event("error", f"scanning the sources: {exc.diagnostics()}")
+        except OSError as exc:  # a source directory gone for a moment: say so, and keep watching
+            log_event("error", f"scanning the sources: {exc}")
         await anyio.to_thread.run_sync(svc.catalog.wake.wait, svc.settings.rescan_every)
         svc.catalog.wake.clear()
 

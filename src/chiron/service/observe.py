@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -20,12 +19,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chiron.service import problems
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-def log_event(level: str, message: str, **fields: Any) -> None:
-    """A service event (what is served, files that failed, jobs) as one JSON line on stderr."""
-    record = {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "level": level, "message": message}
-    sys.stderr.write(json.dumps({**record, **fields}, sort_keys=True, default=str) + "\n")
 
 
 class Metrics:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from chiron.errors import ChironError, EnvironmentProblem, Refused, UsageError, VerificationError
+from chiron.service.events import log_event
 
 BASE = "https://chiron.invalid/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -92,18 +93,21 @@ def body(slug: str, detail: str, instance: str | None = None, **extra: Any) -> b
 
 
 def from_chiron_error(exc: ChironError) -> ProblemError:
-    """An engine's error as a problem: its one-line diagnostics become the detail."""
+    """An engine's error as a problem: what the caller sent or may do (verification, refusal, bad
+    request) in its one-line diagnostics; the server's own trouble only logged."""
     extra: dict[str, Any] = {}
     if isinstance(exc, VerificationError):
         extra["problems"] = exc.problems
         return ProblemError("verification-failed", exc.diagnostics(), **extra)
     if isinstance(exc, Refused):
         return ProblemError("refused", exc.diagnostics())
-    if isinstance(exc, EnvironmentProblem):
-        return ProblemError("unavailable", exc.diagnostics())
     if isinstance(exc, UsageError):
         return ProblemError("bad-request", exc.diagnostics())
-    return ProblemError("internal", exc.diagnostics())
+    # The server's own trouble (its database, disk, files): the log says what and where, the caller
+    # is told that it failed, never the server's paths or errors.
+    slug = "unavailable" if isinstance(exc, EnvironmentProblem) else "internal"
+    log_event("error", f"{slug}: {exc.diagnostics()}")
+    return ProblemError(slug, f"the service cannot do this now ({slug}); its log says why")
 
 
 def responses(*slugs: str) -> dict[int | str, dict[str, Any]]:

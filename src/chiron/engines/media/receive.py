@@ -26,7 +26,7 @@ from chiron.archive import delta as _delta
 from chiron.archive.carried import Carried
 from chiron.archive.manifest import MANIFEST, parse_manifest
 from chiron.archive.reader import ArchiveReader, open_regular, pread_exact
-from chiron.archive.volume import VolumeReader, read_header, set_stem
+from chiron.archive.volume import VolumeReader, read_header, safe_name, set_stem
 from chiron.core import progress as _progress
 from chiron.core.fs import fsync_dir
 from chiron.engines.media.check import read_problem, trust_volume
@@ -286,16 +286,18 @@ def _volumes(
     problems = [f"{v.path}: carries other metadata than {vols[0].path}" for v in vols[1:] if v.carried_sha256() != key]
     if problems:
         raise VerificationError(problems, hint="nothing was received")
-    # Named from the signed name and version: the header's file name is not signed, and a forged one
-    # could pass the set off as another release (demo-9.9.pex) to whoever picks files up by name.
-    stem = set_stem(report.name, report.version, "appliance", h.file)
-    return Incoming("appliance", key, h.size, stem + _suffix(h.file), trusted.plan, spans, sig)
+    file = appliance_file(report.name, report.version, vols[0].layout.tool_format, key)
+    return Incoming("appliance", key, h.size, file, trusted.plan, spans, sig)
 
 
-def _suffix(file: str) -> str:
-    """The appliance file's suffix: the header's when it is one an appliance has, else ``.pex``."""
-    suffix = Path(file).suffix
-    return suffix if suffix in (".pex", ".pyz") else ".pex"
+def appliance_file(name: str | None, version: str | None, tool_format: str, key: str) -> str:
+    """What a received appliance is called, from what is signed only: ``NAME-VERSION`` and the suffix
+    of its tool format. Neither a volume's header nor the medium's file name is signed: a forged one
+    could pass it off as another release (``demo-9.9.pex``), start with ``-``, or take the name of
+    the staging directory. The same appliance lands under the same name, whole or in volumes. One
+    signed without ``appliance.json`` (chiron's builder always adds it) is named by its ``key``."""
+    stem = safe_name(f"{name}-{version}") if name and version else f"appliance-{key[:16]}"
+    return stem + (".pyz" if tool_format == "shiv" else ".pex")
 
 
 def _whole(path: Path, anchor: Anchor, result: ReceiveResult, stack: ExitStack) -> Incoming:
@@ -313,7 +315,7 @@ def _whole(path: Path, anchor: Anchor, result: ReceiveResult, stack: ExitStack) 
                 units.append(Unit(pos, e.length, e.name, pos, e.sha256))
                 pos += e.length
         key = hashlib.sha256(head).hexdigest()
-        return Incoming("delta", key, pos, path.name, Plan(pos, units), [Span(path, fd, 0, 0, pos)], None)
+        return Incoming("delta", key, pos, safe_name(path.name), Plan(pos, units), [Span(path, fd, 0, 0, pos)], None)
     try:
         reader = stack.enter_context(ArchiveReader(path))
     except FormatError as exc:
@@ -330,7 +332,9 @@ def _whole(path: Path, anchor: Anchor, result: ReceiveResult, stack: ExitStack) 
         raise VerificationError(plan.problems, hint="nothing was received")
     _name_from(carried.members, result)
     spans = [Span(path, reader.fd, 0, 0, reader.size)]
-    return Incoming("appliance", carried.sha256(), reader.size, path.name, plan, spans, signature_beside(path))
+    key = carried.sha256()
+    file = appliance_file(result.name, result.version, reader.layout.tool_format, key)
+    return Incoming("appliance", key, reader.size, file, plan, spans, signature_beside(path))
 
 
 def _record_trust(result: ReceiveResult, report: VerifyReport) -> None:

@@ -194,7 +194,10 @@ def _load(st: Staging) -> tuple[list[tuple[int, int]], list[int]] | None:
     if not isinstance(obj, dict) or set(obj) != {"format", "size", "file", "done", "parts"} or obj["format"] != FORMAT:
         return None
     done, parts = obj["done"], obj["parts"]
-    if obj["size"] != st.size or obj["file"] != st.file or not isinstance(done, list) or not isinstance(parts, list):
+    # Not the file name: the key (the kind and the sha256 of the signed carried metadata) pins the
+    # content, finish() hashes the kept bytes again, and a name chosen by an older chiron (or by the
+    # other way in: whole file or volumes) must not throw away discs already received.
+    if obj["size"] != st.size or not isinstance(done, list) or not isinstance(parts, list):
         return None
     if not all(type(n) is int and n > 0 for n in parts):
         return None

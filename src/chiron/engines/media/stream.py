@@ -10,7 +10,6 @@ time: the hashing overlaps the I/O instead of following it (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import queue
@@ -18,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chiron.core.fs import WriteBehind
+from chiron.core.fs import WriteBehind, advise
 from chiron.engines.media.plan import Unit
 
 # 1 MiB: a chunk is read, hashed and written while it is still in the CPU's caches (larger ones measured slower).
@@ -221,8 +220,7 @@ def pump(
     early once the checker has found a bad unit; ReadFailed when the source cannot be read."""
     done = 0
     behind = WriteBehind(dst_fd, dst_offset) if dst_fd is not None else None
-    with contextlib.suppress(OSError):  # a larger read-ahead: the source is read once, in order
-        os.posix_fadvise(src_fd, src_offset, length, os.POSIX_FADV_SEQUENTIAL)
+    advise(src_fd, src_offset, length, "SEQUENTIAL")  # a larger read-ahead: the source is read once, in order
     while done < length and not checker.failed:
         buf = checker.buffer()
         want = min(len(buf), length - done)

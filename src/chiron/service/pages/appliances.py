@@ -7,9 +7,11 @@ holds (every member re-hashed as it is read) and draw with the report's own part
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections import OrderedDict
+from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -77,21 +79,34 @@ def view(svc: Services, entry: Entry) -> Appliance:
     return shown
 
 
-def _store(svc: Services, entry: Entry) -> StoreView | None:
+def _store(svc: Services, entry: Entry, admin: bool) -> StoreView | None:
     if svc.settings.store is None or entry.source != "store":
         return None
     try:
-        return store_view(svc.settings.store, entry.sha256)
+        store = store_view(svc.settings.store, entry.sha256)
     except ChironError:
         return None  # a damaged store state: /readyz says so; the page still shows the appliance
+    return store if admin else _without_paths(store)
 
 
-def _report(svc: Services, entry: Entry) -> Report:
+def _without_paths(store: StoreView) -> StoreView:
+    """The verdict as a reader may see it: the policy file and the OSV database by their names (and
+    the policy's sha256), not where they lie on the mirror host."""
+    v = store.verdict
+    if v is None:
+        return store
+    rules = tuple((k, PurePath(val).name if k == "vulnerabilities.osv_db" and val else val) for k, val in v.rules)
+    policy = PurePath(v.policy).name if v.policy.startswith("/") else v.policy
+    return dataclasses.replace(store, verdict=dataclasses.replace(v, policy=policy, rules=rules))
+
+
+def _report(svc: Services, entry: Entry, admin: bool) -> Report:
     """The report of a served version, with the changes since the version before it (if one is served)."""
     older = [e for e in svc.catalog.snapshot.of(entry.name) if e.metadata_version < entry.metadata_version]
     this = view(svc, entry)
     diff = changes(view(svc, older[-1]), this) if older else None
-    return Report(appliance=this, as_of=as_of_today().strftime("%Y-%m-%d"), changes=diff, store=_store(svc, entry))
+    store = _store(svc, entry, admin)
+    return Report(appliance=this, as_of=as_of_today().strftime("%Y-%m-%d"), changes=diff, store=store)
 
 
 @router.get("/ui/", response_class=HTMLResponse)
@@ -105,10 +120,10 @@ def appliances(request: Request, svc: Svc, who: Reader) -> HTMLResponse:
 
 
 @router.get("/ui/appliances/{ref}", response_class=HTMLResponse)
-def one(request: Request, svc: Svc, ref: str, _who: Reader, name: Ref = None) -> HTMLResponse:
+def one(request: Request, svc: Svc, ref: str, who: Reader, name: Ref = None) -> HTMLResponse:
     """One appliance, as the report shows it."""
     entry = _entry(svc, ref, name)
-    report = _report(svc, entry)
+    report = _report(svc, entry, who.allows("admin"))
     return page(request, "appliance.html", report=report, a=report.appliance, entry=entry)
 
 
@@ -116,10 +131,10 @@ _FILENAME = re.compile(r"[^A-Za-z0-9._+-]")
 
 
 @router.get("/ui/appliances/{ref}/report.html")
-def report_file(request: Request, svc: Svc, ref: str, _who: Reader, name: Ref = None) -> Response:
+def report_file(request: Request, svc: Svc, ref: str, who: Reader, name: Ref = None) -> Response:
     """The self-contained report of one appliance, as ``chiron report`` writes it, to download."""
     entry = _entry(svc, ref, name)
-    report = _report(svc, entry)
+    report = _report(svc, entry, who.allows("admin"))
     filename = _FILENAME.sub("_", f"{entry.name}-{entry.version}-report.html")[:200]
     headers = {**HEADERS, "Content-Disposition": f'attachment; filename="{filename}"'}
     return Response(render(report), media_type="text/html; charset=utf-8", headers=headers)

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from chiron.errors import ChironError, VerificationError
+from chiron.errors import ChironError, UsageError
 from chiron.service import problems
 from chiron.service.auth import Read, Svc
+from chiron.service.events import log_event
 from chiron.service.models import DeltaInfo, Inventory
-from chiron.service.problems import ProblemError, from_chiron_error
+from chiron.service.problems import ProblemError
 from chiron.service.responses import IMMUTABLE, RegionResponse
 from chiron.service.routers import appliance
 
@@ -34,6 +35,7 @@ KEY = re.compile(r"^[0-9a-f]{64}$")
         "body-too-large",
         "unsupported-media-type",
         "invalid-body",
+        "bad-request",
         "appliance-changed",
     ),
 )
@@ -53,12 +55,18 @@ async def make_delta(
     doc: dict[str, Any] = inventory.model_dump(by_alias=True)
     try:
         made = await anyio.to_thread.run_sync(svc.deltas.get, doc, entry.path, entry.sha256)
-    except VerificationError:  # the file changed while the delta was made from it: the rescan logs why
-        svc.catalog.wake.set()
-        detail = f"{entry.filename}: changed while the delta was made from it; it is verified again"
-        raise ProblemError("appliance-changed", detail, headers={"Retry-After": "5"}) from None
+    except UsageError as exc:  # the inventory, as delta.make reads it back: named without the cache's paths
+        log_event("error", f"making a delta from {entry.path}: {exc.diagnostics()}")
+        raise ProblemError(
+            "bad-request", "this inventory cannot be used to make a delta (the service log says why)"
+        ) from None
     except ChironError as exc:
-        raise from_chiron_error(exc) from None
+        # The file changed, went away or could not be read while the delta was made from it (or the
+        # cache is busy): a server-side matter. The caller retries; the log and the rescan say why.
+        svc.catalog.wake.set()
+        log_event("error", f"making a delta from {entry.path}: {exc.diagnostics()}")
+        detail = f"{entry.filename}: cannot make a delta from it now; it is verified again"
+        raise ProblemError("appliance-changed", detail, headers={"Retry-After": "5"}) from None
     svc.metrics.deltas.labels("hit" if made.hit else "miss").inc()
     current = any(r.metadata_versions.get("targets") == entry.metadata_version for r in inventory.releases)
     return DeltaInfo(

@@ -11,8 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chiron.service import problems
 from chiron.service.auth import Admin, Svc, require, service_state
+from chiron.service.events import log_event
 from chiron.service.models import Health, Yank
-from chiron.service.observe import log_event
 
 router = APIRouter(tags=["operations"])
 
