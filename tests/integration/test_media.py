@@ -179,16 +179,17 @@ def test_a_read_error_names_the_offset_and_the_member_and_the_receive_resumes(tm
     member = next(m for m in read_layout(app).members if m.offset <= offset < m.offset + m.length)
     assert f"(byte {offset - member.offset} of member {member.name})" in message
     assert "run the same command again to resume" in (exc.value.hint or "")
-    assert not (inbox / app.name).exists()
+    assert not (inbox / "demo-1.0.0.pex").exists()
     # The drive is cleaned (here: an intact image of the same disc): the same command resumes.
     _mount(good, mnt, "-o", "loop,ro")
     try:
         result = receive(mnt / app.name, inbox, root_file=root)
     finally:
         _umount(mnt)
-    assert result.output == inbox / app.name and (inbox / app.name).read_bytes() == app.read_bytes()
+    out = inbox / "demo-1.0.0.pex"  # named from its signed name and version
+    assert result.output == out and out.read_bytes() == app.read_bytes()
     assert 0 < result.resumed_bytes <= offset and result.resumed_bytes + result.received_bytes == app.stat().st_size
-    assert sorted(p.name for p in inbox.iterdir()) == [app.name]
+    assert sorted(p.name for p in inbox.iterdir()) == [out.name]
 
 
 def test_a_full_disk_leaves_nothing(tmp_path: Path, tiny_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -234,7 +235,8 @@ def _on_a_terminal(argv: list[str]) -> str:
 def test_receive_shows_progress_on_a_terminal_and_none_with_json(tmp_path: Path) -> None:
     app, root = _compressible_appliance(tmp_path)
     shown = _on_a_terminal(["receive", str(app), "--to", str(tmp_path / "a"), "--root", str(root)])
-    assert "receiving demo.pex" in shown
+    assert "receiving demo-1.0.0.pex" in shown
     quiet = _on_a_terminal(["receive", str(app), "--to", str(tmp_path / "b"), "--root", str(root), "--json"])
     assert "receiving" not in quiet
-    assert (tmp_path / "a" / "demo.pex").read_bytes() == (tmp_path / "b" / "demo.pex").read_bytes() == app.read_bytes()
+    a, b = tmp_path / "a" / "demo-1.0.0.pex", tmp_path / "b" / "demo-1.0.0.pex"
+    assert a.read_bytes() == b.read_bytes() == app.read_bytes()
