@@ -148,8 +148,8 @@ async def _watch(svc: Services) -> None:
                     log_event("error", f"not served: {why}")
         except ChironError as exc:
             log_event("error", f"scanning the sources: {exc.diagnostics()}")
-        except OSError as exc:  # a source directory gone for a moment: say so, and keep watching
-            log_event("error", f"scanning the sources: {exc}")
+        except Exception as exc:  # a source directory gone for a moment, anything else: the watcher outlives it
+            log_event("error", f"scanning the sources: {type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         await anyio.to_thread.run_sync(svc.catalog.wake.wait, svc.settings.rescan_every)
         svc.catalog.wake.clear()
 

@@ -24,6 +24,7 @@ from chiron.engines.report.store import store_view
 from chiron.errors import ChironError
 from chiron.service.auth import Svc
 from chiron.service.catalog import Entry
+from chiron.service.events import log_event
 from chiron.service.pages.common import HEADERS, PageError, page
 from chiron.service.pages.session import Session, viewer
 from chiron.service.state import Services
@@ -68,8 +69,9 @@ def view(svc: Services, entry: Entry) -> Appliance:
             sha256=entry.sha256,
             as_of=as_of,
         )
-    except (ChironError, OSError):
+    except (ChironError, OSError) as exc:
         svc.catalog.wake.set()
+        log_event("error", f"showing {entry.path}: {exc.diagnostics() if isinstance(exc, ChironError) else exc}")
         detail = f"{entry.filename}: cannot be read now; it is verified again before it is shown"
         raise PageError(503, "Cannot read the appliance", detail) from None
     with _cache_lock:
