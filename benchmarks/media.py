@@ -118,6 +118,7 @@ def _throttled(path: Path, bps: int) -> Iterator[list[str] | None]:
     no such controller, not a block device)."""
     v1, v2 = Path("/sys/fs/cgroup/blkio"), Path("/sys/fs/cgroup")
     group: Path | None = None
+    ready = False  # only once the throttle is set: unthrottled rows must never pass for throttled ones
     try:
         dev = _disk_of(path)
         if (v1 / "blkio.throttle.read_bps_device").is_file():
@@ -128,10 +129,10 @@ def _throttled(path: Path, bps: int) -> Iterator[list[str] | None]:
             group = v2 / f"chiron-bench-{os.getpid()}"
             group.mkdir()
             (group / "io.max").write_text(f"{dev} rbps={bps}")
+        ready = group is not None and (group / "cgroup.procs").is_file()
     except OSError:
         pass
     try:
-        ready = group is not None and (group / "cgroup.procs").is_file()
         yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"] if ready else None
     finally:
         if group is not None:
