@@ -312,12 +312,18 @@ def _after(browser: Any, click: Any) -> None:
 
 
 def _stale(element: Any) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     try:
         element.is_enabled()
     except StaleElementReferenceException:
         return True
+    except WebDriverException as exc:
+        # Asked in the middle of the navigation, chromium answers "unknown error: ... Node with given
+        # id does not belong to the document" for the old page's element: gone, as stale means.
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
     return False
 
 
