@@ -65,6 +65,11 @@ def root_member(version: int) -> str:
     return f"{METADATA_PREFIX}{version}.root.json"
 
 
+def appliance_suffix(tool_format: str) -> str:
+    """The file suffix of an appliance whose tool zip is in ``tool_format``: ``.pyz`` for shiv."""
+    return ".pyz" if tool_format == "shiv" else ".pex"
+
+
 def is_metadata_file(name: str) -> bool:
     """Whether ``name`` is a member of the archive's TUF repository (root chain or a role file)."""
     return root_member_version(name) is not None or name in {METADATA_PREFIX + f for f in TUF_ROLE_FILES}

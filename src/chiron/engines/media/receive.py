@@ -24,6 +24,7 @@ from typing import Any
 
 from chiron.archive import delta as _delta
 from chiron.archive.carried import Carried
+from chiron.archive.layout import appliance_suffix
 from chiron.archive.manifest import MANIFEST, parse_manifest
 from chiron.archive.reader import ArchiveReader, open_regular, pread_exact
 from chiron.archive.volume import VolumeReader, read_header, safe_name, set_stem
@@ -296,8 +297,7 @@ def appliance_file(name: str | None, version: str | None, tool_format: str, key:
     could pass it off as another release (``demo-9.9.pex``), start with ``-``, or take the name of
     the staging directory. The same appliance lands under the same name, whole or in volumes. One
     signed without ``appliance.json`` (chiron's builder always adds it) is named by its ``key``."""
-    stem = safe_name(f"{name}-{version}") if name and version else f"appliance-{key[:16]}"
-    return stem + (".pyz" if tool_format == "shiv" else ".pex")
+    return set_stem(name, version, "appliance", f"appliance-{key[:16]}") + appliance_suffix(tool_format)
 
 
 def _whole(path: Path, anchor: Anchor, result: ReceiveResult, stack: ExitStack) -> Incoming:

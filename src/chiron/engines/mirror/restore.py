@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chiron.archive.layout import TOOL_TARGET
+from chiron.archive.layout import TOOL_TARGET, appliance_suffix
 from chiron.core.fs import copy_region, sha256_file, write_atomic
 from chiron.core.spec import LoadedSpec, load_spec_bytes
 from chiron.core.storestate import StoreState, VersionRecord
@@ -131,7 +131,7 @@ def _write_files(
         write_atomic(plan.extracted / "appliance.toml", carried.spec_raw)
     if plan.lock_copy is not None:
         write_atomic(plan.lock_copy, carried.pylock)
-    dest = store.appliances / f"{stem}{'.pyz' if appliance.layout.tool_format == 'shiv' else '.pex'}"
+    dest = store.appliances / f"{stem}{appliance_suffix(appliance.layout.tool_format)}"
     copy_region(archive, 0, appliance.reader.size, dest)
     sig = archive.with_name(archive.name + ".sig")
     if sig.is_file():
